@@ -1,0 +1,228 @@
+"""The two contracts every backend implements: :class:`Store` (durable) and :class:`Bus`
+(cross-node fan-out).
+
+The Store is shaped so that a networked backend can do each write as one atomic step:
+sequence the event (next serial, idempotency check), apply it to the message's rolled-up
+state, and hand it to the Bus. Everything another node may need lives here (log, messages,
+presence, claims, counters, resume sessions, the streaming index, channel listing), so a
+client can reconnect to any node and resume.
+
+A single parametrized contract suite (``tests/backends/test_contract.py``) runs against every
+implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from roomcast.protocol.messages import Event, Message, PresenceEvent, PresenceMember, SignalEvent
+
+
+class Appended(msgspec.Struct, frozen=True):
+    """The result of one append: the stored event, or None for a no-op.
+
+    ``serial`` is the event's serial; for a repeated idempotency key it is the first
+    publish's serial and ``duplicate`` is True (nothing was stored).
+    """
+
+    serial: int | None
+    event: Event | None = None
+    duplicate: bool = False
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """A consistent read of one channel as of ``serial`` (PROTOCOL.md §2 ``attached``).
+
+    ``first_serial`` is the oldest serial still in the log (``serial + 1`` when the log is
+    empty). ``events`` holds the events after ``from_serial`` up to ``serial`` when the log
+    still has them all, else None. ``messages`` holds the last ``rewind`` messages.
+    """
+
+    epoch: str
+    serial: int
+    first_serial: int
+    messages: list[Message]
+    events: list[Event] | None
+
+
+class StoreOptions(msgspec.Struct, frozen=True):
+    """Settings a store needs to apply events (they come from the server's settings)."""
+
+    dedup_window_s: float = 86400.0
+    max_stream_bytes: int = 1024 * 1024
+
+
+class ChannelInfo(msgspec.Struct, frozen=True):
+    channel: str
+    epoch: str
+    serial: int
+    updated_at: int
+
+
+class ResumeSession(msgspec.Struct, frozen=True):
+    """What a resume key restores: the connection id and the presence it held."""
+
+    client_id: str
+    connection_id: str
+    presence: dict[str, Any]  # channel → presence data
+    expires_at: float
+
+
+class BusSink(Protocol):
+    """What the Bus delivers to on this node (the core's channel hub)."""
+
+    def on_events(self, channel: str, events: Sequence[Event]) -> None: ...
+
+    def on_presence(self, event: PresenceEvent) -> None: ...
+
+    def on_signal(self, event: SignalEvent) -> None: ...
+
+
+class Bus(ABC):
+    """Fans out what one node sequenced (events) or saw (presence, signals) to every node.
+
+    Events reach the sink in serial order per channel. On one node, this is a function call.
+    """
+
+    sink: BusSink | None = None
+
+    def bind(self, sink: BusSink) -> None:
+        self.sink = sink
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect; the default has nothing to connect."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect; the default has nothing to release."""
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving ``channel``'s traffic on this node."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``'s traffic on this node."""
+
+    @abstractmethod
+    async def publish_presence(self, event: PresenceEvent) -> None: ...
+
+    @abstractmethod
+    async def publish_signal(self, event: SignalEvent) -> None: ...
+
+
+class Store(ABC):
+    """The durable part of a backend. Every method is safe to call concurrently.
+
+    Appends are group-committed: callers may have many in flight, and each returns once its
+    event is durable. Events are handed to the Bus in serial order after they are durable.
+    """
+
+    bus: Bus
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Flush every accepted write, then release resources."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise if the store cannot serve requests (``/readyz``)."""
+
+    # ----------------------------------------------------------------- the log
+
+    @abstractmethod
+    async def append(self, event: Event, *, idempotency_key: str | None = None) -> Appended:
+        """Sequence ``event`` on its channel (its ``serial`` and ``timestamp`` are assigned
+        here) and apply it to the message it refers to, atomically.
+
+        Raises NotFound / Conflict / TooLarge when it cannot apply (see ``rollup.admit``).
+        """
+
+    @abstractmethod
+    async def append_batch(self, events: Sequence[Event], keys: Sequence[str | None]) -> list[Appended]:
+        """Append several events to one channel, all or nothing."""
+
+    @abstractmethod
+    async def snapshot(self, channel: str, *, from_serial: int | None, rewind: int) -> Snapshot:
+        """A consistent read for ``attach``; fixes the channel's epoch if it has none yet."""
+
+    @abstractmethod
+    async def read_events(self, channel: str, after: int, limit: int) -> list[Event]:
+        """Events with serial > ``after``, oldest first."""
+
+    @abstractmethod
+    async def history(
+        self, channel: str, *, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        """Messages just before ``before`` (default: the newest) or just after ``after``,
+        oldest first, and whether more lie beyond."""
+
+    @abstractmethod
+    async def get_message(self, channel: str, msg_serial: int) -> Message | None: ...
+
+    @abstractmethod
+    async def channel_info(self, channel: str) -> ChannelInfo | None:
+        """The channel's epoch and latest serial; None if it has none."""
+
+    @abstractmethod
+    async def list_channels(self, prefix: str, limit: int) -> list[ChannelInfo]:
+        """Channels with at least one event whose name starts with ``prefix``, by name."""
+
+    @abstractmethod
+    async def streaming_messages(
+        self, idle_since_ms: int, limit: int
+    ) -> list[tuple[str, Message]]:
+        """Messages still ``streaming`` whose last event is older than ``idle_since_ms``."""
+
+    @abstractmethod
+    async def purge(self, now_ms: int, retention_ms: int) -> int:
+        """Drop expired idempotency keys and, if ``retention_ms`` > 0, events and messages
+        older than it; returns how many events went."""
+
+    # ----------------------------------------------------------------- ephemeral state
+
+    @abstractmethod
+    async def presence_set(self, channel: str, member: PresenceMember, node_id: str) -> None: ...
+
+    @abstractmethod
+    async def presence_remove(self, channel: str, client_id: str, connection_id: str) -> bool:
+        """Remove a member; False if it was not there."""
+
+    @abstractmethod
+    async def presence_members(self, channel: str) -> list[PresenceMember]: ...
+
+    @abstractmethod
+    async def node_heartbeat(self, node_id: str, ttl_s: float) -> None:
+        """Mark ``node_id`` alive for ``ttl_s`` seconds."""
+
+    @abstractmethod
+    async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
+        """Remove and return the presence members of nodes whose heartbeat lapsed."""
+
+    @abstractmethod
+    async def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        """True for exactly one owner per key until ``ttl_s`` passes."""
+
+    @abstractmethod
+    async def incr_counter(self, key: str, amount: float, ttl_s: float) -> float:
+        """Add to a counter that expires ``ttl_s`` after it was created; returns the total."""
+
+    @abstractmethod
+    async def save_session(self, key: str, session: ResumeSession) -> None: ...
+
+    @abstractmethod
+    async def take_session(self, key: str) -> ResumeSession | None:
+        """Return and remove an unexpired session (a resume key works once)."""

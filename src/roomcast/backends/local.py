@@ -1,0 +1,136 @@
+"""In-process parts shared by the single-process backends (``memory://`` and ``sqlite://``).
+
+:class:`LocalBus` is a function call. :class:`LocalEphemeralState` keeps presence, claims,
+counters and resume sessions in this process's memory: with one server process per store
+(which the SQLite backend enforces with a lock file) that is exactly the set of nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+
+
+from roomcast.protocol.messages import Event, PresenceEvent, PresenceMember, SignalEvent
+
+from .base import Bus, ResumeSession, StoreOptions
+
+
+class LocalBus(Bus):
+    """Delivers to this node's sink at once; there is no other node."""
+
+    def emit(self, channel: str, events: Sequence[Event]) -> None:
+        if self.sink is not None and events:
+            self.sink.on_events(channel, events)
+
+    async def subscribe(self, channel: str) -> None:
+        return None
+
+    async def unsubscribe(self, channel: str) -> None:
+        return None
+
+    async def publish_presence(self, event: PresenceEvent) -> None:
+        if self.sink is not None:
+            self.sink.on_presence(event)
+
+    async def publish_signal(self, event: SignalEvent) -> None:
+        if self.sink is not None:
+            self.sink.on_signal(event)
+
+
+class LocalEphemeralState:
+    """Presence, node liveness, claims, counters and resume sessions, in memory."""
+
+    options: StoreOptions
+
+    def __init__(self) -> None:
+        # channel → (client_id, connection_id) → (member, node_id)
+        self._presence: dict[str, dict[tuple[str, str], tuple[PresenceMember, str]]] = {}
+        self._nodes: dict[str, float] = {}
+        self._claims: dict[str, tuple[str, float]] = {}
+        self._counters: dict[str, tuple[float, float]] = {}
+        self._sessions: dict[str, ResumeSession] = {}
+
+    async def presence_set(self, channel: str, member: PresenceMember, node_id: str) -> None:
+        members = self._presence.setdefault(channel, {})
+        members[(member.client_id, member.connection_id)] = (member, node_id)
+
+    async def presence_remove(self, channel: str, client_id: str, connection_id: str) -> bool:
+        members = self._presence.get(channel)
+        if not members or members.pop((client_id, connection_id), None) is None:
+            return False
+        if not members:
+            del self._presence[channel]
+        return True
+
+    async def presence_members(self, channel: str) -> list[PresenceMember]:
+        return [member for member, _ in self._presence.get(channel, {}).values()]
+
+    async def node_heartbeat(self, node_id: str, ttl_s: float) -> None:
+        self._nodes[node_id] = time.monotonic() + ttl_s
+
+    async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
+        now = time.monotonic()
+        dead = {node for node, until in self._nodes.items() if until < now}
+        reaped: list[tuple[str, PresenceMember]] = []
+        for channel, members in list(self._presence.items()):
+            for key, (member, node_id) in list(members.items()):
+                if node_id in dead:
+                    del members[key]
+                    reaped.append((channel, member))
+            if not members:
+                del self._presence[channel]
+        for node in dead:
+            del self._nodes[node]
+        return reaped
+
+    async def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        held = self._claims.get(key)
+        if held is not None and held[1] > now and held[0] != owner:
+            return False
+        self._claims[key] = (owner, now + ttl_s)
+        self._expire_claims(now)
+        return True
+
+    def _expire_claims(self, now: float) -> None:
+        if len(self._claims) > 1024:
+            for key in [k for k, (_, until) in self._claims.items() if until <= now]:
+                del self._claims[key]
+
+    async def incr_counter(self, key: str, amount: float, ttl_s: float) -> float:
+        now = time.monotonic()
+        value, until = self._counters.get(key, (0.0, now + ttl_s))
+        if until <= now:
+            value, until = 0.0, now + ttl_s
+        value += amount
+        self._counters[key] = (value, until)
+        return value
+
+    async def save_session(self, key: str, session: ResumeSession) -> None:
+        now = time.time()
+        if len(self._sessions) > 1024:
+            for old in [k for k, s in self._sessions.items() if s.expires_at <= now]:
+                del self._sessions[old]
+        self._sessions[key] = session
+
+    async def take_session(self, key: str) -> ResumeSession | None:
+        session = self._sessions.pop(key, None)
+        if session is None or session.expires_at <= time.time():
+            return None
+        return session
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_epoch() -> str:
+    """A fresh epoch name: random, so a reset log can never reuse an old one."""
+    import secrets
+
+    return secrets.token_hex(8)
+
+
+__all__ = ["LocalBus", "LocalEphemeralState", "new_epoch", "now_ms"]

@@ -1,0 +1,176 @@
+"""``memory://``: the whole Store in this process's memory. For tests; nothing survives a
+restart (each start is a new epoch)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from msgspec import structs
+
+from roomcast.protocol.errors import BadRequest
+from roomcast.protocol.messages import Event, Message
+from roomcast.protocol.rollup import admit, apply_event, message_from_create
+
+from .base import Appended, ChannelInfo, Snapshot, Store, StoreOptions
+from .local import LocalBus, LocalEphemeralState, new_epoch, now_ms
+
+
+@dataclass(slots=True)
+class _Log:
+    epoch: str
+    serial: int = 0
+    first_serial: int = 1
+    updated_at: int = 0
+    events: list[Event] = field(default_factory=list)  # events[i].serial == first_serial + i
+    order: list[int] = field(default_factory=list)  # msg_serials, ascending
+    messages: dict[int, Message] = field(default_factory=dict)
+    keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # id → (serial, expires ms)
+
+
+class MemoryStore(LocalEphemeralState, Store):
+    def __init__(self, bus: LocalBus, options: StoreOptions | None = None) -> None:
+        super().__init__()
+        self.bus = bus
+        self.options = options or StoreOptions()
+        self._logs: dict[str, _Log] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    def _log(self, channel: str) -> _Log:
+        log = self._logs.get(channel)
+        if log is None:
+            log = self._logs[channel] = _Log(epoch=new_epoch())
+        return log
+
+    def _apply(self, event: Event, key: str | None, now: int) -> Appended:
+        log = self._log(event.channel)
+        if key is not None:
+            seen = log.keys.get(key)
+            if seen is not None and seen[1] > now:
+                return Appended(serial=seen[0], duplicate=True)
+        message = None if event.msg_serial is structs.UNSET else log.messages.get(event.msg_serial)
+        if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
+            return Appended(serial=None)
+        serial = log.serial + 1
+        event = structs.replace(event, serial=serial, timestamp=now)
+        if event.type == "create":
+            log.messages[serial] = message_from_create(event)
+            log.order.append(serial)
+        elif message is not None:
+            log.messages[message.msg_serial] = apply_event(message, event)
+        log.serial = serial
+        log.updated_at = now
+        log.events.append(event)
+        if key is not None:
+            log.keys[key] = (serial, now + int(self.options.dedup_window_s * 1000))
+        return Appended(serial=serial, event=event)
+
+    async def append(self, event: Event, *, idempotency_key: str | None = None) -> Appended:
+        result = self._apply(event, idempotency_key, now_ms())
+        if result.event is not None:
+            self.bus.emit(event.channel, [result.event])
+        return result
+
+    async def append_batch(
+        self, events: Sequence[Event], keys: Sequence[str | None]
+    ) -> list[Appended]:
+        if len({e.channel for e in events}) > 1:
+            raise BadRequest("a batch must be for one channel")
+        now = now_ms()
+        results = [self._apply(e, k, now) for e, k in zip(events, keys, strict=True)]
+        stored = [r.event for r in results if r.event is not None]
+        if stored:
+            self.bus.emit(stored[0].channel, stored)
+        return results
+
+    async def snapshot(self, channel: str, *, from_serial: int | None, rewind: int) -> Snapshot:
+        log = self._log(channel)
+        events = None
+        if from_serial is not None and log.first_serial - 1 <= from_serial <= log.serial:
+            events = log.events[from_serial + 1 - log.first_serial :]
+        messages = [log.messages[s] for s in log.order[-rewind:]] if rewind > 0 else []
+        return Snapshot(
+            epoch=log.epoch,
+            serial=log.serial,
+            first_serial=log.first_serial,
+            messages=messages,
+            events=events,
+        )
+
+    async def read_events(self, channel: str, after: int, limit: int) -> list[Event]:
+        log = self._logs.get(channel)
+        if log is None:
+            return []
+        start = max(0, after + 1 - log.first_serial)
+        return log.events[start : start + limit]
+
+    async def history(
+        self, channel: str, *, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        log = self._logs.get(channel)
+        if log is None:
+            return [], False
+        if after is not None:
+            start = bisect.bisect_right(log.order, after)
+            chosen = log.order[start : start + limit]
+            more = start + limit < len(log.order)
+        else:
+            end = len(log.order) if before is None else bisect.bisect_left(log.order, before)
+            chosen = log.order[max(0, end - limit) : end]
+            more = end - limit > 0
+        return [log.messages[s] for s in chosen], more
+
+    async def get_message(self, channel: str, msg_serial: int) -> Message | None:
+        log = self._logs.get(channel)
+        return None if log is None else log.messages.get(msg_serial)
+
+    async def channel_info(self, channel: str) -> ChannelInfo | None:
+        log = self._logs.get(channel)
+        if log is None or log.serial == 0:
+            return None
+        return ChannelInfo(channel, log.epoch, log.serial, log.updated_at)
+
+    async def list_channels(self, prefix: str, limit: int) -> list[ChannelInfo]:
+        names = sorted(n for n, log in self._logs.items() if log.serial and n.startswith(prefix))
+        return [
+            ChannelInfo(n, self._logs[n].epoch, self._logs[n].serial, self._logs[n].updated_at)
+            for n in names[:limit]
+        ]
+
+    async def streaming_messages(
+        self, idle_since_ms: int, limit: int
+    ) -> list[tuple[str, Message]]:
+        found: list[tuple[str, Message]] = []
+        for channel, log in self._logs.items():
+            for message in log.messages.values():
+                if message.status == "streaming" and message.updated_at < idle_since_ms:
+                    found.append((channel, message))
+        found.sort(key=lambda item: item[1].updated_at)
+        return found[:limit]
+
+    async def purge(self, now_ms: int, retention_ms: int) -> int:
+        dropped = 0
+        for log in self._logs.values():
+            log.keys = {k: v for k, v in log.keys.items() if v[1] > now_ms}
+            if retention_ms <= 0:
+                continue
+            cutoff = now_ms - retention_ms
+            keep = 0
+            while keep < len(log.events) and log.events[keep].timestamp < cutoff:
+                keep += 1
+            if keep:
+                del log.events[:keep]
+                log.first_serial += keep
+                dropped += keep
+                while log.order and log.messages[log.order[0]].timestamp < cutoff:
+                    del log.messages[log.order.pop(0)]
+        return dropped

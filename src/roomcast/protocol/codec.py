@@ -1,0 +1,159 @@
+"""Wire codecs: JSON (the default) and MessagePack, with errors mapped to PROTOCOL.md §8.
+
+A frame holds one protocol message or an array of them. Decoding never raises for a bad
+*request* (it becomes a :class:`BadRequest` in the result list, and the rest of the frame
+still counts); it raises :class:`ProtocolViolation` only for a frame that is not JSON at all.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import (
+    CLOSE_INVALID_PAYLOAD,
+    CLOSE_UNSUPPORTED_DATA,
+    BadRequest,
+    ProtocolViolation,
+)
+from .messages import ClientRequest, Reply, ServerMessage
+
+Format = Literal["json", "msgpack"]
+
+
+class RequestError(msgspec.Struct, frozen=True):
+    """A request that did not validate: the reply is ``error`` 40000 with its ``ref``."""
+
+    ref: int | None
+    error: BadRequest
+
+
+Decoded = ClientRequest | RequestError
+
+
+def _ref_of(raw: Any) -> int | None:
+    if isinstance(raw, dict):
+        ref = raw.get("ref")
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            return ref
+    return None
+
+
+class Codec:
+    """Encode replies and decode requests for one wire format."""
+
+    format: Format
+    _typed: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
+    _raw: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
+
+    def encode(self, message: Reply) -> bytes:
+        raise NotImplementedError
+
+    def join(self, frames: Sequence[bytes]) -> bytes:
+        """Batch already-encoded messages into one frame (an array)."""
+        raise NotImplementedError
+
+    def decode(self, data: bytes | str) -> list[Decoded]:
+        try:
+            decoded = self._typed.decode(data)
+        except msgspec.ValidationError:
+            return self._decode_each(data)
+        except msgspec.DecodeError as exc:
+            raise ProtocolViolation(CLOSE_INVALID_PAYLOAD, f"frame is not {self.format}") from exc
+        return decoded if isinstance(decoded, list) else [decoded]
+
+    def _decode_each(self, data: bytes | str) -> list[Decoded]:
+        # Slow path, only for frames with an invalid request: find which ones, keep the rest.
+        raw = self._raw.decode(data)
+        items = raw if isinstance(raw, list) else [raw]
+        out: list[Decoded] = []
+        for item in items:
+            try:
+                out.append(msgspec.convert(item, ClientRequest))  # type: ignore[arg-type]
+            except msgspec.ValidationError as exc:
+                out.append(RequestError(_ref_of(item), BadRequest(_describe(exc))))
+        return out
+
+    def decode_reply(self, data: bytes | str) -> list[ServerMessage]:
+        """Decode a server frame (used by clients and tests)."""
+        raise NotImplementedError
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    if "at `$.action`" in text:
+        return "unknown or missing `action`: " + text
+    return text
+
+
+class JsonCodec(Codec):
+    format: Format = "json"
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._typed = msgspec.json.Decoder(ClientRequest | list[ClientRequest])  # type: ignore[arg-type]
+        self._raw = msgspec.json.Decoder()
+        self._replies = msgspec.json.Decoder(ServerMessage | list[ServerMessage])  # type: ignore[arg-type]
+
+    def encode(self, message: Reply) -> bytes:
+        return self._encoder.encode(message)
+
+    def join(self, frames: Sequence[bytes]) -> bytes:
+        if len(frames) == 1:
+            return frames[0]
+        return b"[" + b",".join(frames) + b"]"
+
+    def decode_reply(self, data: bytes | str) -> list[ServerMessage]:
+        decoded = self._replies.decode(data)
+        return decoded if isinstance(decoded, list) else [decoded]
+
+
+class MsgpackCodec(Codec):
+    format: Format = "msgpack"
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._typed = msgspec.msgpack.Decoder(ClientRequest | list[ClientRequest])  # type: ignore[arg-type]
+        self._raw = msgspec.msgpack.Decoder()
+        self._replies = msgspec.msgpack.Decoder(ServerMessage | list[ServerMessage])  # type: ignore[arg-type]
+
+    def encode(self, message: Reply) -> bytes:
+        return self._encoder.encode(message)
+
+    def join(self, frames: Sequence[bytes]) -> bytes:
+        n = len(frames)
+        if n == 1:
+            return frames[0]
+        if n < 16:
+            header = bytes([0x90 | n])
+        elif n < 0x10000:
+            header = b"\xdc" + struct.pack(">H", n)
+        else:
+            header = b"\xdd" + struct.pack(">I", n)
+        return header + b"".join(frames)
+
+    def decode_reply(self, data: bytes | str) -> list[ServerMessage]:
+        decoded = self._replies.decode(data)
+        return decoded if isinstance(decoded, list) else [decoded]
+
+
+_CODECS: dict[str, Codec] = {"json": JsonCodec(), "msgpack": MsgpackCodec()}
+
+
+def codec_for(fmt: str) -> Codec:
+    """The shared codec for a ``format`` query value; unknown formats are a bad request."""
+    try:
+        return _CODECS[fmt]
+    except KeyError:
+        raise BadRequest(f"unknown format {fmt!r}: use 'json' or 'msgpack'") from None
+
+
+def check_frame_kind(codec: Codec, *, is_text: bool) -> None:
+    """JSON mode takes text frames only (1003 otherwise); MessagePack takes binary frames."""
+    if codec.format == "json" and not is_text:
+        raise ProtocolViolation(CLOSE_UNSUPPORTED_DATA, "binary frame in JSON mode")
+    if codec.format == "msgpack" and is_text:
+        raise ProtocolViolation(CLOSE_UNSUPPORTED_DATA, "text frame in MessagePack mode")

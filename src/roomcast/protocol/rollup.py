@@ -1,0 +1,119 @@
+"""How a channel's events roll up into a message's current state (PROTOCOL.md §2, §3).
+
+Every backend applies events with these functions in the same step that sequences them, so
+history, ``rewind`` and replay agree on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import UNSET, structs
+
+from .errors import Conflict, NotFound, TooLarge
+from .messages import FINAL_STATUSES, Event, Message
+
+
+def message_from_create(event: Event) -> Message:
+    """The initial state of the message a ``create`` event makes."""
+    extras = {} if event.extras is UNSET else dict(event.extras)
+    data: Any = None if event.data is UNSET else event.data
+    return Message(
+        msg_serial=event.serial,
+        id=None if event.id is UNSET else event.id,
+        client_id=event.client_id,
+        name="text" if event.name is UNSET else event.name,
+        data=data,
+        extras=extras,
+        timestamp=event.timestamp,
+        updated_at=event.timestamp,
+        status="streaming" if event.streaming is True else "complete",
+    )
+
+
+def merge_extras(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Shallow merge; a key set to ``null`` is removed."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_event(message: Message, event: Event) -> Message:
+    """The state of ``message`` after ``event`` (which refers to it by ``msg_serial``)."""
+    changes: dict[str, Any] = {"updated_at": event.timestamp}
+    if event.type == "append":
+        changes["data"] = (message.data or "") + (event.data if isinstance(event.data, str) else "")
+    elif event.type == "update":
+        if event.data is not UNSET:
+            changes["data"] = event.data
+        if event.extras is not UNSET:
+            changes["extras"] = merge_extras(message.extras, event.extras)
+        if event.status is not UNSET and message.status not in FINAL_STATUSES:
+            changes["status"] = event.status
+    elif event.type == "delete":
+        changes["data"] = None
+        changes["deleted"] = True
+    elif event.type == "cancel":
+        changes["cancelled_by"] = event.client_id
+    elif event.type == "annotation":
+        changes["reactions"] = apply_reaction(message.reactions, event)
+    return structs.replace(message, **changes)
+
+
+def apply_reaction(reactions: dict[str, list[str]], event: Event) -> dict[str, list[str]]:
+    name = event.name if isinstance(event.name, str) else ""
+    who = event.client_id or ""
+    out = {k: list(v) for k, v in reactions.items()}
+    members = out.setdefault(name, [])
+    if event.op == "add" and who not in members:
+        members.append(who)
+    elif event.op == "remove" and who in members:
+        members.remove(who)
+    if not members:
+        del out[name]
+    return out
+
+
+def admit(message: Message | None, event: Event, *, max_stream_bytes: int) -> bool:
+    """Check that ``event`` may apply to ``message``, atomically with the write.
+
+    Returns False for a no-op (it takes no serial and answers ``ok``), and raises
+    :class:`NotFound` or :class:`Conflict` (or :class:`TooLarge`) when it cannot apply.
+    """
+    if event.type in ("create", "object"):
+        return True
+    if message is None:
+        raise NotFound(f"no message {event.msg_serial} on {event.channel}")
+    if event.type == "append":
+        if message.status != "streaming":
+            raise Conflict(f"message {message.msg_serial} is not streaming")
+        if message.cancelled_by is not None:
+            raise Conflict(f"message {message.msg_serial} was cancelled by {message.cancelled_by}")
+        if event.client_id != message.client_id:
+            raise Conflict(f"message {message.msg_serial} is not yours to append to")
+        size = len(str(message.data or "").encode()) + len(str(event.data).encode())
+        if size > max_stream_bytes:
+            raise TooLarge(f"stream would be {size} bytes, over the {max_stream_bytes} limit")
+        return True
+    if event.type == "update":
+        if event.status is not UNSET and message.status in FINAL_STATUSES:
+            if event.status != message.status:
+                raise Conflict(f"message {message.msg_serial} is already {message.status}")
+            if event.data is UNSET and event.extras is UNSET:
+                return False
+        return True
+    if event.type == "delete":
+        return not message.deleted
+    if event.type == "cancel":
+        if message.cancelled_by is not None:
+            return False
+        if message.status != "streaming":
+            raise Conflict(f"message {message.msg_serial} is not streaming")
+        return True
+    # annotation: adding a reaction twice, or removing one never added, is a no-op
+    present = (event.client_id or "") in message.reactions.get(str(event.name), [])
+    return present != (event.op == "add")
