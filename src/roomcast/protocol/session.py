@@ -8,7 +8,7 @@ with plain synchronous tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 class TokenBucket:
@@ -87,7 +87,7 @@ class Session:
     client_id: str
     connection_id: str
     attachments: dict[str, Attachment] = field(default_factory=dict)
-    presence: set[str] = field(default_factory=set)
+    presence: dict[str, Any] = field(default_factory=dict)  # channel → data entered with
 
     def attach(self, channel: str) -> Attachment:
         """Start (or restart) an attachment; a re-attach replaces the old one."""

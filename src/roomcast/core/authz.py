@@ -1,0 +1,91 @@
+"""Capabilities and the one authorization function every operation goes through (§6)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from roomcast.protocol.errors import BadRequest, Forbidden
+
+Operation = Literal[
+    "subscribe",
+    "publish",
+    "presence",
+    "history",
+    "object-subscribe",
+    "object-publish",
+    "annotate",
+    "signal",
+    "claim",
+    "cancel-own",
+    "cancel-any",
+    "update-own",
+    "update-any",
+    "delete-own",
+    "delete-any",
+    "agent-admin",
+]
+OPERATIONS: frozenset[str] = frozenset(Operation.__args__)  # type: ignore[attr-defined]
+
+
+def pattern_matches(pattern: str, channel: str) -> bool:
+    """Whole ``:`` segments; a final ``*`` matches one or more segments; ``*`` alone, all."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(":*"):
+        prefix = pattern[:-1]  # keeps the trailing ':'
+        return channel.startswith(prefix) and len(channel) > len(prefix)
+    return pattern == channel
+
+
+def validate_pattern(pattern: str) -> None:
+    if "*" in pattern[:-1] or (pattern.endswith("*") and pattern not in ("*",) and not pattern.endswith(":*")):
+        raise BadRequest(f"capability pattern {pattern!r}: `*` may only stand as a last segment")
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """A map of channel pattern → operations, as in a token's ``capability`` claim."""
+
+    rules: tuple[tuple[str, frozenset[str]], ...]
+
+    @classmethod
+    def parse(cls, text: str | dict[str, list[str]]) -> Capability:
+        raw = json.loads(text) if isinstance(text, str) else text
+        if not isinstance(raw, dict):
+            raise BadRequest("a capability is a JSON object of pattern → [operations]")
+        rules = []
+        for pattern, ops in raw.items():
+            if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+                raise BadRequest(f"capability {pattern!r}: operations must be a list of strings")
+            validate_pattern(pattern)
+            unknown = set(ops) - OPERATIONS - {"*"}
+            if unknown:
+                raise BadRequest(f"capability {pattern!r}: unknown operations {sorted(unknown)}")
+            rules.append((pattern, frozenset(OPERATIONS if "*" in ops else ops)))
+        return cls(tuple(rules))
+
+    def allows(self, operation: str, channel: str) -> bool:
+        for pattern, ops in self.rules:
+            if pattern_matches(pattern, channel) and (
+                operation in ops
+                or (operation.endswith("-own") and operation[:-4] + "-any" in ops)
+            ):
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: a client id and what it may do."""
+
+    client_id: str
+    capability: Capability
+    kind: Literal["anonymous", "key", "token"] = "anonymous"
+
+
+def authorize(principal: Principal, operation: Operation, channel: str) -> None:
+    """Raise :class:`Forbidden` unless ``principal`` may do ``operation`` on ``channel``."""
+    if not principal.capability.allows(operation, channel):
+        raise Forbidden(f"{operation!r} on {channel!r} is not allowed for {principal.client_id!r}")

@@ -1,0 +1,345 @@
+"""One client connection: ordered replies to pipelined requests, and a bounded outbound queue.
+
+Requests are dispatched as they are read, without waiting for earlier ones to be stored, so
+many publishes share one storage commit (group commit). Their replies still go out in request
+order. Outbound messages are queued as already-encoded bytes (each event is encoded once per
+format, for every subscriber) and sent in batches: when a backlog forms, one frame carries
+many messages. A connection whose backlog passes ``outbound_queue`` is a slow consumer and is
+closed with 4008; it resumes from its last serial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from roomcast.protocol import messages as m
+from roomcast.protocol.codec import Codec, RequestError, check_frame_kind
+from roomcast.protocol.errors import (
+    CLOSE_SLOW_CONSUMER,
+    BadRequest,
+    RateLimited,
+    RoomcastError,
+    TooLarge,
+    Unauthorized,
+)
+from roomcast.protocol.session import Session, TokenBucket
+
+from .authz import Principal, authorize
+from .node import AttachResult, Node
+
+log = logging.getLogger("roomcast.connection")
+
+MAX_FRAME_MESSAGES = 512
+MAX_FRAME_BYTES = 256 * 1024
+MAX_IN_FLIGHT = 4096
+
+Pending = tuple[int | None, str | None, "Awaitable[Any] | m.Reply | None"]
+
+
+class Transport(Protocol):
+    """What a connection needs from its socket."""
+
+    async def send(self, frame: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class Connection:
+    """Protocol handling for one client, independent of the socket library."""
+
+    def __init__(
+        self,
+        node: Node,
+        transport: Transport,
+        codec: Codec,
+        principal: Principal,
+        connection_id: str,
+        presence: dict[str, Any],
+    ) -> None:
+        settings = node.settings
+        self.node = node
+        self.transport = transport
+        self.codec = codec
+        self.principal = principal
+        self.session = Session(principal.client_id, connection_id, presence=presence)
+        self.resume_key = "r-" + secrets.token_urlsafe(18)
+        self.replaced = False
+        self.closed = False
+        self.close_code: int | None = None
+        self.last_sent = time.monotonic()
+        self._bucket = TokenBucket(settings.publish_rate, settings.publish_burst)
+        self._limit = settings.outbound_queue
+        self._max_bytes = settings.max_message_bytes
+        self._out: list[bytes] = []
+        self._wake = asyncio.Event()
+        self._replies: asyncio.Queue[Pending] = asyncio.Queue(MAX_IN_FLIGHT)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, resumed: bool) -> None:
+        """Send ``connected`` and start the reply and send loops."""
+        settings = self.node.settings
+        self.push(
+            self.codec.encode(
+                m.Connected(
+                    connection_id=self.session.connection_id,
+                    client_id=self.session.client_id,
+                    resume_key=self.resume_key,
+                    resumed=resumed,
+                    heartbeat_s=settings.heartbeat_s,
+                    limits={
+                        "max_message_bytes": settings.max_message_bytes,
+                        "max_stream_bytes": settings.max_stream_bytes,
+                        "publish_rate": settings.publish_rate,
+                        "publish_burst": settings.publish_burst,
+                        "outbound_queue": settings.outbound_queue,
+                        "history_limit": 1000,
+                    },
+                )
+            )
+        )
+        self._tasks = [
+            asyncio.create_task(self._send_loop(), name=f"send-{self.session.connection_id}"),
+            asyncio.create_task(self._reply_loop(), name=f"reply-{self.session.connection_id}"),
+        ]
+
+    async def finish(self, *, clean: bool) -> None:
+        """The socket is gone: stop the loops and let the node handle presence and resume."""
+        self.closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.node.disconnect(self, clean=clean)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.closed = True
+            try:
+                await self.transport.close(code, reason)
+            except Exception:  # the socket may already be gone
+                log.debug("close of %s failed", self.session.connection_id, exc_info=True)
+
+    # ------------------------------------------------------------------ outbound
+
+    def push(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(frame)
+        if len(self._out) > self._limit:
+            self._out.clear()
+            log.warning(
+                "closing slow consumer %s (%s): more than %d messages queued",
+                self.session.connection_id,
+                self.session.client_id,
+                self._limit,
+            )
+            self.node.spawn(self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume from your last serial"))
+            return
+        self._wake.set()
+
+    def push_many(self, frames: Sequence[bytes]) -> None:
+        """Queue a bounded batch (a replay) without counting it as a backlog."""
+        if frames and not self.closed:
+            self._out.extend(frames)
+            self._wake.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._out:
+                batch = self._take_batch()
+                await self.transport.send(self.codec.join(batch))
+                self.last_sent = time.monotonic()
+
+    def _take_batch(self) -> list[bytes]:
+        out = self._out
+        if len(out) <= MAX_FRAME_MESSAGES:
+            size = sum(map(len, out))
+            if size <= MAX_FRAME_BYTES:
+                self._out = []
+                return out
+        count, size = 0, 0
+        for frame in out:
+            if count and (count >= MAX_FRAME_MESSAGES or size + len(frame) > MAX_FRAME_BYTES):
+                break
+            count += 1
+            size += len(frame)
+        batch = out[:count]
+        del out[:count]
+        return batch
+
+    def send_heartbeat(self) -> None:
+        self.push(self.codec.encode(m.Heartbeat()))
+
+    def deliver(self, channel: str, events: Sequence[m.Event], frames: Sequence[bytes]) -> None:
+        """Live events of an attached channel (called by the node's fan-out)."""
+        attachment = self.session.attachments.get(channel)
+        if attachment is None or self.closed:
+            return
+        for event, frame in zip(events, frames, strict=True):
+            out = attachment.offer(event.serial, frame)
+            if out is not None:
+                self.push(out)
+
+    def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
+        attachment = self.session.attachments.get(channel)
+        if attachment is not None:
+            out = attachment.offer(None, frame)
+            if out is not None:
+                self.push(out)
+
+    # ------------------------------------------------------------------ inbound
+
+    async def receive(self, data: bytes | str, *, is_text: bool) -> None:
+        """Handle one frame. Raises ProtocolViolation for a frame that must close."""
+        check_frame_kind(self.codec, is_text=is_text)
+        size = len(data)
+        for item in self.codec.decode(data):
+            await self._replies.put(self._dispatch(item, size))
+
+    def _dispatch(self, req: m.ClientRequest | RequestError, frame_size: int) -> Pending:
+        """Validate and start one request; the reply is awaited in order by the reply loop."""
+        if isinstance(req, RequestError):
+            return (req.ref, None, _error_reply(req.ref, None, req.error))
+        channel = getattr(req, "channel", None)
+        try:
+            return (req.ref, channel, self._start(req, frame_size))
+        except RoomcastError as exc:
+            return (req.ref, channel, _error_reply(req.ref, channel, exc))
+
+    def _start(self, req: m.ClientRequest, frame_size: int) -> Awaitable[Any] | m.Reply | None:
+        node, principal, ref = self.node, self.principal, m.ref_of(req.ref)
+        spawn = asyncio.ensure_future
+        if isinstance(req, m.Ping):
+            return m.Pong(ref=ref)
+        if isinstance(req, m.Publish):
+            self._check_rate()
+            if frame_size > self._max_bytes:
+                self._check_size(req.data, req.extras)
+            return spawn(node.publish(principal, req))
+        if isinstance(req, m.Attach):
+            authorize(principal, "subscribe", req.channel)
+            self.session.attach(req.channel)
+            node.subscribe(self, req.channel)
+            return spawn(node.attach(principal, req))
+        if isinstance(req, m.Detach):
+            if self.session.detach(req.channel) is not None:
+                node.unsubscribe(self, req.channel)
+            return spawn(self._detach(req))
+        if isinstance(req, m.History):
+            return spawn(node.history(principal, req))
+        if isinstance(req, m.PresenceRequest):
+            if frame_size > self._max_bytes:
+                self._check_size(req.data, None)
+            return spawn(node.presence(principal, self, req.channel, req.op, req.data))
+        if isinstance(req, m.Signal):
+            if frame_size > self._max_bytes:
+                self._check_size(req.data, None)
+            return spawn(node.signal(principal, req))
+        if isinstance(req, m.Update):
+            self._check_rate()
+            if frame_size > self._max_bytes:
+                self._check_size(None if req.data is msgspec.UNSET else req.data, None)
+            fields = {
+                k: v
+                for k, v in (("data", req.data), ("extras", req.extras), ("status", req.status))
+                if v is not msgspec.UNSET
+            }
+            return spawn(node.change_message(principal, req.channel, req.msg_serial, "update", **fields))
+        if isinstance(req, m.Delete):
+            return spawn(node.change_message(principal, req.channel, req.msg_serial, "delete"))
+        if isinstance(req, m.Append):
+            if frame_size > self._max_bytes:
+                self._check_size(req.data, None)
+            return spawn(
+                node.change_message(principal, req.channel, req.msg_serial, "append", data=req.data)
+            )
+        if isinstance(req, m.Cancel):
+            return spawn(
+                node.change_message(
+                    principal, req.channel, req.msg_serial, "cancel", reason=req.reason
+                )
+            )
+        if isinstance(req, m.Annotate):
+            return spawn(node.annotate(principal, req.channel, req.msg_serial, req.name, req.op))
+        if isinstance(req, m.Claim):
+            return spawn(node.claim(principal, req.channel, req.key, req.ttl_s))
+        if isinstance(req, m.Auth):
+            raise Unauthorized("this server has no signing keys, so it accepts no tokens")
+        if isinstance(req, m.ObjectRequest):
+            raise BadRequest("live objects are not enabled on this server yet")
+        raise BadRequest(f"unsupported action {type(req).__name__}")
+
+    def _check_rate(self) -> None:
+        if not self._bucket.take(time.monotonic()):
+            raise RateLimited(
+                f"publish rate limit: {self._bucket.rate:g}/s with a burst of {self._bucket.burst:g}"
+            )
+
+    def _check_size(self, data: Any, extras: Any) -> None:
+        size = len(msgspec.json.encode(data)) + (len(msgspec.json.encode(extras)) if extras else 0)
+        if size > self._max_bytes:
+            raise TooLarge(f"message is {size} bytes, over the {self._max_bytes} byte limit")
+
+    async def _detach(self, req: m.Detach) -> m.Detached:
+        await self.node.leave_channel(self, req.channel)
+        return m.Detached(ref=m.ref_of(req.ref), channel=req.channel)
+
+    async def _reply_loop(self) -> None:
+        while True:
+            ref, channel, item = await self._replies.get()
+            if item is None:
+                continue
+            if isinstance(item, m.Reply):
+                self.push(self.codec.encode(item))
+                continue
+            try:
+                result = await item
+            except RoomcastError as exc:
+                result = _error_reply(ref, channel, exc)
+            except Exception:
+                correlation_id = secrets.token_hex(8)
+                log.exception("internal error (correlation id %s)", correlation_id)
+                result = m.ErrorReply(
+                    ref=m.ref_of(ref),
+                    code=50000,
+                    message=f"internal error (correlation id {correlation_id})",
+                    channel=channel if channel is not None else msgspec.UNSET,
+                )
+            if isinstance(result, AttachResult):
+                self._finish_attach(result)
+            elif isinstance(result, m.Ok):
+                self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))
+            elif result is not None:
+                self.push(self.codec.encode(result))
+
+    def _finish_attach(self, result: AttachResult) -> None:
+        channel = result.attached.channel
+        attachment = self.session.attachments.get(channel)
+        if attachment is None or attachment.state == "live":
+            return  # detached (or re-attached) while the snapshot was read
+        self.push(self.codec.encode(result.attached))
+        if result.discontinuity is not None:
+            self.push(self.codec.encode(m.Discontinuity(channel=channel, reason=result.discontinuity)))
+        encode = self.codec.encode
+        self.push_many([encode(event) for event in result.replay])
+        self.push_many(attachment.go_live(result.attached.serial))
+
+
+def _error_reply(ref: int | None, channel: str | None, exc: RoomcastError) -> m.ErrorReply:
+    return m.ErrorReply(
+        ref=m.ref_of(ref),
+        code=exc.code,
+        message=exc.message,
+        channel=channel if channel is not None else msgspec.UNSET,
+    )

@@ -1,0 +1,450 @@
+"""One server node: the store, the bus, and the connections attached here.
+
+The node is the only place where channel rules live. Transports (the WebSocket endpoint
+today, REST and SSE later) are thin adapters that turn frames into calls on the node and on
+:class:`~roomcast.core.connection.Connection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from msgspec import UNSET
+
+from roomcast.backends.base import ResumeSession, Store
+from roomcast.protocol.errors import Forbidden, NotFound, RoomcastError
+from roomcast.protocol.messages import (
+    Attach,
+    Attached,
+    Event,
+    History,
+    HistoryReply,
+    Message,
+    Ok,
+    PresenceEvent,
+    PresenceMember,
+    PresenceOp,
+    Publish,
+    Signal,
+    SignalEvent,
+    ref_of,
+)
+from roomcast.settings import Settings
+
+from .authz import Principal, authorize
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("roomcast.node")
+
+META_CHANNELS = "meta:channels"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class AttachResult:
+    """What the ``attached`` reply needs, read consistently as of ``attached.serial``."""
+
+    attached: Attached
+    replay: Sequence[Event]
+    discontinuity: str | None
+
+
+class Node:
+    """Sequencing (through the Store), fan-out, presence and resume for one process."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.node_id = secrets.token_hex(6)
+        self.connections: dict[str, Connection] = {}  # connection_id → live connection
+        self._subscribers: dict[str, set[Connection]] = {}
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._announced: set[str] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        store.bus.bind(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.store.bus.open()
+        await self.store.open()
+        await self.store.node_heartbeat(self.node_id, self._node_ttl)
+        self._ticker = asyncio.create_task(self._tick(), name="roomcast-node-ticker")
+
+    async def stop(self) -> None:
+        """Close every connection (clients resume elsewhere), then flush the store."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for conn in list(self.connections.values()):
+            await conn.close(1012, "server restarting")
+        for handle in self._grace.values():
+            handle.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.aclose()
+        await self.store.bus.aclose()
+
+    @property
+    def _node_ttl(self) -> float:
+        return max(self.settings.presence_grace_s, 5.0)
+
+    async def _tick(self) -> None:
+        """Heartbeats for idle connections, node liveness, and periodic purges."""
+        interval = min(self.settings.heartbeat_s / 2, 5.0)
+        next_purge = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                if now - conn.last_sent >= self.settings.heartbeat_s:
+                    conn.send_heartbeat()
+            try:
+                await self.store.node_heartbeat(self.node_id, self._node_ttl)
+                for channel, member in await self.store.reap_dead_nodes():
+                    await self._broadcast_presence(channel, "leave", member)
+                if now >= next_purge:
+                    next_purge = now + 60
+                    dropped = await self.store.purge(now_ms(), self.settings.retention_ms)
+                    if dropped:
+                        log.info("retention removed %d events", dropped)
+            except Exception:
+                log.exception("periodic store maintenance failed")
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background task that the node waits for at shutdown."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ bus sink
+
+    def on_events(self, channel: str, events: Sequence[Event]) -> None:
+        subscribers = self._subscribers.get(channel)
+        if not subscribers:
+            return
+        encoded: dict[str, list[bytes]] = {}
+        for conn in tuple(subscribers):
+            frames = encoded.get(conn.codec.format)
+            if frames is None:
+                frames = encoded[conn.codec.format] = [conn.codec.encode(e) for e in events]
+            conn.deliver(channel, events, frames)
+
+    def on_presence(self, event: PresenceEvent) -> None:
+        self._fan_out_ephemeral(event.channel, event)
+
+    def on_signal(self, event: SignalEvent) -> None:
+        self._fan_out_ephemeral(event.channel, event)
+
+    def _fan_out_ephemeral(self, channel: str, event: PresenceEvent | SignalEvent) -> None:
+        subscribers = self._subscribers.get(channel)
+        if not subscribers:
+            return
+        encoded: dict[str, bytes] = {}
+        for conn in tuple(subscribers):
+            frame = encoded.get(conn.codec.format)
+            if frame is None:
+                frame = encoded[conn.codec.format] = conn.codec.encode(event)
+            conn.deliver_ephemeral(channel, frame)
+
+    # ------------------------------------------------------------------ connections
+
+    async def connect(
+        self, principal: Principal, resume_key: str | None
+    ) -> tuple[str, dict[str, Any], bool]:
+        """Pick the connection id for a new connection: ``(connection_id, presence, resumed)``.
+
+        A valid resume key keeps the old connection id and the presence memberships that
+        have not left yet; a still-open old connection is closed without leaving.
+        """
+        if resume_key:
+            for conn in self.connections.values():
+                if conn.resume_key == resume_key and conn.principal.client_id == principal.client_id:
+                    presence = dict(conn.session.presence)
+                    conn.replaced = True
+                    self._forget(conn)
+                    self.spawn(conn.close(1000, "resumed by a new connection"))
+                    return conn.session.connection_id, presence, True
+            session = await self.store.take_session(resume_key)
+            if session is not None and session.client_id != principal.client_id:
+                await self.store.save_session(resume_key, session)
+                session = None
+            if session is not None:
+                handle = self._grace.pop(session.connection_id, None)
+                if handle is not None:
+                    handle.cancel()
+                present = {
+                    m.client_id + "\0" + m.connection_id
+                    for ch in session.presence
+                    for m in await self.store.presence_members(ch)
+                }
+                key = principal.client_id + "\0" + session.connection_id
+                kept = {ch: d for ch, d in session.presence.items() if key in present}
+                return session.connection_id, kept, True
+        return "c-" + secrets.token_urlsafe(9), {}, False
+
+    def register(self, conn: Connection) -> None:
+        self.connections[conn.session.connection_id] = conn
+
+    def _forget(self, conn: Connection) -> None:
+        if self.connections.get(conn.session.connection_id) is conn:
+            del self.connections[conn.session.connection_id]
+        for channel in list(conn.session.attachments):
+            self.unsubscribe(conn, channel)
+
+    async def disconnect(self, conn: Connection, *, clean: bool) -> None:
+        """The connection is gone. A clean close leaves presence at once; a drop waits
+        ``presence_grace_s`` for a resume."""
+        self._forget(conn)
+        if conn.replaced:
+            return
+        session = conn.session
+        presence = dict(session.presence)
+        expires = time.time() + self.settings.resume_window_s
+        if clean:
+            await self._leave_all(session.client_id, session.connection_id, presence)
+            presence = {}
+        elif presence:
+            loop = asyncio.get_running_loop()
+            self._grace[session.connection_id] = loop.call_later(
+                self.settings.presence_grace_s,
+                self._grace_expired,
+                session.client_id,
+                session.connection_id,
+                presence,
+            )
+        await self.store.save_session(
+            conn.resume_key,
+            ResumeSession(session.client_id, session.connection_id, presence, expires),
+        )
+
+    def _grace_expired(self, client_id: str, connection_id: str, presence: dict[str, Any]) -> None:
+        self._grace.pop(connection_id, None)
+        self.spawn(self._leave_all(client_id, connection_id, presence))
+
+    async def _leave_all(self, client_id: str, connection_id: str, presence: dict[str, Any]) -> None:
+        for channel, data in presence.items():
+            if await self.store.presence_remove(channel, client_id, connection_id):
+                member = PresenceMember(
+                    client_id=client_id, connection_id=connection_id, data=data, timestamp=now_ms()
+                )
+                await self._broadcast_presence(channel, "leave", member)
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(self, conn: Connection, channel: str) -> None:
+        self._subscribers.setdefault(channel, set()).add(conn)
+
+    def unsubscribe(self, conn: Connection, channel: str) -> None:
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.discard(conn)
+            if not subscribers:
+                del self._subscribers[channel]
+                self.spawn(self.store.bus.unsubscribe(channel))
+
+    def occupancy(self, channel: str) -> int:
+        return len(self._subscribers.get(channel, ()))
+
+    async def attach(self, principal: Principal, req: Attach) -> AttachResult:
+        """The snapshot for an attach whose connection is already subscribed (so no live
+        event can fall between the snapshot and the live stream)."""
+        await self.store.bus.subscribe(req.channel)
+        snap = await self.store.snapshot(
+            req.channel, from_serial=req.from_serial, rewind=req.rewind or 0
+        )
+        members = await self.store.presence_members(req.channel)
+        reason: str | None = None
+        replay: Sequence[Event] = ()
+        if req.from_serial is not None:
+            if req.epoch is not None and req.epoch != snap.epoch:
+                reason = f"epoch changed from {req.epoch} to {snap.epoch}: reload from history"
+            elif req.from_serial > snap.serial:
+                reason = (
+                    f"from_serial {req.from_serial} is beyond the latest serial {snap.serial}: "
+                    "reload from history"
+                )
+            elif snap.events is None or req.from_serial + 1 < snap.first_serial:
+                reason = (
+                    f"events after {req.from_serial} are past retention "
+                    f"(oldest kept: {snap.first_serial}): reload from history"
+                )
+            else:
+                replay = snap.events
+        attached = Attached(
+            ref=ref_of(req.ref),
+            channel=req.channel,
+            epoch=snap.epoch,
+            serial=snap.serial,
+            resumed=req.from_serial is not None and reason is None,
+            messages=snap.messages if req.rewind else UNSET,
+            presence=members,
+        )
+        return AttachResult(attached, replay, reason)
+
+    # ------------------------------------------------------------------ writes
+
+    async def append(self, event: Event, idempotency_key: str | None = None) -> Ok:
+        """Sequence one event; announce the channel on ``meta:channels`` at its first event."""
+        result = await self.store.append(event, idempotency_key=idempotency_key)
+        if result.serial == 1 and not result.duplicate:
+            self._announce(event.channel)
+        return Ok(serial=result.serial if result.serial is not None else UNSET)
+
+    def _announce(self, channel: str) -> None:
+        if channel == META_CHANNELS or channel in self._announced:
+            return
+        self._announced.add(channel)
+        if len(self._announced) > 10_000:
+            self._announced.clear()
+        event = self.new_event(
+            META_CHANNELS,
+            "create",
+            None,
+            name="channel.created",
+            data={"channel": channel},
+            extras={},
+            streaming=False,
+            id=None,
+        )
+        self.spawn(self._append_quietly(event, f"channel.created:{channel}"))
+
+    async def _append_quietly(self, event: Event, key: str) -> None:
+        try:
+            await self.store.append(event, idempotency_key=key)
+        except Exception:
+            log.exception("could not announce %s on %s", event.data, event.channel)
+
+    @staticmethod
+    def new_event(channel: str, type_: Any, client_id: str | None, **fields: Any) -> Event:
+        """An event to sequence; the store assigns ``serial`` and ``timestamp``."""
+        return Event(channel=channel, serial=0, type=type_, client_id=client_id, timestamp=0, **fields)
+
+    async def publish(self, principal: Principal, req: Publish) -> Ok:
+        authorize(principal, "publish", req.channel)
+        event = self.new_event(
+            req.channel,
+            "create",
+            principal.client_id,
+            id=req.id,
+            name=req.name,
+            data=req.data,
+            extras=req.extras or {},
+            streaming=req.streaming,
+        )
+        return await self.append(event, req.id)
+
+    async def change_message(
+        self, principal: Principal, channel: str, msg_serial: int, verb: str, **fields: Any
+    ) -> Ok:
+        """``update``, ``delete``, ``cancel`` (own/any rules) and ``append`` (author only)."""
+        message = await self.store.get_message(channel, msg_serial)
+        if verb == "append":
+            authorize(principal, "publish", channel)
+        elif not principal.capability.allows(f"{verb}-any", channel):
+            authorize(principal, f"{verb}-own", channel)  # type: ignore[arg-type]
+            if message is not None and not await self._is_own(principal, channel, message, verb):
+                raise Forbidden(f"message {msg_serial} is not yours to {verb}")
+        if message is None:
+            raise NotFound(f"no message {msg_serial} on {channel}")
+        event = self.new_event(channel, verb, principal.client_id, msg_serial=msg_serial, **fields)
+        return await self.append(event)
+
+    async def _is_own(self, principal: Principal, channel: str, message: Message, verb: str) -> bool:
+        if message.client_id == principal.client_id:
+            return True
+        reply_to = message.extras.get("reply_to")
+        if verb == "cancel" and isinstance(reply_to, int) and not isinstance(reply_to, bool):
+            # An answer to one of your messages is yours to cancel.
+            asked = await self.store.get_message(channel, reply_to)
+            return asked is not None and asked.client_id == principal.client_id
+        return False
+
+    async def annotate(
+        self, principal: Principal, channel: str, msg_serial: int, name: str, op: str
+    ) -> Ok:
+        authorize(principal, "annotate", channel)
+        event = self.new_event(
+            channel, "annotation", principal.client_id, msg_serial=msg_serial, kind="reaction",
+            name=name, op=op,
+        )
+        return await self.append(event)
+
+    # ------------------------------------------------------------------ reads
+
+    async def history(self, principal: Principal, req: History) -> HistoryReply:
+        authorize(principal, "history", req.channel)
+        messages, more = await self.store.history(
+            req.channel, before=req.before, after=req.after, limit=req.limit
+        )
+        return HistoryReply(ref=ref_of(req.ref), channel=req.channel, messages=messages, has_more=more)
+
+    # ------------------------------------------------------------------ presence, signals
+
+    async def presence(
+        self, principal: Principal, conn: Connection, channel: str, op: PresenceOp, data: Any
+    ) -> Ok:
+        authorize(principal, "presence", channel)
+        session = conn.session
+        member = PresenceMember(
+            client_id=session.client_id,
+            connection_id=session.connection_id,
+            data=data,
+            timestamp=now_ms(),
+        )
+        if op == "leave":
+            session.presence.pop(channel, None)
+            if await self.store.presence_remove(channel, member.client_id, member.connection_id):
+                await self._broadcast_presence(channel, "leave", member)
+            return Ok()
+        was_present = channel in session.presence
+        session.presence[channel] = data
+        await self.store.presence_set(channel, member, self.node_id)
+        await self._broadcast_presence(channel, "update" if was_present else "enter", member)
+        return Ok()
+
+    async def leave_channel(self, conn: Connection, channel: str) -> None:
+        data = conn.session.presence.pop(channel, UNSET)
+        if data is not UNSET:
+            await self._leave_all(conn.session.client_id, conn.session.connection_id, {channel: data})
+
+    async def _broadcast_presence(self, channel: str, op: PresenceOp, member: PresenceMember) -> None:
+        await self.store.bus.publish_presence(
+            PresenceEvent(
+                channel=channel,
+                op=op,
+                client_id=member.client_id,
+                connection_id=member.connection_id,
+                data=member.data,
+                timestamp=member.timestamp,
+            )
+        )
+
+    async def signal(self, principal: Principal, req: Signal) -> None:
+        authorize(principal, "signal", req.channel)
+        await self.store.bus.publish_signal(
+            SignalEvent(channel=req.channel, client_id=principal.client_id, name=req.name, data=req.data)
+        )
+
+    async def claim(self, principal: Principal, channel: str, key: str, ttl_s: float) -> Ok:
+        authorize(principal, "claim", channel)
+        granted = await self.store.claim(f"{channel}\0{key}", principal.client_id, ttl_s)
+        return Ok(granted=granted)
+
+
+__all__ = ["META_CHANNELS", "AttachResult", "Node", "RoomcastError"]

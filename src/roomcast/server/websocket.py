@@ -1,0 +1,101 @@
+"""``/v1/ws``: moves frames between the socket and a :class:`Connection`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from starlette.websockets import WebSocket
+
+from roomcast.core.authz import Capability, Principal
+from roomcast.core.connection import Connection
+from roomcast.core.node import Node
+from roomcast.protocol.codec import codec_for
+from roomcast.protocol.errors import (
+    CLOSE_ABNORMAL,
+    CLOSE_AUTH,
+    CLOSE_UNSUPPORTED_DATA,
+    BadRequest,
+    ProtocolViolation,
+    RoomcastError,
+    Unauthorized,
+)
+from roomcast.protocol.messages import CHANNEL_PATTERN, ErrorReply
+
+log = logging.getLogger("roomcast.ws")
+
+# The close codes that mean the peer vanished without a close frame (TCP loss, missed pings).
+DROPPED = frozenset({CLOSE_ABNORMAL, 1011})
+
+
+class StarletteTransport:
+    def __init__(self, websocket: WebSocket, *, text: bool) -> None:
+        self._ws = websocket
+        self._text = text
+
+    async def send(self, frame: bytes) -> None:
+        if self._text:
+            await self._ws.send({"type": "websocket.send", "text": frame.decode()})
+        else:
+            await self._ws.send({"type": "websocket.send", "bytes": frame})
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason)
+
+
+def anonymous_principal(node: Node, client_id: str | None) -> Principal:
+    """Who an anonymous caller is (§6): the client_id it picked, or a new one."""
+    settings = node.settings
+    if not settings.anonymous_enabled:
+        raise Unauthorized("credentials required: this server does not allow anonymous access")
+    if client_id is None or client_id == "":
+        client_id = "anon-" + secrets.token_hex(4)
+    import re
+
+    if not re.fullmatch(CHANNEL_PATTERN, client_id):
+        raise BadRequest("client_id must be 1-200 characters of A-Z a-z 0-9 _ . : -")
+    return Principal(client_id, Capability.parse(settings.anonymous_capability))
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    node: Node = websocket.app.state.node
+    params = websocket.query_params
+    await websocket.accept()
+    try:
+        codec = codec_for(params.get("format", "json"))
+        principal = anonymous_principal(node, params.get("client_id"))
+    except RoomcastError as exc:
+        error = ErrorReply(code=exc.code, message=exc.message)
+        from roomcast.protocol.codec import JsonCodec
+
+        await websocket.send_text(JsonCodec().encode(error).decode())
+        await websocket.close(CLOSE_AUTH if exc.code == 40100 else CLOSE_UNSUPPORTED_DATA, exc.message)
+        return
+    connection_id, presence, resumed = await node.connect(principal, params.get("resume"))
+    conn = Connection(
+        node,
+        StarletteTransport(websocket, text=codec.format == "json"),
+        codec,
+        principal,
+        connection_id,
+        presence,
+    )
+    node.register(conn)
+    conn.start(resumed)
+    clean = True
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                clean = message.get("code", 1005) not in DROPPED
+                break
+            text = message.get("text")
+            data = text if text is not None else message.get("bytes") or b""
+            await conn.receive(data, is_text=text is not None)
+    except ProtocolViolation as exc:
+        log.info("closing %s: %s", connection_id, exc.reason)
+        await conn.close(exc.close_code, exc.reason)
+    finally:
+        if conn.close_code is not None and conn.close_code >= 4000:
+            clean = False  # a server-side drop (slow consumer): the client will resume
+        await conn.finish(clean=clean)

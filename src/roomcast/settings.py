@@ -1,0 +1,235 @@
+"""The one settings object: each setting is a ``roomcast serve`` flag and a ``ROOMCAST_<NAME>``
+environment variable (a flag wins over the environment, which wins over the default)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from dataclasses import field as _field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+DEFAULT_ANONYMOUS_CAPABILITY = json.dumps(
+    {
+        "*": [
+            "subscribe",
+            "publish",
+            "presence",
+            "history",
+            "object-subscribe",
+            "object-publish",
+            "annotate",
+            "signal",
+            "claim",
+            "cancel-own",
+            "update-own",
+            "delete-own",
+            "agent-admin",
+        ]
+    }
+)
+
+
+class SettingsError(ValueError):
+    """A setting with a value that cannot be used; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    help: str
+    secret: bool = False
+
+
+def _spec(help: str, **kw: Any) -> dict[str, Spec]:
+    return {"spec": Spec(help, **kw)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every tunable of a server. Field metadata holds the help text shown by ``--help``."""
+
+    host: str = _field(default="127.0.0.1", metadata=_spec("Address to bind."))
+    port: int = _field(default=8000, metadata=_spec("TCP port to listen on."))
+    store: str = _field(
+        default="",
+        metadata=_spec(
+            "Store URL: sqlite:///path (default: roomcast.db in the user data directory) "
+            "or memory:// (tests; nothing survives a restart)."
+        ),
+    )
+    allow_anonymous: bool | None = _field(
+        default=None,
+        metadata=_spec(
+            "Let clients connect without credentials, picking their own client_id. "
+            "Default: on when bound to loopback, off elsewhere."
+        ),
+    )
+    anonymous_capability: str = _field(
+        default=DEFAULT_ANONYMOUS_CAPABILITY,
+        metadata=_spec("Capability JSON granted to anonymous clients (PROTOCOL.md §6)."),
+    )
+    presence_grace_s: float = _field(
+        default=15.0,
+        metadata=_spec("Seconds a dropped connection stays present, waiting for a resume."),
+    )
+    resume_window_s: float = _field(
+        default=120.0, metadata=_spec("Seconds a resume key stays valid after a disconnect.")
+    )
+    dedup_window_s: float = _field(
+        default=86400.0, metadata=_spec("Seconds a publish `id` is remembered for dedup.")
+    )
+    heartbeat_s: float = _field(
+        default=15.0,
+        metadata=_spec(
+            "Idle seconds before the server sends `heartbeat`; also the WebSocket ping "
+            "interval (a connection that misses a ping for as long again is closed)."
+        ),
+    )
+    publish_rate: float = _field(
+        default=50.0,
+        metadata=_spec(
+            "Publishes per second per connection (0 turns every per-connection limit off)."
+        ),
+    )
+    publish_burst: int = _field(
+        default=200, metadata=_spec("Publishes a connection may send at once above the rate.")
+    )
+    max_message_bytes: int = _field(
+        default=64 * 1024, metadata=_spec("Largest message `data` + `extras`, in bytes.")
+    )
+    max_stream_bytes: int = _field(
+        default=1024 * 1024,
+        metadata=_spec("Largest accumulated text of a streamed message, in bytes."),
+    )
+    outbound_queue: int = _field(
+        default=8192,
+        metadata=_spec(
+            "Messages queued for one connection before it counts as a slow consumer "
+            "and is closed with 4008 (it resumes from its last serial)."
+        ),
+    )
+    retention: str = _field(
+        default="0",
+        metadata=_spec("How long events and messages are kept, e.g. 30d, 12h; 0 keeps all."),
+    )
+    log_level: str = _field(
+        default="info", metadata=_spec("debug, info, warning or error.")
+    )
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def store_url(self) -> str:
+        if self.store:
+            return self.store
+        return f"sqlite:///{default_database_path()}"
+
+    @property
+    def retention_ms(self) -> int:
+        return parse_duration_ms(self.retention, "retention")
+
+    @property
+    def anonymous_enabled(self) -> bool:
+        if self.allow_anonymous is not None:
+            return self.allow_anonymous
+        return is_loopback(self.host)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(name, value) for the start-up print; secrets are masked."""
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["spec"].secret and value:
+                value = "********"
+            out.append((f.name, str(value)))
+        return out
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then ``ROOMCAST_*`` variables, then ``overrides`` that are not None."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get("ROOMCAST_" + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("port", "max_message_bytes", "max_stream_bytes", "outbound_queue")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("presence_grace_s", "resume_window_s", "dedup_window_s", "heartbeat_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.publish_rate < 0:
+            raise SettingsError("publish_rate must be 0 (no limit) or positive")
+        parse_duration_ms(self.retention, "retention")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
+        try:
+            json.loads(self.anonymous_capability)
+        except ValueError as exc:
+            raise SettingsError(f"anonymous_capability is not JSON: {exc}") from None
+
+
+def _convert(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if "bool" in type_name:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"ROOMCAST_{name.upper()}={raw!r} is not a valid {type_name.split(' ')[0]}"
+        ) from None
+    return raw
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def parse_duration_ms(text: str, name: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``500ms`` or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise SettingsError(f"{name} {text!r} is not a duration like 30d, 12h, 90m or 0")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_database_path() -> Path:
+    return Path(platformdirs.user_data_dir("roomcast")) / "roomcast.db"
+
+
+SETTING_NAMES = [f.name for f in fields(Settings)]

@@ -1,0 +1,217 @@
+"""Helpers for testing against a real roomcast server: run one in a subprocess, and talk to
+it with a raw protocol client. roomcast's own tests use them; so can yours.
+
+Example::
+
+    with ServerProcess(env={"ROOMCAST_PUBLISH_RATE": "0"}) as server:
+        async with await WireClient.connect(server.ws_url, client_id="alice") as alice:
+            await alice.request("attach", channel="room:a")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+Msg = dict[str, Any]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """``roomcast serve`` in a subprocess on a free port, with its own SQLite file by default."""
+
+    def __init__(
+        self,
+        store: str | None = None,
+        env: Mapping[str, str] | None = None,
+        args: list[str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if store is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="roomcast-test-")
+            store = f"sqlite:///{Path(self._tmp.name) / 'roomcast.db'}"
+        self.store = store
+        self.port = port or free_port()
+        self.env = dict(env or {})
+        self.args = list(args or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="roomcast-server-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        env = {**os.environ, **self.env}
+        cmd = [sys.executable, "-m", "roomcast", "serve", "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--store", self.store, *self.args]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Stop the server with ``sig`` and wait; returns its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WireClient:
+    """A raw PROTOCOL.md client: JSON frames over a WebSocket, batches flattened."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.connected: Msg = {}
+        self._inbox: asyncio.Queue[Msg] = asyncio.Queue()
+        self._held: list[Msg] = []
+        self._ref = 0
+        self._reader = asyncio.create_task(self._read())
+        self.closed = asyncio.Event()
+
+    @classmethod
+    async def connect(cls, url: str, timeout: float = 10.0, **params: str) -> WireClient:
+        query = "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
+        ws = await ws_connect(url + ("?" + query if query else ""), max_size=None)
+        client = cls(ws)
+        client.connected = await client.next(lambda m: m["action"] == "connected", timeout)
+        return client
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                decoded = json.loads(frame)
+                for item in decoded if isinstance(decoded, list) else [decoded]:
+                    self._inbox.put_nowait(item)
+        except Exception:  # the connection ended; close_code says how
+            pass
+        finally:
+            self.closed.set()
+
+    @property
+    def close_code(self) -> int | None:
+        rcvd = self.ws.protocol.close_rcvd
+        return rcvd.code if rcvd is not None else None
+
+    async def send(self, message: Msg | list[Msg] | str) -> None:
+        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def next_ref(self) -> int:
+        self._ref += 1
+        return self._ref
+
+    async def request(self, action: str, timeout: float = 10.0, **fields: Any) -> Msg:
+        """Send a request with a fresh ``ref`` and return its reply (other messages are kept)."""
+        ref = self.next_ref()
+        await self.send({"action": action, "ref": ref, **fields})
+        return await self.next(lambda m: m.get("ref") == ref and m["action"] != "event", timeout)
+
+    async def next(self, match: Callable[[Msg], bool] | None = None, timeout: float = 10.0) -> Msg:
+        """The next message (matching ``match``, if given); others stay queued in order."""
+        for i, held in enumerate(self._held):
+            if match is None or match(held):
+                return self._held.pop(i)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching message in {timeout}s; held: {self._held[-5:]}")
+            try:
+                message = await asyncio.wait_for(self._inbox.get(), remaining)
+            except TimeoutError:
+                continue
+            if match is None or match(message):
+                return message
+            self._held.append(message)
+
+    async def events(self, channel: str, count: int, timeout: float = 10.0) -> list[Msg]:
+        """The next ``count`` events of ``channel``."""
+        return [
+            await self.next(lambda m: m["action"] == "event" and m["channel"] == channel, timeout)
+            for _ in range(count)
+        ]
+
+    async def quiet(self, seconds: float = 0.3) -> list[Msg]:
+        """Everything that arrives within ``seconds`` (and what was held)."""
+        await asyncio.sleep(seconds)
+        out, self._held = self._held, []
+        while not self._inbox.empty():
+            out.append(self._inbox.get_nowait())
+        return out
+
+    def drop(self) -> None:
+        """Lose the TCP connection without a close frame."""
+        transport = self.ws.transport
+        transport.abort()
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+
+    async def __aenter__(self) -> WireClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

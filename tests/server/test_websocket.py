@@ -1,0 +1,336 @@
+"""PROTOCOL.md §2, §4 and §8 over a real WebSocket, against a real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from roomcast.testing import ServerProcess, WireClient
+
+
+def room() -> str:
+    return f"room:{uuid.uuid4().hex[:10]}"
+
+
+async def test_publish_reaches_other_subscriber_and_history(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    for c in (a, b):
+        attached = await c.request("attach", channel=channel)
+        assert attached["action"] == "attached" and attached["serial"] == 0
+    ok = await a.request("publish", channel=channel, data={"text": "hello"})
+    assert ok == {"action": "ok", "ref": ok["ref"], "serial": 1}
+    [event] = await b.events(channel, 1)
+    assert event["serial"] == 1 and event["type"] == "create"
+    assert event["client_id"] == "alice" and event["data"] == {"text": "hello"}
+    history = await b.request("history", channel=channel)
+    assert [m["data"] for m in history["messages"]] == [{"text": "hello"}]
+    assert history["messages"][0]["msg_serial"] == 1
+    assert history["messages"][0]["status"] == "complete"
+    assert history["has_more"] is False
+    await a.close()
+    await b.close()
+
+
+async def test_publish_with_same_id_is_stored_once(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    first = await a.request("publish", channel=channel, data=1, id="once")
+    again = await a.request("publish", channel=channel, data=2, id="once")
+    other = await a.request("publish", channel=channel, data=3, id="twice")
+    assert first["serial"] == again["serial"] == 1
+    assert other["serial"] == 2
+    history = await a.request("history", channel=channel)
+    assert [m["data"] for m in history["messages"]] == [1, 3]
+    await a.close()
+
+
+async def test_resume_after_drop_replays_exactly_the_missed_events(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    attached = await b.request("attach", channel=channel)
+    await a.request("publish", channel=channel, data="before")
+    [seen] = await b.events(channel, 1)
+    b.drop()
+
+    refs = []
+    for k in range(500):
+        ref = a.next_ref()
+        refs.append(ref)
+        await a.send({"action": "publish", "channel": channel, "data": k, "ref": ref})
+    oks = [await a.next(lambda m, r=r: m.get("ref") == r) for r in refs]
+    assert [ok["serial"] for ok in oks] == list(range(2, 502))
+
+    b2 = await WireClient.connect(server.ws_url, client_id="bob")
+    reply = await b2.request(
+        "attach", channel=channel, from_serial=seen["serial"], epoch=attached["epoch"]
+    )
+    assert reply["resumed"] is True and reply["serial"] == 501
+    events = await b2.events(channel, 500)
+    assert [e["serial"] for e in events] == list(range(2, 502))
+    assert [e["data"] for e in events] == list(range(500))
+    assert [m for m in await b2.quiet(0.3) if m["action"] == "event"] == []
+
+    stale = await b2.request("attach", channel=channel, from_serial=10, epoch="not-the-epoch")
+    assert stale["resumed"] is False
+    gone = await b2.next(lambda m: m["action"] == "discontinuity")
+    assert gone["channel"] == channel and "epoch" in gone["reason"]
+    ahead = await b2.request("attach", channel=channel, from_serial=9999)
+    assert ahead["resumed"] is False
+    beyond = await b2.next(lambda m: m["action"] == "discontinuity")
+    assert "beyond" in beyond["reason"]
+    assert [m for m in await b2.quiet(0.3) if m["action"] == "event"] == []
+    await a.close()
+    await b2.close()
+
+
+async def test_rewind_gives_the_last_messages_then_live_ones(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    for k in range(25):
+        await a.request("publish", channel=channel, data=k)
+    late = await WireClient.connect(server.ws_url, client_id="late")
+    attached = await late.request("attach", channel=channel, rewind=10)
+    assert attached["serial"] == 25
+    assert [m["data"] for m in attached["messages"]] == list(range(15, 25))
+    assert [m["msg_serial"] for m in attached["messages"]] == list(range(16, 26))
+    await a.request("publish", channel=channel, data="live")
+    [live] = await late.events(channel, 1)
+    assert live["serial"] == 26 and live["data"] == "live"
+    await a.close()
+    await late.close()
+
+
+async def test_presence_enter_update_and_late_attach(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    await b.request("attach", channel=channel)
+    await a.request("attach", channel=channel)
+    assert (await a.request("presence", channel=channel, op="enter", data={"mood": "hungry"}))[
+        "action"
+    ] == "ok"
+    entered = await b.next(lambda m: m["action"] == "presence")
+    assert entered["op"] == "enter" and entered["client_id"] == "alice"
+    assert entered["data"] == {"mood": "hungry"}
+    assert entered["connection_id"] == a.connected["connection_id"]
+    await a.request("presence", channel=channel, op="update", data={"mood": "full"})
+    updated = await b.next(lambda m: m["action"] == "presence")
+    assert updated["op"] == "update" and updated["data"] == {"mood": "full"}
+
+    c = await WireClient.connect(server.ws_url, client_id="carol")
+    attached = await c.request("attach", channel=channel)
+    assert [(p["client_id"], p["data"]) for p in attached["presence"]] == [
+        ("alice", {"mood": "full"})
+    ]
+    assert set(attached["presence"][0]) == {"client_id", "connection_id", "data", "timestamp"}
+
+    await a.close()  # a clean close: the leave is immediate
+    left = await b.next(lambda m: m["action"] == "presence", timeout=1.0)
+    assert left["op"] == "leave" and left["client_id"] == "alice"
+    await b.close()
+    await c.close()
+
+
+async def test_dropped_connection_leaves_after_grace(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    await b.request("attach", channel=channel)
+    await a.request("presence", channel=channel, op="enter", data=None)
+    await b.next(lambda m: m["action"] == "presence" and m["op"] == "enter")
+    loop = asyncio.get_running_loop()
+    dropped_at = loop.time()
+    a.drop()
+    left = await b.next(lambda m: m["action"] == "presence", timeout=10)
+    waited = loop.time() - dropped_at
+    assert left["op"] == "leave" and left["client_id"] == "alice"
+    assert 1.5 <= waited <= 6, waited  # the grace period is 2 s in these tests
+    await b.close()
+
+
+async def test_resume_within_grace_keeps_connection_and_presence(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    await b.request("attach", channel=channel)
+    await a.request("presence", channel=channel, op="enter", data={"n": 1})
+    await b.next(lambda m: m["action"] == "presence" and m["op"] == "enter")
+    a.drop()
+    await asyncio.sleep(0.5)
+    a2 = await WireClient.connect(
+        server.ws_url, client_id="alice", resume=a.connected["resume_key"]
+    )
+    assert a2.connected["resumed"] is True
+    assert a2.connected["connection_id"] == a.connected["connection_id"]
+    # Well past the 2 s grace period: no leave may be seen, and alice is still present.
+    assert [m for m in await b.quiet(3.5) if m["action"] == "presence"] == []
+    late = await WireClient.connect(server.ws_url, client_id="dave")
+    attached = await late.request("attach", channel=channel)
+    assert [(p["client_id"], p["connection_id"]) for p in attached["presence"]] == [
+        ("alice", a.connected["connection_id"])
+    ]
+    await a2.close()
+    left = await b.next(lambda m: m["action"] == "presence", timeout=2)
+    assert left["op"] == "leave"
+    await b.close()
+    await late.close()
+
+
+async def test_unknown_or_foreign_resume_key_gives_a_new_connection(
+    server: ServerProcess,
+) -> None:
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    key = a.connected["resume_key"]
+    await a.close()
+    stranger = await WireClient.connect(server.ws_url, client_id="mallory", resume=key)
+    assert stranger.connected["resumed"] is False
+    assert stranger.connected["connection_id"] != a.connected["connection_id"]
+    nobody = await WireClient.connect(server.ws_url, client_id="x", resume="r-unknown")
+    assert nobody.connected["resumed"] is False
+    again = await WireClient.connect(server.ws_url, client_id="alice", resume=key)
+    assert again.connected["resumed"] is True
+    assert again.connected["connection_id"] == a.connected["connection_id"]
+    for c in (stranger, nobody, again):
+        await c.close()
+
+
+async def test_resume_closes_a_half_open_old_connection(server: ServerProcess) -> None:
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    a2 = await WireClient.connect(
+        server.ws_url, client_id="alice", resume=a.connected["resume_key"]
+    )
+    assert a2.connected["resumed"] is True
+    await asyncio.wait_for(a.closed.wait(), 5)
+    assert a2.connected["connection_id"] == a.connected["connection_id"]
+    await a2.close()
+
+
+async def test_frame_that_is_not_json_closes_with_1007(server: ServerProcess) -> None:
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    await a.send("this is not json")
+    await asyncio.wait_for(a.closed.wait(), 5)
+    assert a.close_code == 1007
+
+
+async def test_binary_frame_in_json_mode_closes_with_1003(server: ServerProcess) -> None:
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    await a.ws.send(b'{"action":"ping"}')
+    await asyncio.wait_for(a.closed.wait(), 5)
+    assert a.close_code == 1003
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        ({"action": "teleport", "channel": "room:x"}, "action"),
+        ({"action": "publish", "channel": "room:x"}, "data"),
+        ({"action": "publish", "channel": "room:x", "data": 1, "name": 5}, "name"),
+        ({"action": "publish", "channel": "no spaces allowed", "data": 1}, "channel"),
+        ({"action": "publish", "channel": "", "data": 1}, "channel"),
+        ({"action": "history", "channel": "room:x", "limit": 1001}, "limit"),
+        ({"action": "history", "channel": "room:x", "before": 5, "after": 1}, "before"),
+        ({"action": "attach", "channel": "room:x", "from_serial": "ten"}, "from_serial"),
+    ],
+)
+async def test_bad_requests_get_40000_and_the_connection_stays_usable(
+    server: ServerProcess, request_: dict[str, object], words: str
+) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    await a.request("publish", channel=channel, data="keep")
+    ref = a.next_ref()
+    await a.send({**request_, "ref": ref})
+    error = await a.next(lambda m: m.get("ref") == ref)
+    assert error["action"] == "error" and error["code"] == 40000
+    assert words in error["message"]
+    assert (await a.request("ping"))["action"] == "pong"
+    history = await a.request("history", channel=channel)
+    assert [m["data"] for m in history["messages"]] == ["keep"]
+    await a.close()
+
+
+async def test_unknown_msg_serial_gets_40400_and_changes_nothing(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    await a.request("publish", channel=channel, data="keep")
+    for action in ("update", "delete"):
+        fields = {"data": "x"} if action == "update" else {}
+        error = await a.request(action, channel=channel, msg_serial=42, **fields)
+        assert error["action"] == "error" and error["code"] == 40400, error
+    history = await a.request("history", channel=channel)
+    assert [(m["msg_serial"], m["data"]) for m in history["messages"]] == [(1, "keep")]
+    next_ok = await a.request("publish", channel=channel, data="next")
+    assert next_ok["serial"] == 2  # the refused requests took no serial
+    await a.close()
+
+
+async def test_batched_requests_in_one_frame_are_answered_in_order(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    await a.send(
+        [
+            {"action": "publish", "channel": channel, "data": 1, "ref": 101},
+            {"action": "bogus", "ref": 102},
+            {"action": "publish", "channel": channel, "data": 2, "ref": 103},
+            {"action": "ping", "ref": 104},
+        ]
+    )
+    replies = [await a.next(lambda m: m.get("ref") == r) for r in (101, 102, 103, 104)]
+    assert [r["action"] for r in replies] == ["ok", "error", "ok", "pong"]
+    assert replies[0]["serial"] == 1 and replies[2]["serial"] == 2
+    await a.close()
+
+
+async def test_detach_stops_events(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    await b.request("attach", channel=channel)
+    detached = await b.request("detach", channel=channel)
+    assert detached["action"] == "detached" and detached["channel"] == channel
+    await a.request("publish", channel=channel, data=1)
+    assert [m for m in await b.quiet(0.3) if m["action"] == "event"] == []
+    await a.close()
+    await b.close()
+
+
+async def test_signals_reach_attached_clients_and_are_not_stored(server: ServerProcess) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    await b.request("attach", channel=channel)
+    await a.send({"action": "signal", "channel": channel, "name": "typing", "data": True})
+    signal = await b.next(lambda m: m["action"] == "signal")
+    assert signal == {
+        "action": "signal",
+        "channel": channel,
+        "client_id": "alice",
+        "name": "typing",
+        "data": True,
+    }
+    history = await b.request("history", channel=channel)
+    assert history["messages"] == []
+    await a.close()
+    await b.close()
+
+
+async def test_first_event_announces_the_channel_on_meta_channels(server: ServerProcess) -> None:
+    channel = room()
+    watcher = await WireClient.connect(server.ws_url, client_id="watcher")
+    await watcher.request("attach", channel="meta:channels")
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    await a.request("publish", channel=channel, data=1)
+    await a.request("publish", channel=channel, data=2)
+    announced = await watcher.next(
+        lambda m: m["action"] == "event" and m["data"] == {"channel": channel}
+    )
+    assert announced["name"] == "channel.created" and announced["client_id"] is None
+    rest = await watcher.quiet(0.3)
+    assert [m for m in rest if m.get("data") == {"channel": channel}] == []
+    await a.close()
+    await watcher.close()
