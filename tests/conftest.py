@@ -22,6 +22,12 @@ TEST_ENV = {
 }
 
 
+@pytest.fixture(scope="session")
+def test_env() -> dict[str, str]:
+    """The environment of a test server; add to a copy of it."""
+    return dict(TEST_ENV)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     """A SQLite-backed server shared by one test module."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 import sys
 from dataclasses import fields
 from typing import Annotated, Any, Optional
@@ -41,8 +42,12 @@ def _setting_parameters() -> list[inspect.Parameter]:
         spec = f.metadata["spec"]
         env = "ROOMCAST_" + f.name.upper()
         type_name = str(f.type)
-        kind: Any = bool if "bool" in type_name else int if type_name == "int" else (
-            float if type_name == "float" else str
+        kind: Any = (
+            bool
+            if "bool" in type_name
+            else int
+            if type_name == "int"
+            else (float if type_name == "float" else str)
         )
         option = typer.Option(
             help=f"{spec.help} [env: {env}; default: {f.default!s}]",
@@ -85,7 +90,9 @@ def run_server(settings: Settings) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    console.print(f"[bold]roomcast {__version__}[/bold] serving on http://{shown_host}:{settings.port}")
+    console.print(
+        f"[bold]roomcast {__version__}[/bold] serving on http://{shown_host}:{settings.port}"
+    )
     console.print(f"  WebSocket: ws://{shown_host}:{settings.port}/v1/ws")
     console.print(f"  store:     {settings.store_url}")
     console.print(f"  anonymous: {'on' if settings.anonymous_enabled else 'off'}")
@@ -107,9 +114,14 @@ def run_server(settings: Settings) -> None:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; a clean shutdown
+    # (connections closed, store flushed) should exit 0, so that re-raise is absorbed here.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if not server.started:
         sys.exit(3)
+    console.print("roomcast stopped: store flushed and closed")
 
 
 _serve.__signature__ = inspect.Signature(_setting_parameters())  # type: ignore[attr-defined]

@@ -118,9 +118,7 @@ class Settings:
         default="0",
         metadata=_spec("How long events and messages are kept, e.g. 30d, 12h; 0 keeps all."),
     )
-    log_level: str = _field(
-        default="info", metadata=_spec("debug, info, warning or error.")
-    )
+    log_level: str = _field(default="info", metadata=_spec("debug, info, warning or error."))
 
     # ------------------------------------------------------------------ derived
 
@@ -153,9 +151,7 @@ class Settings:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then ``ROOMCAST_*`` variables, then ``overrides`` that are not None."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -180,7 +176,9 @@ class Settings:
             raise SettingsError("publish_rate must be 0 (no limit) or positive")
         parse_duration_ms(self.retention, "retention")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
-            raise SettingsError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
+            raise SettingsError(
+                f"log_level must be debug, info, warning or error, not {self.log_level!r}"
+            )
         try:
             json.loads(self.anonymous_capability)
         except ValueError as exc:

@@ -280,7 +280,7 @@ async def test_batched_requests_in_one_frame_are_answered_in_order(server: Serve
             {"action": "ping", "ref": 104},
         ]
     )
-    replies = [await a.next(lambda m: m.get("ref") == r) for r in (101, 102, 103, 104)]
+    replies = [await a.next(lambda m, r=r: m.get("ref") == r) for r in (101, 102, 103, 104)]
     assert [r["action"] for r in replies] == ["ok", "error", "ok", "pong"]
     assert replies[0]["serial"] == 1 and replies[2]["serial"] == 2
     await a.close()

@@ -152,7 +152,9 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def append_batch(self, events: Sequence[Event], keys: Sequence[str | None]) -> list[Appended]:
+    async def append_batch(
+        self, events: Sequence[Event], keys: Sequence[str | None]
+    ) -> list[Appended]:
         """Append several events to one channel, all or nothing."""
 
     @abstractmethod
@@ -182,9 +184,7 @@ class Store(ABC):
         """Channels with at least one event whose name starts with ``prefix``, by name."""
 
     @abstractmethod
-    async def streaming_messages(
-        self, idle_since_ms: int, limit: int
-    ) -> list[tuple[str, Message]]:
+    async def streaming_messages(self, idle_since_ms: int, limit: int) -> list[tuple[str, Message]]:
         """Messages still ``streaming`` whose last event is older than ``idle_since_ms``."""
 
     @abstractmethod

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-
-
 from roomcast.protocol.messages import Event, PresenceEvent, PresenceMember, SignalEvent
 
 from .base import Bus, ResumeSession, StoreOptions

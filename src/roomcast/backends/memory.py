@@ -7,7 +7,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from msgspec import structs
+from msgspec import UNSET, structs
 
 from roomcast.protocol.errors import BadRequest
 from roomcast.protocol.messages import Event, Message
@@ -30,6 +30,8 @@ class _Log:
 
 
 class MemoryStore(LocalEphemeralState, Store):
+    bus: LocalBus
+
     def __init__(self, bus: LocalBus, options: StoreOptions | None = None) -> None:
         super().__init__()
         self.bus = bus
@@ -57,7 +59,7 @@ class MemoryStore(LocalEphemeralState, Store):
             seen = log.keys.get(key)
             if seen is not None and seen[1] > now:
                 return Appended(serial=seen[0], duplicate=True)
-        message = None if event.msg_serial is structs.UNSET else log.messages.get(event.msg_serial)
+        message = None if event.msg_serial is UNSET else log.messages.get(event.msg_serial)
         if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
             return Appended(serial=None)
         serial = log.serial + 1
@@ -85,8 +87,20 @@ class MemoryStore(LocalEphemeralState, Store):
     ) -> list[Appended]:
         if len({e.channel for e in events}) > 1:
             raise BadRequest("a batch must be for one channel")
+        if not events:
+            return []
         now = now_ms()
-        results = [self._apply(e, k, now) for e, k in zip(events, keys, strict=True)]
+        # All or nothing: if an event is refused, put the log back as it was.
+        log = self._log(events[0].channel)
+        saved = (log.serial, log.updated_at, len(log.events), len(log.order))
+        messages, idempotency = dict(log.messages), dict(log.keys)
+        try:
+            results = [self._apply(e, k, now) for e, k in zip(events, keys, strict=True)]
+        except BaseException:
+            log.serial, log.updated_at = saved[0], saved[1]
+            del log.events[saved[2] :], log.order[saved[3] :]
+            log.messages, log.keys = messages, idempotency
+            raise
         stored = [r.event for r in results if r.event is not None]
         if stored:
             self.bus.emit(stored[0].channel, stored)
@@ -146,9 +160,7 @@ class MemoryStore(LocalEphemeralState, Store):
             for n in names[:limit]
         ]
 
-    async def streaming_messages(
-        self, idle_since_ms: int, limit: int
-    ) -> list[tuple[str, Message]]:
+    async def streaming_messages(self, idle_since_ms: int, limit: int) -> list[tuple[str, Message]]:
         found: list[tuple[str, Message]] = []
         for channel, log in self._logs.items():
             for message in log.messages.values():

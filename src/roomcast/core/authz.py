@@ -40,7 +40,9 @@ def pattern_matches(pattern: str, channel: str) -> bool:
 
 
 def validate_pattern(pattern: str) -> None:
-    if "*" in pattern[:-1] or (pattern.endswith("*") and pattern not in ("*",) and not pattern.endswith(":*")):
+    if "*" in pattern[:-1] or (
+        pattern.endswith("*") and pattern not in ("*",) and not pattern.endswith(":*")
+    ):
         raise BadRequest(f"capability pattern {pattern!r}: `*` may only stand as a last segment")
 
 
@@ -69,8 +71,7 @@ class Capability:
     def allows(self, operation: str, channel: str) -> bool:
         for pattern, ops in self.rules:
             if pattern_matches(pattern, channel) and (
-                operation in ops
-                or (operation.endswith("-own") and operation[:-4] + "-any" in ops)
+                operation in ops or (operation.endswith("-own") and operation[:-4] + "-any" in ops)
             ):
                 return True
         return False

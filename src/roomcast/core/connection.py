@@ -120,9 +120,9 @@ class Connection:
         await self.node.disconnect(self, clean=clean)
 
     async def close(self, code: int, reason: str) -> None:
+        self.closed = True
         if self.close_code is None:
             self.close_code = code
-            self.closed = True
             try:
                 await self.transport.close(code, reason)
             except Exception:  # the socket may already be gone
@@ -131,26 +131,39 @@ class Connection:
     # ------------------------------------------------------------------ outbound
 
     def push(self, frame: bytes) -> None:
-        if self.closed:
-            return
-        self._out.append(frame)
-        if len(self._out) > self._limit:
-            self._out.clear()
-            log.warning(
-                "closing slow consumer %s (%s): more than %d messages queued",
-                self.session.connection_id,
-                self.session.client_id,
-                self._limit,
-            )
-            self.node.spawn(self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume from your last serial"))
-            return
-        self._wake.set()
+        """Queue a reply. Replies are bounded by the requests in flight, not by the limit."""
+        if not self.closed:
+            self._out.append(frame)
+            self._wake.set()
 
     def push_many(self, frames: Sequence[bytes]) -> None:
         """Queue a bounded batch (a replay) without counting it as a backlog."""
         if frames and not self.closed:
             self._out.extend(frames)
             self._wake.set()
+
+    def push_live(self, frame: bytes) -> None:
+        """Queue a live message; past ``outbound_queue`` the connection is a slow consumer."""
+        if self.closed:
+            return
+        self._out.append(frame)
+        if len(self._out) > self._limit:
+            self._drop_slow_consumer()
+            return
+        self._wake.set()
+
+    def _drop_slow_consumer(self) -> None:
+        self._out.clear()
+        self.closed = True  # nothing more is queued; the close frame goes out next
+        log.warning(
+            "closing slow consumer %s (%s): more than %d messages queued",
+            self.session.connection_id,
+            self.session.client_id,
+            self._limit,
+        )
+        self.node.spawn(
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume from your last serial")
+        )
 
     async def _send_loop(self) -> None:
         while True:
@@ -179,7 +192,7 @@ class Connection:
         return batch
 
     def send_heartbeat(self) -> None:
-        self.push(self.codec.encode(m.Heartbeat()))
+        self.push_live(self.codec.encode(m.Heartbeat()))
 
     def deliver(self, channel: str, events: Sequence[m.Event], frames: Sequence[bytes]) -> None:
         """Live events of an attached channel (called by the node's fan-out)."""
@@ -189,14 +202,14 @@ class Connection:
         for event, frame in zip(events, frames, strict=True):
             out = attachment.offer(event.serial, frame)
             if out is not None:
-                self.push(out)
+                self.push_live(out)
 
     def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
         attachment = self.session.attachments.get(channel)
         if attachment is not None:
             out = attachment.offer(None, frame)
             if out is not None:
-                self.push(out)
+                self.push_live(out)
 
     # ------------------------------------------------------------------ inbound
 
@@ -218,73 +231,97 @@ class Connection:
             return (req.ref, channel, _error_reply(req.ref, channel, exc))
 
     def _start(self, req: m.ClientRequest, frame_size: int) -> Awaitable[Any] | m.Reply | None:
-        node, principal, ref = self.node, self.principal, m.ref_of(req.ref)
-        spawn = asyncio.ensure_future
-        if isinstance(req, m.Ping):
-            return m.Pong(ref=ref)
-        if isinstance(req, m.Publish):
-            self._check_rate()
-            if frame_size > self._max_bytes:
-                self._check_size(req.data, req.extras)
-            return spawn(node.publish(principal, req))
-        if isinstance(req, m.Attach):
-            authorize(principal, "subscribe", req.channel)
-            self.session.attach(req.channel)
-            node.subscribe(self, req.channel)
-            return spawn(node.attach(principal, req))
-        if isinstance(req, m.Detach):
-            if self.session.detach(req.channel) is not None:
-                node.unsubscribe(self, req.channel)
-            return spawn(self._detach(req))
-        if isinstance(req, m.History):
-            return spawn(node.history(principal, req))
-        if isinstance(req, m.PresenceRequest):
-            if frame_size > self._max_bytes:
-                self._check_size(req.data, None)
-            return spawn(node.presence(principal, self, req.channel, req.op, req.data))
-        if isinstance(req, m.Signal):
-            if frame_size > self._max_bytes:
-                self._check_size(req.data, None)
-            return spawn(node.signal(principal, req))
-        if isinstance(req, m.Update):
-            self._check_rate()
-            if frame_size > self._max_bytes:
-                self._check_size(None if req.data is msgspec.UNSET else req.data, None)
-            fields = {
-                k: v
-                for k, v in (("data", req.data), ("extras", req.extras), ("status", req.status))
-                if v is not msgspec.UNSET
-            }
-            return spawn(node.change_message(principal, req.channel, req.msg_serial, "update", **fields))
-        if isinstance(req, m.Delete):
-            return spawn(node.change_message(principal, req.channel, req.msg_serial, "delete"))
-        if isinstance(req, m.Append):
-            if frame_size > self._max_bytes:
-                self._check_size(req.data, None)
-            return spawn(
-                node.change_message(principal, req.channel, req.msg_serial, "append", data=req.data)
-            )
-        if isinstance(req, m.Cancel):
-            return spawn(
-                node.change_message(
-                    principal, req.channel, req.msg_serial, "cancel", reason=req.reason
-                )
-            )
-        if isinstance(req, m.Annotate):
-            return spawn(node.annotate(principal, req.channel, req.msg_serial, req.name, req.op))
-        if isinstance(req, m.Claim):
-            return spawn(node.claim(principal, req.channel, req.key, req.ttl_s))
-        if isinstance(req, m.Auth):
-            raise Unauthorized("this server has no signing keys, so it accepts no tokens")
-        if isinstance(req, m.ObjectRequest):
-            raise BadRequest("live objects are not enabled on this server yet")
-        raise BadRequest(f"unsupported action {type(req).__name__}")
+        handler = _HANDLERS.get(type(req))
+        if handler is None:
+            raise BadRequest(f"unsupported action {type(req).__name__}")
+        result: Awaitable[Any] | m.Reply | None = handler(self, req, frame_size)
+        return result
+
+    # Each handler checks what must be checked in request order (rate, size, and anything
+    # that changes the session), then starts the store work without awaiting it.
+
+    def _on_ping(self, req: m.Ping, size: int) -> m.Reply:
+        return m.Pong(ref=m.ref_of(req.ref))
+
+    def _on_publish(self, req: m.Publish, size: int) -> Awaitable[Any]:
+        self._check_rate()
+        if size > self._max_bytes:
+            self._check_size(req.data, req.extras)
+        return asyncio.ensure_future(self.node.publish(self.principal, req))
+
+    def _on_attach(self, req: m.Attach, size: int) -> Awaitable[Any]:
+        authorize(self.principal, "subscribe", req.channel)
+        self.session.attach(req.channel)
+        self.node.subscribe(self, req.channel)
+        return asyncio.ensure_future(self.node.attach(self.principal, req))
+
+    def _on_detach(self, req: m.Detach, size: int) -> Awaitable[Any]:
+        if self.session.detach(req.channel) is not None:
+            self.node.unsubscribe(self, req.channel)
+        return asyncio.ensure_future(self._detach(req))
+
+    def _on_history(self, req: m.History, size: int) -> Awaitable[Any]:
+        return asyncio.ensure_future(self.node.history(self.principal, req))
+
+    def _on_presence(self, req: m.PresenceRequest, size: int) -> Awaitable[Any]:
+        if size > self._max_bytes:
+            self._check_size(req.data, None)
+        return asyncio.ensure_future(
+            self.node.presence(self.principal, self, req.channel, req.op, req.data)
+        )
+
+    def _on_signal(self, req: m.Signal, size: int) -> Awaitable[Any]:
+        if size > self._max_bytes:
+            self._check_size(req.data, None)
+        return asyncio.ensure_future(self.node.signal(self.principal, req))
+
+    def _on_update(self, req: m.Update, size: int) -> Awaitable[Any]:
+        self._check_rate()
+        changes = {
+            k: v
+            for k, v in (("data", req.data), ("extras", req.extras), ("status", req.status))
+            if v is not msgspec.UNSET
+        }
+        if size > self._max_bytes:
+            self._check_size(changes.get("data"), changes.get("extras"))
+        return self._change(req.channel, req.msg_serial, "update", **changes)
+
+    def _on_delete(self, req: m.Delete, size: int) -> Awaitable[Any]:
+        return self._change(req.channel, req.msg_serial, "delete")
+
+    def _on_append(self, req: m.Append, size: int) -> Awaitable[Any]:
+        if size > self._max_bytes:
+            self._check_size(req.data, None)
+        return self._change(req.channel, req.msg_serial, "append", data=req.data)
+
+    def _on_cancel(self, req: m.Cancel, size: int) -> Awaitable[Any]:
+        return self._change(req.channel, req.msg_serial, "cancel", reason=req.reason)
+
+    def _change(self, channel: str, msg_serial: int, verb: str, **fields: Any) -> Awaitable[Any]:
+        return asyncio.ensure_future(
+            self.node.change_message(self.principal, channel, msg_serial, verb, **fields)
+        )
+
+    def _on_annotate(self, req: m.Annotate, size: int) -> Awaitable[Any]:
+        return asyncio.ensure_future(
+            self.node.annotate(self.principal, req.channel, req.msg_serial, req.name, req.op)
+        )
+
+    def _on_claim(self, req: m.Claim, size: int) -> Awaitable[Any]:
+        return asyncio.ensure_future(
+            self.node.claim(self.principal, req.channel, req.key, req.ttl_s)
+        )
+
+    def _on_auth(self, req: m.Auth, size: int) -> None:
+        raise Unauthorized("this server has no signing keys, so it accepts no tokens")
+
+    def _on_object(self, req: m.ObjectRequest, size: int) -> None:
+        raise BadRequest("live objects are not enabled on this server yet")
 
     def _check_rate(self) -> None:
         if not self._bucket.take(time.monotonic()):
-            raise RateLimited(
-                f"publish rate limit: {self._bucket.rate:g}/s with a burst of {self._bucket.burst:g}"
-            )
+            bucket = self._bucket
+            raise RateLimited(f"publish rate limit: {bucket.rate:g}/s, burst {bucket.burst:g}")
 
     def _check_size(self, data: Any, extras: Any) -> None:
         size = len(msgspec.json.encode(data)) + (len(msgspec.json.encode(extras)) if extras else 0)
@@ -330,7 +367,9 @@ class Connection:
             return  # detached (or re-attached) while the snapshot was read
         self.push(self.codec.encode(result.attached))
         if result.discontinuity is not None:
-            self.push(self.codec.encode(m.Discontinuity(channel=channel, reason=result.discontinuity)))
+            self.push(
+                self.codec.encode(m.Discontinuity(channel=channel, reason=result.discontinuity))
+            )
         encode = self.codec.encode
         self.push_many([encode(event) for event in result.replay])
         self.push_many(attachment.go_live(result.attached.serial))
@@ -343,3 +382,22 @@ def _error_reply(ref: int | None, channel: str | None, exc: RoomcastError) -> m.
         message=exc.message,
         channel=channel if channel is not None else msgspec.UNSET,
     )
+
+
+_HANDLERS: dict[type, Any] = {
+    m.Ping: Connection._on_ping,
+    m.Publish: Connection._on_publish,
+    m.Attach: Connection._on_attach,
+    m.Detach: Connection._on_detach,
+    m.History: Connection._on_history,
+    m.PresenceRequest: Connection._on_presence,
+    m.Signal: Connection._on_signal,
+    m.Update: Connection._on_update,
+    m.Delete: Connection._on_delete,
+    m.Append: Connection._on_append,
+    m.Cancel: Connection._on_cancel,
+    m.Annotate: Connection._on_annotate,
+    m.Claim: Connection._on_claim,
+    m.Auth: Connection._on_auth,
+    m.ObjectRequest: Connection._on_object,
+}

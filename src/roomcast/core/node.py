@@ -174,7 +174,10 @@ class Node:
         """
         if resume_key:
             for conn in self.connections.values():
-                if conn.resume_key == resume_key and conn.principal.client_id == principal.client_id:
+                if (
+                    conn.resume_key == resume_key
+                    and conn.principal.client_id == principal.client_id
+                ):
                     presence = dict(conn.session.presence)
                     conn.replaced = True
                     self._forget(conn)
@@ -237,7 +240,9 @@ class Node:
         self._grace.pop(connection_id, None)
         self.spawn(self._leave_all(client_id, connection_id, presence))
 
-    async def _leave_all(self, client_id: str, connection_id: str, presence: dict[str, Any]) -> None:
+    async def _leave_all(
+        self, client_id: str, connection_id: str, presence: dict[str, Any]
+    ) -> None:
         for channel, data in presence.items():
             if await self.store.presence_remove(channel, client_id, connection_id):
                 member = PresenceMember(
@@ -333,7 +338,9 @@ class Node:
     @staticmethod
     def new_event(channel: str, type_: Any, client_id: str | None, **fields: Any) -> Event:
         """An event to sequence; the store assigns ``serial`` and ``timestamp``."""
-        return Event(channel=channel, serial=0, type=type_, client_id=client_id, timestamp=0, **fields)
+        return Event(
+            channel=channel, serial=0, type=type_, client_id=client_id, timestamp=0, **fields
+        )
 
     async def publish(self, principal: Principal, req: Publish) -> Ok:
         authorize(principal, "publish", req.channel)
@@ -365,7 +372,9 @@ class Node:
         event = self.new_event(channel, verb, principal.client_id, msg_serial=msg_serial, **fields)
         return await self.append(event)
 
-    async def _is_own(self, principal: Principal, channel: str, message: Message, verb: str) -> bool:
+    async def _is_own(
+        self, principal: Principal, channel: str, message: Message, verb: str
+    ) -> bool:
         if message.client_id == principal.client_id:
             return True
         reply_to = message.extras.get("reply_to")
@@ -380,8 +389,13 @@ class Node:
     ) -> Ok:
         authorize(principal, "annotate", channel)
         event = self.new_event(
-            channel, "annotation", principal.client_id, msg_serial=msg_serial, kind="reaction",
-            name=name, op=op,
+            channel,
+            "annotation",
+            principal.client_id,
+            msg_serial=msg_serial,
+            kind="reaction",
+            name=name,
+            op=op,
         )
         return await self.append(event)
 
@@ -392,7 +406,9 @@ class Node:
         messages, more = await self.store.history(
             req.channel, before=req.before, after=req.after, limit=req.limit
         )
-        return HistoryReply(ref=ref_of(req.ref), channel=req.channel, messages=messages, has_more=more)
+        return HistoryReply(
+            ref=ref_of(req.ref), channel=req.channel, messages=messages, has_more=more
+        )
 
     # ------------------------------------------------------------------ presence, signals
 
@@ -421,9 +437,13 @@ class Node:
     async def leave_channel(self, conn: Connection, channel: str) -> None:
         data = conn.session.presence.pop(channel, UNSET)
         if data is not UNSET:
-            await self._leave_all(conn.session.client_id, conn.session.connection_id, {channel: data})
+            await self._leave_all(
+                conn.session.client_id, conn.session.connection_id, {channel: data}
+            )
 
-    async def _broadcast_presence(self, channel: str, op: PresenceOp, member: PresenceMember) -> None:
+    async def _broadcast_presence(
+        self, channel: str, op: PresenceOp, member: PresenceMember
+    ) -> None:
         await self.store.bus.publish_presence(
             PresenceEvent(
                 channel=channel,
@@ -438,7 +458,9 @@ class Node:
     async def signal(self, principal: Principal, req: Signal) -> None:
         authorize(principal, "signal", req.channel)
         await self.store.bus.publish_signal(
-            SignalEvent(channel=req.channel, client_id=principal.client_id, name=req.name, data=req.data)
+            SignalEvent(
+                channel=req.channel, client_id=principal.client_id, name=req.name, data=req.data
+            )
         )
 
     async def claim(self, principal: Principal, channel: str, key: str, ttl_s: float) -> Ok:

@@ -46,8 +46,10 @@ class Codec:
     """Encode replies and decode requests for one wire format."""
 
     format: Format
-    _typed: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
-    _raw: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
+    # JSON decoders take str or bytes, MessagePack ones bytes; frames are checked before.
+    _typed: Any
+    _raw: Any
+    _replies: Any
 
     def encode(self, message: Reply) -> bytes:
         raise NotImplementedError
@@ -72,7 +74,7 @@ class Codec:
         out: list[Decoded] = []
         for item in items:
             try:
-                out.append(msgspec.convert(item, ClientRequest))  # type: ignore[arg-type]
+                out.append(msgspec.convert(item, ClientRequest))
             except msgspec.ValidationError as exc:
                 out.append(RequestError(_ref_of(item), BadRequest(_describe(exc))))
         return out
@@ -94,9 +96,9 @@ class JsonCodec(Codec):
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
-        self._typed = msgspec.json.Decoder(ClientRequest | list[ClientRequest])  # type: ignore[arg-type]
+        self._typed = msgspec.json.Decoder(ClientRequest | list[ClientRequest])
         self._raw = msgspec.json.Decoder()
-        self._replies = msgspec.json.Decoder(ServerMessage | list[ServerMessage])  # type: ignore[arg-type]
+        self._replies = msgspec.json.Decoder(ServerMessage | list[ServerMessage])
 
     def encode(self, message: Reply) -> bytes:
         return self._encoder.encode(message)
@@ -116,9 +118,9 @@ class MsgpackCodec(Codec):
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
-        self._typed = msgspec.msgpack.Decoder(ClientRequest | list[ClientRequest])  # type: ignore[arg-type]
+        self._typed = msgspec.msgpack.Decoder(ClientRequest | list[ClientRequest])
         self._raw = msgspec.msgpack.Decoder()
-        self._replies = msgspec.msgpack.Decoder(ServerMessage | list[ServerMessage])  # type: ignore[arg-type]
+        self._replies = msgspec.msgpack.Decoder(ServerMessage | list[ServerMessage])
 
     def encode(self, message: Reply) -> bytes:
         return self._encoder.encode(message)

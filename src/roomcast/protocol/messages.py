@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 CHANNEL_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"
@@ -263,7 +262,7 @@ class Event(Reply, tag="event", kw_only=True):
     client_id: str | None
     timestamp: int
     # create
-    id: str | None | UnsetType = UNSET
+    id: str | UnsetType | None = UNSET
     name: str | UnsetType = UNSET
     streaming: bool | UnsetType = UNSET
     # create, append, update
@@ -275,7 +274,7 @@ class Event(Reply, tag="event", kw_only=True):
     kind: str | UnsetType = UNSET
     op: Any | UnsetType = UNSET
     # cancel
-    reason: str | None | UnsetType = UNSET
+    reason: str | UnsetType | None = UNSET
     # object create
     object_id: str | UnsetType = UNSET
 

@@ -6,6 +6,7 @@ history, ``rewind`` and replay agree on every backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from msgspec import UNSET, structs
@@ -88,32 +89,53 @@ def admit(message: Message | None, event: Event, *, max_stream_bytes: int) -> bo
         return True
     if message is None:
         raise NotFound(f"no message {event.msg_serial} on {event.channel}")
-    if event.type == "append":
-        if message.status != "streaming":
-            raise Conflict(f"message {message.msg_serial} is not streaming")
-        if message.cancelled_by is not None:
-            raise Conflict(f"message {message.msg_serial} was cancelled by {message.cancelled_by}")
-        if event.client_id != message.client_id:
-            raise Conflict(f"message {message.msg_serial} is not yours to append to")
-        size = len(str(message.data or "").encode()) + len(str(event.data).encode())
-        if size > max_stream_bytes:
-            raise TooLarge(f"stream would be {size} bytes, over the {max_stream_bytes} limit")
-        return True
-    if event.type == "update":
-        if event.status is not UNSET and message.status in FINAL_STATUSES:
-            if event.status != message.status:
-                raise Conflict(f"message {message.msg_serial} is already {message.status}")
-            if event.data is UNSET and event.extras is UNSET:
-                return False
-        return True
-    if event.type == "delete":
-        return not message.deleted
-    if event.type == "cancel":
-        if message.cancelled_by is not None:
-            return False
-        if message.status != "streaming":
-            raise Conflict(f"message {message.msg_serial} is not streaming")
-        return True
-    # annotation: adding a reaction twice, or removing one never added, is a no-op
+    return _ADMIT[event.type](message, event, max_stream_bytes)
+
+
+def _admit_append(message: Message, event: Event, max_stream_bytes: int) -> bool:
+    if message.status != "streaming":
+        raise Conflict(f"message {message.msg_serial} is not streaming")
+    if message.cancelled_by is not None:
+        raise Conflict(f"message {message.msg_serial} was cancelled by {message.cancelled_by}")
+    if event.client_id != message.client_id:
+        raise Conflict(f"message {message.msg_serial} is not yours to append to")
+    size = len(str(message.data or "").encode()) + len(str(event.data).encode())
+    if size > max_stream_bytes:
+        raise TooLarge(f"stream would be {size} bytes, over the {max_stream_bytes} limit")
+    return True
+
+
+def _admit_update(message: Message, event: Event, max_stream_bytes: int) -> bool:
+    if event.status is not UNSET and message.status in FINAL_STATUSES:
+        if event.status != message.status:
+            raise Conflict(f"message {message.msg_serial} is already {message.status}")
+        if event.data is UNSET and event.extras is UNSET:
+            return False  # repeating a final status
+    return True
+
+
+def _admit_delete(message: Message, event: Event, max_stream_bytes: int) -> bool:
+    return not message.deleted
+
+
+def _admit_cancel(message: Message, event: Event, max_stream_bytes: int) -> bool:
+    if message.cancelled_by is not None:
+        return False
+    if message.status != "streaming":
+        raise Conflict(f"message {message.msg_serial} is not streaming")
+    return True
+
+
+def _admit_annotation(message: Message, event: Event, max_stream_bytes: int) -> bool:
+    # Adding a reaction twice, or removing one never added, is a no-op.
     present = (event.client_id or "") in message.reactions.get(str(event.name), [])
     return present != (event.op == "add")
+
+
+_ADMIT: dict[str, Callable[[Message, Event, int], bool]] = {
+    "append": _admit_append,
+    "update": _admit_update,
+    "delete": _admit_delete,
+    "cancel": _admit_cancel,
+    "annotation": _admit_annotation,
+}

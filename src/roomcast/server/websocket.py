@@ -69,7 +69,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         from roomcast.protocol.codec import JsonCodec
 
         await websocket.send_text(JsonCodec().encode(error).decode())
-        await websocket.close(CLOSE_AUTH if exc.code == 40100 else CLOSE_UNSUPPORTED_DATA, exc.message)
+        await websocket.close(
+            CLOSE_AUTH if exc.code == 40100 else CLOSE_UNSUPPORTED_DATA, exc.message
+        )
         return
     connection_id, presence, resumed = await node.connect(principal, params.get("resume"))
     conn = Connection(

@@ -1,0 +1,224 @@
+"""What only the SQLite store promises: durability, one process per file, schema versions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import roomcast
+from roomcast.backends.base import StoreOptions
+from roomcast.backends.local import LocalBus, now_ms
+from roomcast.backends.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore, StoreLocked
+from roomcast.protocol.errors import Unavailable
+from roomcast.protocol.messages import Event
+
+CH = "room:durable"
+SRC = str(Path(roomcast.__file__).resolve().parents[1])  # for the child process
+
+
+def create(data: Any = "hi", *, streaming: bool = False) -> Event:
+    return Event(
+        channel=CH,
+        serial=0,
+        type="create",
+        client_id="alice",
+        timestamp=0,
+        data=data,
+        streaming=streaming,
+    )
+
+
+def store_at(path: Path, options: StoreOptions | None = None) -> SqliteStore:
+    return SqliteStore(path, LocalBus(), options)
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "room.db"  # the directory is created
+    async with store_at(path) as store:
+        for i in range(5):
+            await store.append(create(i), idempotency_key=f"k{i}")
+        stream = await store.append(create("Hel", streaming=True))
+        assert stream.serial == 6
+        await store.append(
+            Event(
+                channel=CH,
+                serial=0,
+                type="append",
+                msg_serial=6,
+                client_id="alice",
+                timestamp=0,
+                data="lo",
+            )
+        )
+        before = await store.snapshot(CH, from_serial=0, rewind=100)
+        empty = await store.snapshot("room:empty", from_serial=None, rewind=0)
+
+    async with store_at(path) as store:
+        after = await store.snapshot(CH, from_serial=0, rewind=100)
+        assert after == before
+        assert after.serial == 7 and after.messages[-1].data == "Hello"
+        assert (await store.snapshot("room:empty", from_serial=None, rewind=0)).epoch == empty.epoch
+        assert (await store.append(create("next"))).serial == 8
+        repeated = await store.append(create("again"), idempotency_key="k2")
+        assert repeated.serial == 3 and repeated.duplicate
+        found = await store.streaming_messages(10**15, 10)
+        assert [(ch, m.msg_serial, m.data) for ch, m in found] == [(CH, 6, "Hello")]
+        info = await store.channel_info(CH)
+        assert info is not None and info.epoch == before.epoch and info.serial == 8
+
+
+async def test_second_open_of_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    first = store_at(path)
+    await first.open()
+    try:
+        with pytest.raises(
+            StoreLocked, match=rf"in use by another roomcast process \(pid {os.getpid()}\)"
+        ):
+            await store_at(path).open()
+        assert (await first.append(create())).serial == 1  # the first one still works
+    finally:
+        await first.aclose()
+    async with store_at(path) as second:  # released on aclose
+        assert (await second.append(create())).serial == 2
+
+
+async def test_schema_versions(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        await store.append(create())
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+    with pytest.raises(SchemaTooNew, match=f"schema version {SCHEMA_VERSION + 1}.*newer roomcast"):
+        await store_at(path).open()
+
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.close()
+    async with store_at(path) as store:  # the refused open released the lock
+        assert (await store.append(create())).serial == 2
+
+
+async def test_aclose_flushes_accepted_appends(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    store = store_at(path)
+    await store.open()
+    tasks = [asyncio.create_task(store.append(create(i))) for i in range(500)]
+    await asyncio.sleep(0)  # each task has queued its append, none has its answer yet
+    assert not any(task.done() for task in tasks)
+    await store.aclose()
+    assert [task.result().serial for task in tasks] == list(range(1, 501))
+    with pytest.raises(Unavailable):
+        await store.append(create())
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*), max(serial) FROM events").fetchone() == (500, 500)
+    conn.close()
+
+
+async def test_failed_item_does_not_roll_back_its_group(tmp_path: Path) -> None:
+    async with store_at(tmp_path / "x.db") as store:
+        bad = Event(channel=CH, serial=0, type="delete", msg_serial=99, client_id="a", timestamp=0)
+        results = await asyncio.gather(
+            store.append(create(1)),
+            store.append(bad),
+            store.append(create(2)),
+            return_exceptions=True,
+        )
+        assert [getattr(r, "serial", type(r).__name__) for r in results] == [1, "NotFound", 2]
+        # Data JSON cannot hold (a msgpack extension type) is refused alone, too.
+        unstorable = create(msgspec.msgpack.Ext(1, b"x"))
+        results = await asyncio.gather(
+            store.append(create(3)),
+            store.append(unstorable),
+            store.append(create(4)),
+            return_exceptions=True,
+        )
+        assert [getattr(r, "serial", type(r).__name__) for r in results] == [3, "BadRequest", 4]
+    async with store_at(tmp_path / "x.db") as store:
+        assert [e.data for e in await store.read_events(CH, 0, 10)] == [1, 2, 3, 4]
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from roomcast.backends import open_backend
+    from roomcast.protocol.messages import Event
+
+    async def main() -> None:
+        store = open_backend(sys.argv[1])
+        await store.open()
+        print("ready", flush=True)
+
+        async def writer(w: int) -> None:
+            i = 0
+            while True:
+                event = Event(channel="room:durable", serial=0, type="create",
+                              client_id="w", timestamp=0, data=f"{w}:{i}")
+                result = await store.append(event)
+                sys.stdout.write(f"{result.serial}\\n")
+                sys.stdout.flush()
+                i += 1
+
+        await asyncio.gather(*(writer(w) for w in range(64)))
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), f"sqlite:///{path}", stdout=asyncio.subprocess.PIPE, env=env
+    )
+    assert child.stdout is not None
+    assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
+    await asyncio.sleep(1.0)
+    child.send_signal(signal.SIGKILL)
+    output = await child.stdout.read()
+    assert await child.wait() == -signal.SIGKILL
+
+    lines = output.split(b"\n")[:-1]  # a line cut by the kill has no newline
+    acked = [int(line) for line in lines]
+    assert len(acked) > 100, "the child should have appended for a second"
+    assert len(set(acked)) == len(acked)
+
+    async with store_at(path) as store:
+        snap = await store.snapshot(CH, from_serial=0, rewind=0)
+        assert snap.events is not None
+        stored = [e.serial for e in snap.events]
+        assert stored == list(range(1, snap.serial + 1))  # gap-free
+        assert max(acked) <= snap.serial  # every acknowledged append is there
+        assert (await store.append(create("after the crash"))).serial == snap.serial + 1
+
+
+async def test_retention_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        for i in range(4):
+            await store.append(create(i))
+        await asyncio.sleep(0.01)
+        now = now_ms()
+        assert await store.purge(now, 5) == 4
+    async with store_at(path) as store:
+        snap = await store.snapshot(CH, from_serial=0, rewind=10)
+        assert (snap.serial, snap.first_serial, snap.events, snap.messages) == (4, 5, None, [])
+        assert (await store.append(create("new"))).serial == 5
+        assert [e.serial for e in await store.read_events(CH, 0, 10)] == [5]

@@ -1,0 +1,85 @@
+"""Slow consumers, heartbeats, and pipelined publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from roomcast.testing import ServerProcess, WireClient
+
+
+@pytest.fixture(scope="module")
+def tight_server(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    env = {**test_env, "ROOMCAST_OUTBOUND_QUEUE": "64", "ROOMCAST_HEARTBEAT_S": "1"}
+    with ServerProcess(env=env) as proc:
+        yield proc
+
+
+async def test_slow_consumer_is_closed_with_4008_and_resumes_without_loss(
+    tight_server: ServerProcess,
+) -> None:
+    channel = "room:slow"
+    url = tight_server.ws_url
+    # A subscriber that stops reading: its socket buffers fill, then the server's queue does.
+    slow = await ws_connect(url + "?client_id=slow", max_queue=1, max_size=None)
+    connected = json.loads(await slow.recv())
+    await slow.send(json.dumps({"action": "attach", "channel": channel, "ref": 1}))
+    attached = json.loads(await slow.recv())
+    assert attached["action"] == "attached"
+
+    publisher = await WireClient.connect(url, client_id="publisher")
+    payload = "x" * 20_000
+    total = 600
+    for k in range(total):
+        await publisher.send({"action": "publish", "channel": channel, "data": [k, payload]})
+    await publisher.request("ping", timeout=30)
+
+    seen: list[int] = []
+    code = None
+    try:
+        while True:
+            frame = json.loads(await asyncio.wait_for(slow.recv(), 30))
+            for item in frame if isinstance(frame, list) else [frame]:
+                if item["action"] == "event":
+                    seen.append(item["serial"])
+    except ConnectionClosed as exc:
+        code = exc.rcvd.code if exc.rcvd else None
+    assert code == 4008
+    assert seen == list(range(1, len(seen) + 1))
+    assert len(seen) < total
+
+    again = await WireClient.connect(url, client_id="slow", resume=connected["resume_key"])
+    assert again.connected["connection_id"] == connected["connection_id"]
+    reply = await again.request(
+        "attach", channel=channel, from_serial=seen[-1] if seen else 0, epoch=attached["epoch"]
+    )
+    assert reply["resumed"] is True
+    rest = await again.events(channel, total - len(seen), timeout=30)
+    assert [e["serial"] for e in rest] == list(range(len(seen) + 1, total + 1))
+    await again.close()
+    await publisher.close()
+
+
+async def test_idle_connection_gets_heartbeats(tight_server: ServerProcess) -> None:
+    client = await WireClient.connect(tight_server.ws_url, client_id="idle")
+    assert client.connected["heartbeat_s"] == 1
+    beat = await client.next(lambda m: m["action"] == "heartbeat", timeout=5)
+    assert beat == {"action": "heartbeat"}
+    await client.close()
+
+
+async def test_pipelined_publishes_share_commits_and_keep_order(server: ServerProcess) -> None:
+    client = await WireClient.connect(server.ws_url, client_id="fast")
+    frames = [
+        {"action": "publish", "channel": "room:pipe", "data": k, "ref": k + 1} for k in range(2000)
+    ]
+    for start in range(0, 2000, 100):
+        await client.send(frames[start : start + 100])
+    replies = [await client.next(lambda m, r=k + 1: m.get("ref") == r) for k in range(2000)]
+    assert [r["serial"] for r in replies] == list(range(1, 2001))
+    await client.close()

@@ -1,0 +1,51 @@
+"""One settings object: defaults, ROOMCAST_* variables, then flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from roomcast.settings import Settings, SettingsError, parse_duration_ms
+
+
+def test_environment_overrides_defaults_and_flags_override_environment() -> None:
+    env = {"ROOMCAST_PORT": "9001", "ROOMCAST_PUBLISH_RATE": "0", "ROOMCAST_HOST": "0.0.0.0"}
+    settings = Settings.load(env, port=9002)
+    assert settings.port == 9002
+    assert settings.publish_rate == 0
+    assert settings.host == "0.0.0.0"
+    assert settings.anonymous_enabled is False  # not loopback, and not allowed explicitly
+
+
+def test_anonymous_is_on_by_default_only_on_loopback() -> None:
+    assert Settings.load({}).anonymous_enabled is True
+    assert Settings.load({"ROOMCAST_HOST": "::1"}).anonymous_enabled is True
+    assert Settings.load(
+        {"ROOMCAST_HOST": "0.0.0.0", "ROOMCAST_ALLOW_ANONYMOUS": "yes"}
+    ).anonymous_enabled
+
+
+def test_default_store_is_a_sqlite_file_in_the_user_data_directory() -> None:
+    url = Settings.load({}).store_url
+    assert url.startswith("sqlite:///") and url.endswith("roomcast.db")
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"ROOMCAST_PORT": "eighty"}, "ROOMCAST_PORT"),
+        ({"ROOMCAST_PRESENCE_GRACE_S": "-1"}, "presence_grace_s"),
+        ({"ROOMCAST_RETENTION": "forever"}, "retention"),
+        ({"ROOMCAST_ALLOW_ANONYMOUS": "perhaps"}, "ROOMCAST_ALLOW_ANONYMOUS"),
+        ({"ROOMCAST_LOG_LEVEL": "loud"}, "log_level"),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError, match=words):
+        Settings.load(env)
+
+
+def test_durations() -> None:
+    assert parse_duration_ms("30d", "x") == 30 * 86_400_000
+    assert parse_duration_ms("12h", "x") == 12 * 3_600_000
+    assert parse_duration_ms("0", "x") == 0
+    assert parse_duration_ms("1.5s", "x") == 1500
