@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import signal
@@ -82,6 +83,7 @@ def run_server(settings: Settings) -> None:
     """Print what is being served, then serve until Ctrl-C or SIGTERM."""
     import uvicorn
 
+    from roomcast.backends import BackendURLError
     from roomcast.server import create_app
     from roomcast.server.protocol import RoomcastWebSocketProtocol
 
@@ -89,6 +91,39 @@ def run_server(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    try:
+        app = create_app(settings, manage_node=False)
+    except BackendURLError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store") from None
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws=RoomcastWebSocketProtocol,
+        ws_ping_interval=settings.heartbeat_s,
+        ws_ping_timeout=settings.heartbeat_s,
+        ws_max_size=2 * settings.max_message_bytes + 64 * 1024,
+        ws_per_message_deflate=False,
+        log_level=settings.log_level.lower(),
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    # uvicorn re-raises the signal that stopped it once it has shut down; a clean shutdown
+    # (connections closed, store flushed) should exit 0, so that re-raise is absorbed here.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    try:
+        import uvloop
+
+        code = uvloop.run(_serve_until_stopped(app, uvicorn.Server(config), settings))
+    except ImportError:
+        code = asyncio.run(_serve_until_stopped(app, uvicorn.Server(config), settings))
+    if code:
+        sys.exit(code)
+    console.print("roomcast stopped: store flushed and closed")
+
+
+def _print_banner(settings: Settings) -> None:
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     console.print(
         f"[bold]roomcast {__version__}[/bold] serving on http://{shown_host}:{settings.port}"
@@ -100,28 +135,21 @@ def run_server(settings: Settings) -> None:
     for name, value in settings.describe():
         table.add_row("  " + name, value)
     console.print(table)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ws=RoomcastWebSocketProtocol,
-        ws_ping_interval=settings.heartbeat_s,
-        ws_ping_timeout=settings.heartbeat_s,
-        ws_max_size=2 * settings.max_message_bytes + 64 * 1024,
-        ws_per_message_deflate=False,
-        log_level=settings.log_level.lower(),
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    # uvicorn re-raises the signal that stopped it once it has shut down; a clean shutdown
-    # (connections closed, store flushed) should exit 0, so that re-raise is absorbed here.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
-    server.run()
-    if not server.started:
-        sys.exit(3)
-    console.print("roomcast stopped: store flushed and closed")
+
+
+async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int:
+    node = app.state.node
+    try:
+        await node.start()
+    except Exception as exc:
+        console.print(f"[red]cannot open the store {settings.store_url}:[/red] {exc}")
+        return 3
+    _print_banner(settings)
+    try:
+        await server.serve()
+    finally:
+        await node.stop()
+    return 0 if server.started else 3
 
 
 _serve.__signature__ = inspect.Signature(_setting_parameters())  # type: ignore[attr-defined]

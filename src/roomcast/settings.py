@@ -145,6 +145,10 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata["spec"].secret and value:
                 value = "********"
+            elif f.name == "store" and not value:
+                value = f"{self.store_url} (default)"
+            elif f.name == "allow_anonymous" and value is None:
+                value = f"auto ({'on' if self.anonymous_enabled else 'off'} for {self.host})"
             out.append((f.name, str(value)))
         return out
 

@@ -83,3 +83,19 @@ async def test_pipelined_publishes_share_commits_and_keep_order(server: ServerPr
     replies = [await client.next(lambda m, r=k + 1: m.get("ref") == r) for k in range(2000)]
     assert [r["serial"] for r in replies] == list(range(1, 2001))
     await client.close()
+
+
+async def test_publish_rate_limit_gives_42900_and_the_connection_stays_usable(
+    test_env: dict[str, str],
+) -> None:
+    env = {**test_env, "ROOMCAST_PUBLISH_RATE": "2", "ROOMCAST_PUBLISH_BURST": "3"}
+    with ServerProcess(store="memory://", env=env) as proc:
+        client = await WireClient.connect(proc.ws_url, client_id="chatty")
+        assert client.connected["limits"]["publish_rate"] == 2
+        replies = [await client.request("publish", channel="room:r", data=k) for k in range(5)]
+        assert [r["action"] for r in replies[:3]] == ["ok", "ok", "ok"]
+        assert replies[3]["code"] == 42900 and replies[4]["code"] == 42900
+        assert (await client.request("ping"))["action"] == "pong"
+        await asyncio.sleep(0.6)
+        assert (await client.request("publish", channel="room:r", data="later"))["serial"] == 4
+        await client.close()

@@ -334,3 +334,45 @@ async def test_first_event_announces_the_channel_on_meta_channels(server: Server
     assert [m for m in rest if m.get("data") == {"channel": channel}] == []
     await a.close()
     await watcher.close()
+
+
+async def test_oversize_message_gets_41300_and_the_connection_stays_open(
+    server: ServerProcess,
+) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    for size in (70_000, 2 * 65_536 - 100):  # up to 2 x max_message_bytes is answered
+        error = await a.request("publish", channel=channel, data="x" * size)
+        assert error["action"] == "error" and error["code"] == 41300, error
+    assert (await a.request("publish", channel=channel, data="small"))["serial"] == 1
+    await a.close()
+
+
+async def test_msgpack_format_speaks_the_same_protocol(server: ServerProcess) -> None:
+    import msgspec
+    from websockets.asyncio.client import connect
+
+    channel = room()
+    async with connect(server.ws_url + "?client_id=packer&format=msgpack") as ws:
+        connected = msgspec.msgpack.decode(await ws.recv())
+        assert connected["action"] == "connected"
+        await ws.send(msgspec.msgpack.encode({"action": "attach", "channel": channel, "ref": 1}))
+        assert msgspec.msgpack.decode(await ws.recv())["action"] == "attached"
+        await ws.send(
+            msgspec.msgpack.encode(
+                {"action": "publish", "channel": channel, "data": b"\x00\x01", "ref": 2}
+            )
+        )
+        frames: list[dict[str, object]] = []
+        while len(frames) < 2:
+            decoded = msgspec.msgpack.decode(await ws.recv())
+            frames.extend(decoded if isinstance(decoded, list) else [decoded])
+        assert {f["action"] for f in frames} == {"event", "ok"}
+
+
+async def test_health_and_readiness(server: ServerProcess) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        assert (await http.get("/readyz")).json() == {"status": "ok"}

@@ -35,8 +35,12 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """An ASGI app serving ``settings`` (default: from the environment)."""
+def create_app(settings: Settings | None = None, *, manage_node: bool = True) -> Starlette:
+    """An ASGI app serving ``settings`` (default: from the environment).
+
+    With ``manage_node`` the app's lifespan starts and stops the node (and so opens and
+    flushes the store); ``roomcast serve`` does that itself, to report store errors plainly.
+    """
     settings = settings or Settings.load()
     store = open_backend(
         settings.store_url,
@@ -48,6 +52,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not manage_node:
+            yield
+            return
         await node.start()
         log.info("store %s is open", settings.store_url)
         try:
