@@ -602,3 +602,13 @@ async def test_ping_and_events_match_what_the_bus_got(store: Store, recorder: Re
         assert [e for e in recorder.events if e.channel == channel] == stored
         assert [e.serial for e in stored] == list(range(1, 11))
     assert all(r.event is not None for r in results)
+
+
+async def test_snapshot_replay_is_one_page_and_read_events_pages_the_rest(store: Store) -> None:
+    for k in range(25):
+        await store.append(create(data=k))
+    snap = await store.snapshot(CH, from_serial=3, rewind=0, replay_limit=10)
+    assert snap.events is not None
+    assert [e.serial for e in snap.events] == list(range(4, 14))
+    rest = await store.read_events(CH, 13, 100)
+    assert [e.serial for e in rest] == list(range(14, 26))

@@ -99,3 +99,32 @@ async def test_publish_rate_limit_gives_42900_and_the_connection_stays_usable(
         await asyncio.sleep(0.6)
         assert (await client.request("publish", channel="room:r", data="later"))["serial"] == 4
         await client.close()
+
+
+async def test_catching_up_more_than_one_replay_page_has_no_gap(server: ServerProcess) -> None:
+    channel = "room:catchup"
+    writer = await WireClient.connect(server.ws_url, client_id="writer")
+    reader = await WireClient.connect(server.ws_url, client_id="reader")
+    attached = await reader.request("attach", channel=channel)
+    await reader.close()
+    total = 12_000  # more than two pages of replay
+    for start in range(0, total, 500):
+        await writer.send(
+            [
+                {"action": "publish", "channel": channel, "data": k}
+                for k in range(start, start + 500)
+            ]
+        )
+    assert (await writer.request("publish", channel=channel, data="last", timeout=60))[
+        "serial"
+    ] == total + 1
+
+    back = await WireClient.connect(server.ws_url, client_id="reader")
+    reply = await back.request("attach", channel=channel, from_serial=0, epoch=attached["epoch"])
+    assert reply["resumed"] is True and reply["serial"] == total + 1
+    await writer.request("publish", channel=channel, data="live")
+    events = await back.events(channel, total + 2, timeout=60)
+    assert [e["serial"] for e in events] == list(range(1, total + 3))
+    assert events[-1]["data"] == "live"
+    await writer.close()
+    await back.close()

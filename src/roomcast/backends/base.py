@@ -21,6 +21,9 @@ import msgspec
 
 from roomcast.protocol.messages import Event, Message, PresenceEvent, PresenceMember, SignalEvent
 
+REPLAY_PAGE = 5000
+"""Events read at once when a client catches up."""
+
 
 class Appended(msgspec.Struct, frozen=True):
     """The result of one append: the stored event, or None for a no-op.
@@ -38,8 +41,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     """A consistent read of one channel as of ``serial`` (PROTOCOL.md §2 ``attached``).
 
     ``first_serial`` is the oldest serial still in the log (``serial + 1`` when the log is
-    empty). ``events`` holds the events after ``from_serial`` up to ``serial`` when the log
-    still has them all, else None. ``messages`` holds the last ``rewind`` messages.
+    empty). ``events`` holds the first events after ``from_serial`` (up to ``serial``) when
+    the log still has them all, else None. ``messages`` holds the last ``rewind`` messages.
     """
 
     epoch: str
@@ -158,8 +161,19 @@ class Store(ABC):
         """Append several events to one channel, all or nothing."""
 
     @abstractmethod
-    async def snapshot(self, channel: str, *, from_serial: int | None, rewind: int) -> Snapshot:
-        """A consistent read for ``attach``; fixes the channel's epoch if it has none yet."""
+    async def snapshot(
+        self,
+        channel: str,
+        *,
+        from_serial: int | None,
+        rewind: int,
+        replay_limit: int = REPLAY_PAGE,
+    ) -> Snapshot:
+        """A consistent read for ``attach``; fixes the channel's epoch if it has none yet.
+
+        ``events`` holds at most ``replay_limit`` events; the caller pages the rest with
+        :meth:`read_events`, so a client far behind never loads the whole log at once.
+        """
 
     @abstractmethod
     async def read_events(self, channel: str, after: int, limit: int) -> list[Event]:

@@ -13,7 +13,7 @@ from roomcast.protocol.errors import BadRequest
 from roomcast.protocol.messages import Event, Message
 from roomcast.protocol.rollup import admit, apply_event, message_from_create
 
-from .base import Appended, ChannelInfo, Snapshot, Store, StoreOptions
+from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
 from .local import LocalBus, LocalEphemeralState, new_epoch, now_ms
 
 
@@ -106,11 +106,19 @@ class MemoryStore(LocalEphemeralState, Store):
             self.bus.emit(stored[0].channel, stored)
         return results
 
-    async def snapshot(self, channel: str, *, from_serial: int | None, rewind: int) -> Snapshot:
+    async def snapshot(
+        self,
+        channel: str,
+        *,
+        from_serial: int | None,
+        rewind: int,
+        replay_limit: int = REPLAY_PAGE,
+    ) -> Snapshot:
         log = self._log(channel)
         events = None
         if from_serial is not None and log.first_serial - 1 <= from_serial <= log.serial:
-            events = log.events[from_serial + 1 - log.first_serial :]
+            start = from_serial + 1 - log.first_serial
+            events = log.events[start : start + replay_limit]
         messages = [log.messages[s] for s in log.order[-rewind:]] if rewind > 0 else []
         return Snapshot(
             epoch=log.epoch,

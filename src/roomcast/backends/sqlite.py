@@ -30,7 +30,7 @@ from roomcast.protocol.errors import BadRequest, Unavailable
 from roomcast.protocol.messages import Event, Message
 from roomcast.protocol.rollup import admit, apply_event, message_from_create
 
-from .base import Appended, ChannelInfo, Snapshot, Store, StoreOptions
+from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
 from .local import LocalBus, LocalEphemeralState, new_epoch, now_ms
 
 log = logging.getLogger(__name__)
@@ -600,7 +600,14 @@ class SqliteStore(LocalEphemeralState, Store):
             raise Unavailable(f"the store {self.path} is closed")
         return await asyncio.get_running_loop().run_in_executor(readers, lambda: fn(self._reader()))
 
-    async def snapshot(self, channel: str, *, from_serial: int | None, rewind: int) -> Snapshot:
+    async def snapshot(
+        self,
+        channel: str,
+        *,
+        from_serial: int | None,
+        rewind: int,
+        replay_limit: int = REPLAY_PAGE,
+    ) -> Snapshot:
         def read(conn: sqlite3.Connection) -> Snapshot | None:
             conn.execute("BEGIN")  # one read transaction: everything as of the same serial
             try:
@@ -621,8 +628,9 @@ class SqliteStore(LocalEphemeralState, Store):
                 events = None
                 if from_serial is not None and first - 1 <= from_serial <= serial:
                     rows = conn.execute(
-                        "SELECT body FROM events WHERE channel = ? AND serial > ? ORDER BY serial",
-                        (channel, from_serial),
+                        "SELECT body FROM events WHERE channel = ? AND serial > ?"
+                        " ORDER BY serial LIMIT ?",
+                        (channel, from_serial, replay_limit),
                     ).fetchall()
                     events = [_event(body) for (body,) in rows]
                 return Snapshot(epoch, serial, first, messages, events)

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -29,7 +30,7 @@ from roomcast.protocol.errors import (
     TooLarge,
     Unauthorized,
 )
-from roomcast.protocol.session import Session, TokenBucket
+from roomcast.protocol.session import Attachment, Session, TokenBucket
 
 from .authz import Principal, authorize
 from .node import AttachResult, Node
@@ -79,6 +80,7 @@ class Connection:
         self._max_bytes = settings.max_message_bytes
         self._out: list[bytes] = []
         self._wake = asyncio.Event()
+        self._drain = asyncio.Event()
         self._replies: asyncio.Queue[Pending] = asyncio.Queue(MAX_IN_FLIGHT)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,6 +175,8 @@ class Connection:
                 batch = self._take_batch()
                 await self.transport.send(self.codec.join(batch))
                 self.last_sent = time.monotonic()
+                if len(self._out) <= MAX_FRAME_MESSAGES:
+                    self._drain.set()
 
     def _take_batch(self) -> list[bytes]:
         out = self._out
@@ -203,6 +207,9 @@ class Connection:
             out = attachment.offer(event.serial, frame)
             if out is not None:
                 self.push_live(out)
+            elif attachment.held_count > self._limit:
+                self._drop_slow_consumer()  # live events pile up behind a long replay
+                return
 
     def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
         attachment = self.session.attachments.get(channel)
@@ -251,9 +258,14 @@ class Connection:
 
     def _on_attach(self, req: m.Attach, size: int) -> Awaitable[Any]:
         authorize(self.principal, "subscribe", req.channel)
-        self.session.attach(req.channel)
+        # Subscribe before the snapshot is read, so no live event can fall in between; the
+        # attachment holds live events back until the snapshot and replay are out.
+        attachment = self.session.attach(req.channel)
         self.node.subscribe(self, req.channel)
-        return asyncio.ensure_future(self.node.attach(self.principal, req))
+        return asyncio.ensure_future(self._attach(req, attachment))
+
+    async def _attach(self, req: m.Attach, attachment: Attachment) -> _Attaching:
+        return _Attaching(attachment, await self.node.attach(self.principal, req))
 
     def _on_detach(self, req: m.Detach, size: int) -> Awaitable[Any]:
         if self.session.detach(req.channel) is not None:
@@ -353,26 +365,47 @@ class Connection:
                     message=f"internal error (correlation id {correlation_id})",
                     channel=channel if channel is not None else msgspec.UNSET,
                 )
-            if isinstance(result, AttachResult):
-                self._finish_attach(result)
+            if isinstance(result, _Attaching):
+                await self._finish_attach(result.attachment, result.result)
             elif isinstance(result, m.Ok):
                 self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))
             elif result is not None:
                 self.push(self.codec.encode(result))
 
-    def _finish_attach(self, result: AttachResult) -> None:
+    async def _finish_attach(self, attachment: Attachment, result: AttachResult) -> None:
+        """Send ``attached``, the replay (paged, as the client drains it), then go live."""
         channel = result.attached.channel
-        attachment = self.session.attachments.get(channel)
-        if attachment is None or attachment.state == "live":
-            return  # detached (or re-attached) while the snapshot was read
-        self.push(self.codec.encode(result.attached))
-        if result.discontinuity is not None:
-            self.push(
-                self.codec.encode(m.Discontinuity(channel=channel, reason=result.discontinuity))
-            )
         encode = self.codec.encode
-        self.push_many([encode(event) for event in result.replay])
-        self.push_many(attachment.go_live(result.attached.serial))
+        self.push(encode(result.attached))
+        if self.session.attachments.get(channel) is not attachment:
+            return  # detached, or attached again, while the snapshot was read
+        if result.discontinuity is not None:
+            self.push(encode(m.Discontinuity(channel=channel, reason=result.discontinuity)))
+        page, until = result.replay, result.attached.serial
+        self.push_many([encode(event) for event in page])
+        while page and page[-1].serial < until:
+            await self._drained()
+            if self.session.attachments.get(channel) is not attachment or self.closed:
+                return
+            try:
+                page = await self.node.replay_page(channel, page[-1].serial, until)
+            except RoomcastError as exc:
+                self.push(encode(m.Discontinuity(channel=channel, reason=exc.message)))
+                break
+            self.push_many([encode(event) for event in page])
+        self.push_many(attachment.go_live(until))
+
+    async def _drained(self) -> None:
+        """Wait until the outbound queue is nearly empty (replay pacing)."""
+        while len(self._out) > MAX_FRAME_MESSAGES and not self.closed:
+            self._drain.clear()
+            await self._drain.wait()
+
+
+@dataclass(slots=True)
+class _Attaching:
+    attachment: Attachment
+    result: AttachResult
 
 
 def _error_reply(ref: int | None, channel: str | None, exc: RoomcastError) -> m.ErrorReply:

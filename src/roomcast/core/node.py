@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec import UNSET
 
-from roomcast.backends.base import ResumeSession, Store
-from roomcast.protocol.errors import Forbidden, NotFound, RoomcastError
+from roomcast.backends.base import REPLAY_PAGE, ResumeSession, Store
+from roomcast.protocol.errors import Conflict, Forbidden, NotFound, RoomcastError
 from roomcast.protocol.messages import (
     Attach,
     Attached,
@@ -54,7 +54,11 @@ def now_ms() -> int:
 
 @dataclass(slots=True)
 class AttachResult:
-    """What the ``attached`` reply needs, read consistently as of ``attached.serial``."""
+    """What the ``attached`` reply needs, read consistently as of ``attached.serial``.
+
+    ``replay`` is the first page of events after ``from_serial``; when it ends before
+    ``attached.serial``, the rest is read with :meth:`Node.replay_page`.
+    """
 
     attached: Attached
     replay: Sequence[Event]
@@ -301,6 +305,16 @@ class Node:
             presence=members,
         )
         return AttachResult(attached, replay, reason)
+
+    async def replay_page(self, channel: str, after: int, until: int) -> Sequence[Event]:
+        """The next events after ``after`` and up to ``until``, for a client catching up.
+
+        Raises :class:`Conflict` if retention removed events since the replay began.
+        """
+        events = await self.store.read_events(channel, after, min(REPLAY_PAGE, until - after))
+        if not events or events[0].serial != after + 1:
+            raise Conflict(f"events after {after} were removed by retention during the replay")
+        return [e for e in events if e.serial <= until]
 
     # ------------------------------------------------------------------ writes
 
