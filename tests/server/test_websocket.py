@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -376,3 +377,18 @@ async def test_health_and_readiness(server: ServerProcess) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/readyz")).json() == {"status": "ok"}
+
+
+async def test_connection_errors_come_as_an_error_then_a_close(server: ServerProcess) -> None:
+    from websockets.asyncio.client import connect
+
+    for query, code, close in [
+        ("?client_id=bad%20name", 40000, 1003),
+        ("?format=xml", 40000, 1003),
+        ("?token=abc", 40100, 4001),
+    ]:
+        async with connect(server.ws_url + query) as ws:
+            error = json.loads(await ws.recv())
+            assert error["action"] == "error" and error["code"] == code, query
+            await ws.wait_closed()
+            assert ws.close_code == close, query

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 
 from starlette.websockets import WebSocket
@@ -43,15 +44,17 @@ class StarletteTransport:
         await self._ws.close(code, reason)
 
 
-def anonymous_principal(node: Node, client_id: str | None) -> Principal:
+def anonymous_principal(
+    node: Node, client_id: str | None, *, credentials: bool = False
+) -> Principal:
     """Who an anonymous caller is (§6): the client_id it picked, or a new one."""
     settings = node.settings
+    if credentials:
+        raise Unauthorized("this server has no API keys, so it accepts no token or key")
     if not settings.anonymous_enabled:
         raise Unauthorized("credentials required: this server does not allow anonymous access")
     if client_id is None or client_id == "":
         client_id = "anon-" + secrets.token_hex(4)
-    import re
-
     if not re.fullmatch(CHANNEL_PATTERN, client_id):
         raise BadRequest("client_id must be 1-200 characters of A-Z a-z 0-9 _ . : -")
     return Principal(client_id, Capability.parse(settings.anonymous_capability))
@@ -63,12 +66,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         codec = codec_for(params.get("format", "json"))
-        principal = anonymous_principal(node, params.get("client_id"))
+        principal = anonymous_principal(
+            node, params.get("client_id"), credentials="token" in params or "key" in params
+        )
     except RoomcastError as exc:
         error = ErrorReply(code=exc.code, message=exc.message)
-        from roomcast.protocol.codec import JsonCodec
-
-        await websocket.send_text(JsonCodec().encode(error).decode())
+        await websocket.send_text(codec_for("json").encode(error).decode())
         await websocket.close(
             CLOSE_AUTH if exc.code == 40100 else CLOSE_UNSUPPORTED_DATA, exc.message
         )

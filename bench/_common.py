@@ -1,0 +1,280 @@
+"""What both benchmarks share: the server, CPU accounting, output, and a pipelined publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from roomcast.testing import ServerProcess
+
+Msg = dict[str, Any]
+
+# Every per-connection rate limit off; the SQLite store (the default durable path).
+SERVER_ENV = {"ROOMCAST_PUBLISH_RATE": "0", "ROOMCAST_LOG_LEVEL": "warning"}
+PAYLOAD = "x" * 100  # the 100-byte "p" field of every published message
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """The server answered something a correct run cannot produce."""
+
+
+def emit(record: Msg) -> None:
+    """One measurement: one JSON line on stdout."""
+    print(json.dumps(record), flush=True)
+
+
+def note(text: str) -> None:
+    """Progress, on stderr so that stdout stays JSON lines only."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def messages_of(frame: str | bytes) -> list[Msg]:
+    """A server frame holds one protocol message or a JSON array of them."""
+    decoded = json.loads(frame)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+# ---------------------------------------------------------------------- CPU accounting
+
+
+def _cpu_of_stat(path: Path) -> float:
+    # Fields after the ")" that ends comm: state is field 3, utime 14 and stime 15.
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """CPU seconds used so far by the server process (all threads, and its main thread
+    alone: the event loop) and by this benchmark process."""
+
+    server: float
+    server_main: float
+    client: float
+
+    @classmethod
+    def take(cls, pid: int) -> CpuSample:
+        return cls(
+            server=_cpu_of_stat(Path(f"/proc/{pid}/stat")),
+            server_main=_cpu_of_stat(Path(f"/proc/{pid}/task/{pid}/stat")),
+            client=time.process_time(),
+        )
+
+    def since(self, before: CpuSample) -> Msg:
+        server = self.server - before.server
+        main = self.server_main - before.server_main
+        return {
+            "server_cpu_s": round(server, 3),
+            "server_loop_thread_cpu_s": round(main, 3),
+            "server_other_threads_cpu_s": round(server - main, 3),
+            "client_cpu_s": round(self.client - before.client, 3),
+        }
+
+
+# ---------------------------------------------------------------------- the server
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[tuple[ServerProcess, int]]:
+    """A fresh ``roomcast serve`` with its own SQLite file, and its pid."""
+    server = ServerProcess(env=SERVER_ENV)
+    with server:
+        assert server.proc is not None
+        pid = server.proc.pid
+        note(f"server pid {pid} on {server.ws_url}, store {server.store}")
+        yield server, pid
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, output: str | None) -> Iterator[None]:
+    """``py-spy record`` on the server while the block runs (when ``output`` is given)."""
+    if output is None:
+        yield
+        return
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    fmt = "raw" if output.endswith((".txt", ".raw")) else "flamegraph"
+    if output.endswith(".json"):
+        fmt = "speedscope"
+    cmd = [exe, "record", "--pid", str(pid), "--threads", "--rate", "200"]
+    cmd += ["--format", fmt, "--output", output, "--nonblocking"]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # let it attach before the measurement starts
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            _, err = spy.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, err = spy.communicate()
+        note(f"py-spy wrote {output} (exit {spy.returncode}) {err.decode(errors='replace')[-300:]}")
+
+
+# ---------------------------------------------------------------------- clients
+
+
+async def open_client(url: str, client_id: str) -> ClientConnection:
+    """A WebSocket connection that has received ``connected``."""
+    ws = await connect(f"{url}?client_id={client_id}", max_size=None, compression=None)
+    for message in messages_of(await asyncio.wait_for(ws.recv(), 10)):
+        if message.get("action") != "connected":
+            raise BenchError(f"expected connected first, got {message}")
+    return ws
+
+
+async def attach_once(url: str, channel: str, client_id: str) -> Msg:
+    """Attach, read ``attached`` (its epoch and serial), and close cleanly."""
+    ws = await open_client(url, client_id)
+    try:
+        await ws.send(json.dumps({"action": "attach", "channel": channel, "ref": 1}))
+        while True:
+            for message in messages_of(await asyncio.wait_for(ws.recv(), 10)):
+                if message.get("action") == "attached" and message.get("ref") == 1:
+                    return message
+                if message.get("action") == "error":
+                    raise BenchError(f"attach refused: {message}")
+    finally:
+        await ws.close()
+
+
+def publish_frames(channel: str, refs: range, batch: int) -> list[str]:
+    """The publish requests for ``refs``, ``batch`` to a frame (a JSON array), pre-encoded so
+    that encoding them is not part of the measurement."""
+    frames = []
+    for start in range(refs.start, refs.stop, batch):
+        requests = [
+            {"action": "publish", "channel": channel, "data": {"k": i, "p": PAYLOAD}, "ref": i}
+            for i in range(start, min(start + batch, refs.stop))
+        ]
+        frames.append(json.dumps(requests, separators=(",", ":")))
+    return frames
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """One connection publishing ``refs`` with at most ``window`` requests unacknowledged."""
+
+    ws: ClientConnection
+    refs: range
+    frames: list[str]
+    batch: int
+    window: int
+    serials: list[int] = field(default_factory=list)
+    first_send: float = 0.0
+    last_ok: float = 0.0
+    frames_received: int = 0
+
+    async def run(self) -> None:
+        self.serials = []
+        more = asyncio.Event()
+        more.set()
+        reader = asyncio.create_task(self._read(more))
+        try:
+            self.first_send = time.perf_counter()
+            sent = 0
+            for frame in self.frames:
+                while sent - len(self.serials) > self.window - self.batch:
+                    if reader.done():
+                        break
+                    more.clear()
+                    await more.wait()
+                if reader.done():
+                    break
+                await self.ws.send(frame)
+                sent += self.batch
+            await reader  # raises what the reader found wrong
+        finally:
+            reader.cancel()
+
+    async def _read(self, more: asyncio.Event) -> None:
+        expected = iter(self.refs)
+        count = len(self.refs)
+        serials = self.serials
+        while len(serials) < count:
+            frame = await self.ws.recv()
+            self.frames_received += 1
+            for message in messages_of(frame):
+                action = message.get("action")
+                if action == "ok":
+                    ref = next(expected, None)
+                    if message.get("ref") != ref:
+                        raise BenchError(f"ok out of order: expected ref {ref}, got {message}")
+                    serials.append(message["serial"])
+                elif action == "error":
+                    raise BenchError(f"publish refused: {message}")
+                # anything else (heartbeat) is not for us
+            more.set()
+        self.last_ok = time.perf_counter()
+
+
+def check_serials(serials: list[int]) -> tuple[int, int]:
+    """Every ``ok`` has a distinct serial, and together they are gap-free: (first, last)."""
+    if not serials:
+        raise BenchError("no serials")
+    ordered = sorted(serials)
+    first, last = ordered[0], ordered[-1]
+    if len(set(ordered)) != len(ordered):
+        raise BenchError(f"{len(ordered) - len(set(ordered))} duplicate serials")
+    if last - first + 1 != len(ordered):
+        raise BenchError(f"serials {first}..{last} have gaps ({len(ordered)} acks)")
+    return first, last
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRun:
+    pipes: list[Pipeline]
+    seconds: float  # from the first send to the last ``ok``
+    first_serial: int
+    last_serial: int
+    cpu: Msg  # CPU used over the same span, by server and client
+
+
+async def publish_pipelined(
+    url: str,
+    pid: int,
+    channel: str,
+    messages: int,
+    *,
+    connections: int = 1,
+    batch: int = 100,
+    window: int = 2000,
+    client_prefix: str = "bench-pub",
+) -> PublishRun:
+    """Publish ``messages`` to ``channel`` over ``connections`` pipelined connections (refs
+    0..messages-1, split into contiguous ranges), and check the serials the acks carry."""
+    per = -(-messages // connections)
+    ranges = [range(c * per, min((c + 1) * per, messages)) for c in range(connections)]
+    sockets = [await open_client(url, f"{client_prefix}-{c}") for c in range(connections)]
+    try:
+        pipes = [
+            Pipeline(ws, refs, publish_frames(channel, refs, batch), batch, window)
+            for ws, refs in zip(sockets, ranges, strict=True)
+        ]
+        before = CpuSample.take(pid)
+        await asyncio.gather(*(pipe.run() for pipe in pipes))
+        cpu = CpuSample.take(pid).since(before)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    first, last = check_serials([s for pipe in pipes for s in pipe.serials])
+    for pipe in pipes:
+        if pipe.serials != sorted(pipe.serials):
+            raise BenchError("one connection's serials do not follow its request order")
+    seconds = max(p.last_ok for p in pipes) - min(p.first_send for p in pipes)
+    return PublishRun(pipes, seconds, first, last, cpu)
