@@ -16,3 +16,25 @@ def test_every_setting_is_in_the_configuration_doc() -> None:
         flag = "--" + f.name.replace("_", "-")
         env = "ROOMCAST_" + f.name.upper()
         assert f"| {f.name} | `{flag}` | `{env}` |" in text, f"{f.name} is not documented"
+
+
+def test_the_readme_example_runs_against_a_server(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from roomcast.testing import ServerProcess
+
+    readme = (ROOT / "README.md").read_text()
+    [snippet] = re.findall(r"```python\n(.*?)```", readme, re.S)
+    with ServerProcess(store="memory://") as server:
+        code = snippet.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+        script = tmp_path / "example.py"
+        script.write_text(code)
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 0, result.stderr
+    assert '"action":"connected"' in result.stdout
+    assert '"action":"attached"' in result.stdout
+    assert '"action":"event"' in result.stdout and '"tacos?"' in result.stdout

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from msgspec import UNSET
 
 from roomcast.backends.base import REPLAY_PAGE, ResumeSession, Store
-from roomcast.protocol.errors import Conflict, Forbidden, NotFound, RoomcastError
+from roomcast.protocol.errors import Conflict, Forbidden, NotFound
 from roomcast.protocol.messages import (
     Attach,
     Attached,
@@ -73,6 +73,7 @@ class Node:
         self.settings = settings
         self.node_id = secrets.token_hex(6)
         self.connections: dict[str, Connection] = {}  # connection_id → live connection
+        self._by_resume_key: dict[str, Connection] = {}
         self._subscribers: dict[str, set[Connection]] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -207,10 +208,12 @@ class Node:
 
     def register(self, conn: Connection) -> None:
         self.connections[conn.session.connection_id] = conn
+        self._by_resume_key[conn.resume_key] = conn
 
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.session.connection_id) is conn:
             del self.connections[conn.session.connection_id]
+        self._by_resume_key.pop(conn.resume_key, None)
         for channel in list(conn.session.attachments):
             self.unsubscribe(conn, channel)
 
@@ -483,4 +486,4 @@ class Node:
         return Ok(granted=granted)
 
 
-__all__ = ["META_CHANNELS", "AttachResult", "Node", "RoomcastError"]
+__all__ = ["META_CHANNELS", "AttachResult", "Node"]
