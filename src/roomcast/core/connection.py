@@ -47,6 +47,10 @@ Pending = tuple[int | None, str | None, "Awaitable[Any] | m.Reply | None"]
 class Transport(Protocol):
     """What a connection needs from its socket."""
 
+    def send_now(self, frame: bytes) -> bool:
+        """Write ``frame`` at once if the socket can take it; False (nothing sent) if not."""
+        ...
+
     async def send(self, frame: bytes) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -81,6 +85,8 @@ class Connection:
         self._out: list[bytes] = []
         self._wake = asyncio.Event()
         self._drain = asyncio.Event()
+        self._sending = False
+        self._flush_pending = False
         self._replies: asyncio.Queue[Pending] = asyncio.Queue(MAX_IN_FLIGHT)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -136,13 +142,13 @@ class Connection:
         """Queue a reply. Replies are bounded by the requests in flight, not by the limit."""
         if not self.closed:
             self._out.append(frame)
-            self._wake.set()
+            self._schedule()
 
     def push_many(self, frames: Sequence[bytes]) -> None:
         """Queue a bounded batch (a replay) without counting it as a backlog."""
         if frames and not self.closed:
             self._out.extend(frames)
-            self._wake.set()
+            self._schedule()
 
     def push_live(self, frame: bytes) -> None:
         """Queue a live message; past ``outbound_queue`` the connection is a slow consumer."""
@@ -152,7 +158,27 @@ class Connection:
         if len(self._out) > self._limit:
             self._drop_slow_consumer()
             return
-        self._wake.set()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        # Everything queued in this turn of the event loop goes out together, in one frame.
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.node.flush_soon(self)
+
+    def flush(self) -> None:
+        """Write what is queued now if the socket takes it, else leave it to the send task."""
+        self._flush_pending = False
+        if self._sending or self.closed:
+            return
+        while self._out:
+            batch = self._take_batch()
+            if not self.transport.send_now(self.codec.join(batch)):
+                self._out[:0] = batch
+                self._wake.set()
+                return
+            self.last_sent = time.monotonic()
+        self._drain.set()
 
     def _drop_slow_consumer(self) -> None:
         self._out.clear()
@@ -168,15 +194,20 @@ class Connection:
         )
 
     async def _send_loop(self) -> None:
+        """The slow path: awaits the socket when it is backed up (or has no direct path)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._out:
-                batch = self._take_batch()
-                await self.transport.send(self.codec.join(batch))
-                self.last_sent = time.monotonic()
-                if len(self._out) <= MAX_FRAME_MESSAGES:
-                    self._drain.set()
+            self._sending = True
+            try:
+                while self._out:
+                    batch = self._take_batch()
+                    await self.transport.send(self.codec.join(batch))
+                    self.last_sent = time.monotonic()
+                    if len(self._out) <= MAX_FRAME_MESSAGES:
+                        self._drain.set()
+            finally:
+                self._sending = False
 
     def _take_batch(self) -> list[bytes]:
         out = self._out

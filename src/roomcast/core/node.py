@@ -77,6 +77,7 @@ class Node:
         self._subscribers: dict[str, set[Connection]] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._dirty: list[Connection] = []
         self._announced: set[str] = set()
         self._ticker: asyncio.Task[None] | None = None
         store.bus.bind(self)
@@ -129,6 +130,17 @@ class Node:
                         log.info("retention removed %d events", dropped)
             except Exception:
                 log.exception("periodic store maintenance failed")
+
+    def flush_soon(self, conn: Connection) -> None:
+        """Have ``conn`` write its queue once the current turn of the event loop is over."""
+        self._dirty.append(conn)
+        if len(self._dirty) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run a background task that the node waits for at shutdown."""

@@ -23,6 +23,8 @@ from roomcast.protocol.errors import (
 )
 from roomcast.protocol.messages import CHANNEL_PATTERN, ErrorReply
 
+from .protocol import DIRECT_SEND
+
 log = logging.getLogger("roomcast.ws")
 
 # The close codes that mean the peer vanished without a close frame (TCP loss, missed pings).
@@ -33,6 +35,11 @@ class StarletteTransport:
     def __init__(self, websocket: WebSocket, *, text: bool) -> None:
         self._ws = websocket
         self._text = text
+        self._direct = websocket.scope.get("extensions", {}).get(DIRECT_SEND)
+
+    def send_now(self, frame: bytes) -> bool:
+        direct = self._direct
+        return direct is not None and bool(direct(frame, self._text))
 
     async def send(self, frame: bytes) -> None:
         if self._text:
