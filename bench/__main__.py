@@ -17,7 +17,12 @@ def main(argv: list[str] | None = None) -> None:
     names = parser.add_subparsers(dest="name", required=True, metavar="NAME")
     for name, module in BENCHMARKS.items():
         summary = (module.__doc__ or name).strip().splitlines()[0]
-        sub = names.add_parser(name, help=summary, description=summary)
+        sub = names.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         module.add_arguments(sub)
     args = parser.parse_args(argv)
     BENCHMARKS[args.name].run(args)

@@ -25,6 +25,7 @@ Msg = dict[str, Any]
 # Every per-connection rate limit off; the SQLite store (the default durable path).
 SERVER_ENV = {"ROOMCAST_PUBLISH_RATE": "0", "ROOMCAST_LOG_LEVEL": "warning"}
 PAYLOAD = "x" * 100  # the 100-byte "p" field of every published message
+TIMEOUT_S = 120.0  # a measurement that takes longer has stalled
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,31 +58,50 @@ def _cpu_of_stat(path: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every process, every core)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(t) for t in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
 @dataclass(frozen=True, slots=True)
 class CpuSample:
     """CPU seconds used so far by the server process (all threads, and its main thread
-    alone: the event loop) and by this benchmark process."""
+    alone: the event loop), by this benchmark process, and by the whole machine."""
 
+    wall: float
     server: float
     server_main: float
     client: float
+    machine: float
 
     @classmethod
     def take(cls, pid: int) -> CpuSample:
         return cls(
+            wall=time.perf_counter(),
             server=_cpu_of_stat(Path(f"/proc/{pid}/stat")),
             server_main=_cpu_of_stat(Path(f"/proc/{pid}/task/{pid}/stat")),
             client=time.process_time(),
+            machine=_machine_busy(),
         )
 
     def since(self, before: CpuSample) -> Msg:
+        """What was used between ``before`` and this sample. ``other_load_cores`` is the
+        machine's CPU not used by the server or this process, per second: anything else
+        running on the machine at the same time (it should be near 0)."""
+        wall = max(self.wall - before.wall, 1e-9)
         server = self.server - before.server
         main = self.server_main - before.server_main
+        client = self.client - before.client
+        other = self.machine - before.machine - server - client
         return {
             "server_cpu_s": round(server, 3),
             "server_loop_thread_cpu_s": round(main, 3),
             "server_other_threads_cpu_s": round(server - main, 3),
-            "client_cpu_s": round(self.client - before.client, 3),
+            "client_cpu_s": round(client, 3),
+            "other_load_cores": round(max(other, 0.0) / wall, 2),
         }
 
 
@@ -97,6 +117,13 @@ def running_server() -> Iterator[tuple[ServerProcess, int]]:
         pid = server.proc.pid
         note(f"server pid {pid} on {server.ws_url}, store {server.store}")
         yield server, pid
+        complaints = [
+            line
+            for line in server.output().splitlines()
+            if any(level in line for level in ("WARNING", "ERROR", "CRITICAL", "Traceback"))
+        ]
+        for line in complaints[:20]:
+            note(f"server log: {line}")
 
 
 @contextlib.contextmanager
@@ -186,6 +213,7 @@ class Pipeline:
         more = asyncio.Event()
         more.set()
         reader = asyncio.create_task(self._read(more))
+        reader.add_done_callback(lambda _: more.set())  # a failed reader wakes the sender
         try:
             self.first_send = time.perf_counter()
             sent = 0
@@ -268,7 +296,8 @@ async def publish_pipelined(
             for ws, refs in zip(sockets, ranges, strict=True)
         ]
         before = CpuSample.take(pid)
-        await asyncio.gather(*(pipe.run() for pipe in pipes))
+        async with asyncio.timeout(TIMEOUT_S):
+            await asyncio.gather(*(pipe.run() for pipe in pipes))
         cpu = CpuSample.take(pid).since(before)
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from ._common import (
+    TIMEOUT_S,
     BenchError,
     CpuSample,
     Msg,
@@ -58,7 +59,7 @@ async def catch_up(url: str, epoch: str, from_serial: int, missed: int) -> Catch
         start = time.perf_counter()
         await ws.send(json.dumps(request))
         while expected <= last:
-            frame = await ws.recv()
+            frame = await asyncio.wait_for(ws.recv(), TIMEOUT_S)
             frames += 1
             for message in messages_of(frame):
                 expected = _check(message, expected, last, from_serial)

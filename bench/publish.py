@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=50_000, help="publishes per measurement")
     parser.add_argument(
         "--connections",
-        default="1,4",
-        help="comma-separated connection counts, one measurement each (default: 1,4)",
+        default="1,2,4",
+        help="comma-separated connection counts, one measurement each",
     )
     parser.add_argument("--batch", type=int, default=100, help="requests per frame")
     parser.add_argument("--window", type=int, default=2000, help="unacknowledged requests")
