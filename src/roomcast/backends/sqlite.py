@@ -63,12 +63,35 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_UPSERT_MESSAGE = """INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (channel, msg_serial) DO UPDATE
-    SET status = excluded.status, updated_at = excluded.updated_at, body = excluded.body"""
-_UPSERT_CHANNEL = """INSERT INTO channels VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET serial = excluded.serial,
-    first_serial = excluded.first_serial, updated_at = excluded.updated_at"""
+_INSERT_EVENTS = ("INSERT INTO events VALUES ", 4, "")
+_UPSERT_MESSAGES = (
+    "INSERT INTO messages VALUES ",
+    6,
+    """ ON CONFLICT (channel, msg_serial) DO UPDATE
+    SET status = excluded.status, updated_at = excluded.updated_at, body = excluded.body""",
+)
+_UPSERT_KEYS = ("INSERT OR REPLACE INTO idempotency VALUES ", 4, "")
+_UPSERT_CHANNELS = (
+    "INSERT INTO channels VALUES ",
+    5,
+    """ ON CONFLICT (name) DO UPDATE SET serial = excluded.serial,
+    first_serial = excluded.first_serial, updated_at = excluded.updated_at""",
+)
+_ROWS_PER_STATEMENT = 500
+
+
+def _write_rows(
+    conn: sqlite3.Connection, statement: tuple[str, int, str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Many rows per statement: sqlite3 releases the GIL around every step, and winning it
+    back from the busy event loop thread costs more than the row itself, so one step (one
+    statement) per few hundred rows instead of one per row."""
+    prefix, width, suffix = statement
+    one = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        sql = prefix + ", ".join([one] * len(chunk)) + suffix
+        conn.execute(sql, [value for row in chunk for value in row])
 
 
 class StoreLocked(RuntimeError):
@@ -361,27 +384,30 @@ class _Writer:
 
     def flush(self, stage: _Stage) -> None:
         """Write the staged rows (still inside the transaction)."""
-        execute = self.conn.executemany
+        conn = self.conn
         if stage.events:
             rows = [(e.channel, e.serial, e.timestamp, body) for e, body in stage.events]
-            execute("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+            _write_rows(conn, _INSERT_EVENTS, rows)
         if stage.messages:
-            execute(
-                _UPSERT_MESSAGE,
+            _write_rows(
+                conn,
+                _UPSERT_MESSAGES,
                 [
                     (ch, m.msg_serial, m.timestamp, m.status, m.updated_at, _encode(m))
                     for (ch, _), m in stage.messages.items()
                 ],
             )
         if stage.keys:
-            execute(
-                "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?)",
+            _write_rows(
+                conn,
+                _UPSERT_KEYS,
                 [(ch, key, s, exp) for (ch, key), (s, exp) in stage.keys.items()],
             )
         if stage.chans:
             chans = stage.chans.items()
-            execute(
-                _UPSERT_CHANNEL,
+            _write_rows(
+                conn,
+                _UPSERT_CHANNELS,
                 [(n, c.epoch, c.serial, c.first_serial, c.updated_at) for n, c in chans],
             )
         stage.events.clear()
