@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from . import catchup, publish
+from . import catchup, peers, publish
 
-BENCHMARKS: dict[str, ModuleType] = {"publish": publish, "catchup": catchup}
+BENCHMARKS: dict[str, ModuleType] = {"publish": publish, "catchup": catchup, "peers": peers}
 
 
 def main(argv: list[str] | None = None) -> None:
