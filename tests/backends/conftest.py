@@ -8,12 +8,26 @@ from pathlib import Path
 import pytest
 
 from roomcast.backends import Store, StoreOptions, open_backend
+from roomcast.backends.measured import MeasuredStore
 
 MakeStore = Callable[..., Awaitable[Store]]
+MEASURED = "measured+"  # a URL prefix meaning: that store, wrapped in a MeasuredStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+class TimingSink:
+    """A StoreObserver that checks what it is told and keeps nothing."""
+
+    def appended(self, op: str, seconds: float, events: int) -> None:
+        assert seconds >= 0 and events >= 0, (op, seconds, events)
+
+    def read(self, op: str, seconds: float) -> None:
+        assert seconds >= 0, (op, seconds)
+
+
+@pytest.fixture(params=["memory", "sqlite", "measured"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "measured":
+        return MEASURED + f"sqlite:///{tmp_path}/x.db"
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/x.db"
 
 
@@ -23,7 +37,10 @@ async def make_store(backend_url: str) -> AsyncIterator[MakeStore]:
     opened: list[Store] = []
 
     async def make(options: StoreOptions | None = None) -> Store:
-        store = open_backend(backend_url, options or StoreOptions())
+        url = backend_url.removeprefix(MEASURED)
+        store = open_backend(url, options or StoreOptions())
+        if url != backend_url:
+            store = MeasuredStore(store, TimingSink())
         await store.open()
         opened.append(store)
         return store

@@ -181,6 +181,7 @@ class Connection:
         self._drain.set()
 
     def _drop_slow_consumer(self) -> None:
+        self.node.stats.slow_consumers += 1
         self._out.clear()
         self.closed = True  # nothing more is queued; the close frame goes out next
         log.warning(

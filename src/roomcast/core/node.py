@@ -1,8 +1,8 @@
 """One server node: the store, the bus, and the connections attached here.
 
-The node is the only place where channel rules live. Transports (the WebSocket endpoint
-today, REST and SSE later) are thin adapters that turn frames into calls on the node and on
-:class:`~roomcast.core.connection.Connection`.
+The node is the only place where channel rules live. Transports (the WebSocket endpoint,
+REST and SSE) are thin adapters that turn frames and requests into calls on the node (and,
+for WebSockets, on :class:`~roomcast.core.connection.Connection`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,21 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from msgspec import UNSET
 
 from roomcast.backends.base import REPLAY_PAGE, ResumeSession, Store
-from roomcast.protocol.errors import Conflict, Forbidden, NotFound
+from roomcast.protocol.codec import Codec
+from roomcast.protocol.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from roomcast.protocol.http import MAX_BATCH, ChannelSummary
 from roomcast.protocol.messages import (
+    Append,
     Attach,
     Attached,
+    Cancel,
+    Delete,
     Event,
     History,
     HistoryReply,
@@ -34,6 +40,7 @@ from roomcast.protocol.messages import (
     Publish,
     Signal,
     SignalEvent,
+    Update,
     ref_of,
 )
 from roomcast.settings import Settings
@@ -46,10 +53,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("roomcast.node")
 
 META_CHANNELS = "meta:channels"
+_LIST_SCAN_MAX = 10_000  # channels read at most to fill one page of a filtered listing
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class Subscriber(Protocol):
+    """What the fan-out delivers to: a WebSocket :class:`Connection`, or an SSE stream.
+
+    ``deliver`` gets the live events of a channel the subscriber is subscribed to, each
+    already encoded with ``codec`` (once for every subscriber of that format);
+    ``deliver_ephemeral`` gets presence and signal messages. Both must not block.
+    """
+
+    codec: Codec
+
+    def deliver(self, channel: str, events: Sequence[Event], frames: Sequence[bytes]) -> None: ...
+
+    def deliver_ephemeral(self, channel: str, frame: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """Counters the fan-out keeps as plain integers; ``/metrics`` reads them when scraped."""
+
+    deliveries: int = 0  # event frames handed to subscribers
+    slow_consumers: int = 0  # subscribers dropped for a backlog over ``outbound_queue``
 
 
 @dataclass(slots=True)
@@ -74,12 +105,13 @@ class Node:
         self.node_id = secrets.token_hex(6)
         self.connections: dict[str, Connection] = {}  # connection_id → live connection
         self._by_resume_key: dict[str, Connection] = {}
-        self._subscribers: dict[str, set[Connection]] = {}
+        self._subscribers: dict[str, set[Subscriber]] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dirty: list[Connection] = []
         self._announced: set[str] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self.stats = NodeStats()
         store.bus.bind(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -155,6 +187,7 @@ class Node:
         subscribers = self._subscribers.get(channel)
         if not subscribers:
             return
+        self.stats.deliveries += len(events) * len(subscribers)
         encoded: dict[str, list[bytes]] = {}
         for conn in tuple(subscribers):
             frames = encoded.get(conn.codec.format)
@@ -271,10 +304,10 @@ class Node:
 
     # ------------------------------------------------------------------ subscriptions
 
-    def subscribe(self, conn: Connection, channel: str) -> None:
+    def subscribe(self, conn: Subscriber, channel: str) -> None:
         self._subscribers.setdefault(channel, set()).add(conn)
 
-    def unsubscribe(self, conn: Connection, channel: str) -> None:
+    def unsubscribe(self, conn: Subscriber, channel: str) -> None:
         subscribers = self._subscribers.get(channel)
         if subscribers is not None:
             subscribers.discard(conn)
@@ -284,6 +317,11 @@ class Node:
 
     def occupancy(self, channel: str) -> int:
         return len(self._subscribers.get(channel, ()))
+
+    @property
+    def subscribed_channels(self) -> int:
+        """Channels with at least one subscriber on this node."""
+        return len(self._subscribers)
 
     async def attach(self, principal: Principal, req: Attach) -> AttachResult:
         """The snapshot for an attach whose connection is already subscribed (so no live
@@ -373,7 +411,10 @@ class Node:
 
     async def publish(self, principal: Principal, req: Publish) -> Ok:
         authorize(principal, "publish", req.channel)
-        event = self.new_event(
+        return await self.append(self._create_event(principal, req), req.id)
+
+    def _create_event(self, principal: Principal, req: Publish) -> Event:
+        return self.new_event(
             req.channel,
             "create",
             principal.client_id,
@@ -383,7 +424,61 @@ class Node:
             extras=req.extras or {},
             streaming=req.streaming,
         )
-        return await self.append(event, req.id)
+
+    async def publish_batch(
+        self, principal: Principal, channel: str, requests: Sequence[Publish]
+    ) -> list[int]:
+        """Publish several messages to one channel, all or nothing: every one is checked
+        (authorization, size) before any is stored, and the store appends them atomically.
+
+        Returns one ``msg_serial`` per request; a repeated ``id`` gets the first serial.
+        """
+        if not requests:
+            raise BadRequest("a batch needs at least one message")
+        if len(requests) > MAX_BATCH:
+            raise BadRequest(f"a batch holds at most {MAX_BATCH} messages, not {len(requests)}")
+        if any(req.channel != channel for req in requests):
+            raise BadRequest(f"every message of a batch must be for {channel}")
+        authorize(principal, "publish", channel)
+        for index, req in enumerate(requests):
+            self.check_message_size(req.data, req.extras, what=f"message {index}")
+        events = [self._create_event(principal, req) for req in requests]
+        results = await self.store.append_batch(events, [req.id for req in requests])
+        if any(r.serial == 1 and not r.duplicate for r in results):
+            self._announce(channel)
+        serials = [r.serial for r in results]
+        if None in serials:  # a create is never a no-op; a store that says so is broken
+            raise RuntimeError(f"the store stored no serial for a create on {channel}")
+        return [s for s in serials if s is not None]
+
+    def check_message_size(self, data: Any, extras: Any, *, what: str = "message") -> None:
+        """Raise :class:`TooLarge` when ``data`` + ``extras`` (as JSON) exceed
+        ``max_message_bytes``."""
+        limit = self.settings.max_message_bytes
+        size = len(msgspec.json.encode(data)) + (len(msgspec.json.encode(extras)) if extras else 0)
+        if size > limit:
+            raise TooLarge(f"{what} is {size} bytes, over the {limit} byte limit")
+
+    async def change(self, principal: Principal, req: Append | Update | Delete | Cancel) -> Ok:
+        """A change request of any transport, as :meth:`change_message` takes it."""
+        if isinstance(req, Append):
+            return await self.change_message(
+                principal, req.channel, req.msg_serial, "append", data=req.data
+            )
+        if isinstance(req, Update):
+            changes = {
+                k: v
+                for k, v in (("data", req.data), ("extras", req.extras), ("status", req.status))
+                if v is not UNSET
+            }
+            return await self.change_message(
+                principal, req.channel, req.msg_serial, "update", **changes
+            )
+        if isinstance(req, Cancel):
+            return await self.change_message(
+                principal, req.channel, req.msg_serial, "cancel", reason=req.reason
+            )
+        return await self.change_message(principal, req.channel, req.msg_serial, "delete")
 
     async def change_message(
         self, principal: Principal, channel: str, msg_serial: int, verb: str, **fields: Any
@@ -438,6 +533,35 @@ class Node:
         return HistoryReply(
             ref=ref_of(req.ref), channel=req.channel, messages=messages, has_more=more
         )
+
+    async def presence_members(self, principal: Principal, channel: str) -> list[PresenceMember]:
+        """Who is present on ``channel`` (reading presence needs ``subscribe``)."""
+        authorize(principal, "subscribe", channel)
+        return await self.store.presence_members(channel)
+
+    async def list_channels(
+        self, principal: Principal, prefix: str, limit: int
+    ) -> list[ChannelSummary]:
+        """Channels with at least one event whose name starts with ``prefix``, by name,
+        keeping only those ``principal`` may subscribe to."""
+        scan = limit
+        while True:
+            infos = await self.store.list_channels(prefix, scan)
+            allowed = [i for i in infos if principal.capability.allows("subscribe", i.channel)]
+            # Refused channels take room in a page: read a larger one, within reason.
+            if len(allowed) >= limit or len(infos) < scan or scan >= _LIST_SCAN_MAX:
+                break
+            scan = min(scan * 4, _LIST_SCAN_MAX)
+        return [
+            ChannelSummary(
+                channel=i.channel,
+                epoch=i.epoch,
+                serial=i.serial,
+                updated_at=i.updated_at,
+                occupancy=self.occupancy(i.channel),
+            )
+            for i in allowed[:limit]
+        ]
 
     # ------------------------------------------------------------------ presence, signals
 
@@ -498,4 +622,4 @@ class Node:
         return Ok(granted=granted)
 
 
-__all__ = ["META_CHANNELS", "AttachResult", "Node"]
+__all__ = ["META_CHANNELS", "AttachResult", "Node", "NodeStats", "Subscriber"]

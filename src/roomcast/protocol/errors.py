@@ -62,6 +62,23 @@ class Unavailable(RoomcastError):
     code = 50300
 
 
+ERRORS_BY_CODE: dict[int, type[RoomcastError]] = {
+    cls.code: cls
+    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, RateLimited)
+} | {Unavailable.code: Unavailable, RoomcastError.code: RoomcastError}
+
+
+def error_for_code(code: int, message: str) -> RoomcastError:
+    """The typed error for an ``error`` reply's code: how a client turns a reply back into
+    the exception the server raised. A code this version does not know keeps its number."""
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    error = RoomcastError(message)
+    error.code = code
+    return error
+
+
 class ProtocolViolation(Exception):
     """A frame the connection cannot survive: the server closes with ``close_code``."""
 

@@ -7,32 +7,92 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.responses import Response
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from roomcast.backends import StoreOptions, open_backend
+from roomcast.backends.measured import MeasuredStore
 from roomcast.core.node import Node
+from roomcast.protocol.http import HealthStatus
+from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
+from . import metrics as metrics_routes
+from . import openapi as openapi_routes
+from . import rest, sse
+from .api import Api, Call, Param, Returns
+from .errors import http_exception_handler, json_response, unhandled_exception_handler
+from .metrics import Metrics, RequestMetrics
+from .sse import EventStreams
 from .websocket import websocket_endpoint
 
 log = logging.getLogger("roomcast.server")
 
-
-async def healthz(request: Request) -> JSONResponse:
-    """The process is up."""
-    return JSONResponse({"status": "ok"})
+system = Api()
 
 
-async def readyz(request: Request) -> JSONResponse:
-    """The store answers; 503 with the reason otherwise."""
-    node: Node = request.app.state.node
+@system.operation(
+    "GET",
+    "/healthz",
+    summary="The process is up",
+    tag="operations",
+    authenticated=False,
+    returns=(Returns("200", "Always `ok` while the process serves.", (HealthStatus,)),),
+)
+async def healthz(call: Call) -> HealthStatus:
+    return HealthStatus(status="ok")
+
+
+@system.operation(
+    "GET",
+    "/readyz",
+    summary="The store answers",
+    tag="operations",
+    authenticated=False,
+    returns=(
+        Returns("200", "The store answered.", (HealthStatus,)),
+        Returns("503", "The store did not answer; `reason` says why.", (HealthStatus,)),
+    ),
+)
+async def readyz(call: Call) -> Response | HealthStatus:
     try:
-        await node.store.ping()
+        await call.node.store.ping()
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
-    return JSONResponse({"status": "ok"})
+        return json_response(HealthStatus(status="unavailable", reason=str(exc)), status=503)
+    return HealthStatus(status="ok")
+
+
+system.document(
+    "GET",
+    "/v1/ws",
+    summary="The WebSocket protocol (an upgrade request)",
+    description=(
+        "Upgrade to a WebSocket that speaks PROTOCOL.md §2: JSON frames (or MessagePack "
+        "with `format=msgpack`), each a protocol message or an array of them."
+    ),
+    tag="websocket",
+    authenticated=False,
+    params=(
+        Param(
+            "client_id",
+            "query",
+            "Your client id (anonymous access); made up by the server if absent.",
+            {"type": "string", "pattern": CHANNEL_PATTERN},
+        ),
+        Param("resume", "query", "A `resume_key` from an earlier `connected`."),
+        Param(
+            "format",
+            "query",
+            "The wire format.",
+            {"enum": ["json", "msgpack"], "default": "json"},
+        ),
+        Param("token", "query", "A signed token (refused until the server has API keys)."),
+        Param("key", "query", "An API key (refused until the server has API keys)."),
+    ),
+    returns=(Returns("101", "Switching Protocols: the WebSocket is open."),),
+)
 
 
 def create_app(settings: Settings | None = None, *, manage_node: bool = True) -> Starlette:
@@ -42,13 +102,20 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     flushes the store); ``roomcast serve`` does that itself, to report store errors plainly.
     """
     settings = settings or Settings.load()
-    store = open_backend(
-        settings.store_url,
-        StoreOptions(
-            dedup_window_s=settings.dedup_window_s, max_stream_bytes=settings.max_stream_bytes
+    metrics = Metrics()
+    store = MeasuredStore(
+        open_backend(
+            settings.store_url,
+            StoreOptions(
+                dedup_window_s=settings.dedup_window_s,
+                max_stream_bytes=settings.max_stream_bytes,
+            ),
         ),
+        metrics,
     )
     node = Node(store, settings)
+    streams = EventStreams()
+    metrics.watch(node, streams)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -60,17 +127,32 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
         try:
             yield
         finally:
+            streams.close_all()
             await node.stop()
             log.info("store %s is flushed and closed", settings.store_url)
 
+    operations = [
+        *system.operations,
+        *rest.api.operations,
+        *sse.api.operations,
+        *metrics_routes.api.operations,
+        *openapi_routes.api.operations,
+    ]
+    routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]
+    for table in (system, rest.api, sse.api, metrics_routes.api, openapi_routes.api):
+        routes.extend(table.routes())
     app = Starlette(
-        routes=[
-            WebSocketRoute("/v1/ws", websocket_endpoint),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-        ],
+        routes=routes,
+        middleware=[Middleware(RequestMetrics, metrics=metrics)],
+        exception_handlers={
+            HTTPException: http_exception_handler,
+            Exception: unhandled_exception_handler,
+        },
         lifespan=lifespan,
     )
     app.state.node = node
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.event_streams = streams
+    app.state.operations = operations
     return app

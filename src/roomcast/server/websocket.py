@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 
 from starlette.websockets import WebSocket
 
-from roomcast.core.authz import Capability, Principal
 from roomcast.core.connection import Connection
 from roomcast.core.node import Node
 from roomcast.protocol.codec import codec_for
@@ -16,13 +13,12 @@ from roomcast.protocol.errors import (
     CLOSE_ABNORMAL,
     CLOSE_AUTH,
     CLOSE_UNSUPPORTED_DATA,
-    BadRequest,
     ProtocolViolation,
     RoomcastError,
-    Unauthorized,
 )
-from roomcast.protocol.messages import CHANNEL_PATTERN, ErrorReply
+from roomcast.protocol.messages import ErrorReply
 
+from .auth import anonymous_principal
 from .protocol import DIRECT_SEND
 
 log = logging.getLogger("roomcast.ws")
@@ -49,22 +45,6 @@ class StarletteTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason)
-
-
-def anonymous_principal(
-    node: Node, client_id: str | None, *, credentials: bool = False
-) -> Principal:
-    """Who an anonymous caller is (§6): the client_id it picked, or a new one."""
-    settings = node.settings
-    if credentials:
-        raise Unauthorized("this server has no API keys, so it accepts no token or key")
-    if not settings.anonymous_enabled:
-        raise Unauthorized("credentials required: this server does not allow anonymous access")
-    if client_id is None or client_id == "":
-        client_id = "anon-" + secrets.token_hex(4)
-    if not re.fullmatch(CHANNEL_PATTERN, client_id):
-        raise BadRequest("client_id must be 1-200 characters of A-Z a-z 0-9 _ . : -")
-    return Principal(client_id, Capability.parse(settings.anonymous_capability))
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:

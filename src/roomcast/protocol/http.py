@@ -1,0 +1,148 @@
+"""The shapes of the HTTP API (PROTOCOL.md §7), defined once for the server, the OpenAPI
+document, the SDK and the tests.
+
+Request bodies are not defined again here: a REST body is the matching WebSocket request
+(:class:`~roomcast.protocol.messages.Publish`, ``Update``, ...) without its envelope
+(``action``, ``ref``) and without the fields the URL carries (``channel``, ``msg_serial``).
+The server converts the body into that request type, so one set of rules validates both
+transports. :data:`ENVELOPE` names the fields that a body or a query string never carries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from .messages import Channel, Message, MsgSerial, PresenceMember
+
+ENVELOPE: frozenset[str] = frozenset({"action", "ref", "channel", "msg_serial"})
+"""Fields of a request type that come from the URL path or the WebSocket envelope."""
+
+MAX_BATCH = 1000
+"""Messages in one batch publish."""
+
+# --------------------------------------------------------------------------- paths, queries
+
+
+class ChannelPath(Struct, kw_only=True):
+    """The path parameters of ``/v1/channels/{channel}/...``."""
+
+    channel: Channel
+
+
+class MessagePath(Struct, kw_only=True):
+    """The path parameters of ``/v1/channels/{channel}/messages/{msg_serial}/...``."""
+
+    channel: Channel
+    msg_serial: MsgSerial
+
+
+class ChannelQuery(Struct, kw_only=True):
+    """The query of ``GET /v1/channels``."""
+
+    prefix: Annotated[str, Meta(max_length=200)] = ""
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class PublishResult(Struct, kw_only=True):
+    """A publish: the new message's serial (the first one's, for a repeated ``id``)."""
+
+    msg_serial: int
+
+
+class PublishBatchResult(Struct, kw_only=True):
+    """A batch publish: one ``msg_serial`` per message, in the order sent."""
+
+    msg_serials: list[int]
+
+
+class ChangeResult(Struct, kw_only=True, omit_defaults=True):
+    """An append, update, delete, cancel or annotation: the event's ``serial``, or ``{}``
+    when the request changed nothing (a no-op takes no serial, PROTOCOL.md §1)."""
+
+    serial: int | UnsetType = UNSET
+
+
+class MessagePage(Struct, kw_only=True):
+    """A page of history, oldest first; ``has_more`` says whether more lie beyond it."""
+
+    items: list[Message]
+    has_more: bool
+
+
+class PresencePage(Struct, kw_only=True):
+    """A channel's presence members."""
+
+    items: list[PresenceMember]
+
+
+class ChannelSummary(Struct, kw_only=True):
+    """A channel with at least one event. ``occupancy`` counts the subscribers attached on
+    the node that answered (WebSocket attachments and SSE streams)."""
+
+    channel: str
+    epoch: str
+    serial: int
+    updated_at: int
+    occupancy: int
+
+
+class ChannelPage(Struct, kw_only=True):
+    """Channels by name."""
+
+    items: list[ChannelSummary]
+
+
+class ErrorDetail(Struct, kw_only=True):
+    code: int
+    message: str
+    correlation_id: str
+
+
+class ErrorBody(Struct, kw_only=True):
+    """Every HTTP error: the HTTP status is ``code // 100``; the server log has the
+    ``correlation_id`` too."""
+
+    error: ErrorDetail
+
+
+class HealthStatus(Struct, kw_only=True, omit_defaults=True):
+    """``/healthz`` and ``/readyz``; ``reason`` says why the store is unavailable."""
+
+    status: Literal["ok", "unavailable"]
+    reason: str | UnsetType = UNSET
+
+
+def describe_validation_error(text: str, where: str, index: int | None = None) -> str:
+    """A msgspec validation message, saying which part of the request it is about
+    (``where``: body, query, path) and, in a batch, which item (``$[3].name``)."""
+    if index is not None:
+        if "- at `$" in text:
+            text = text.replace("- at `$", f"- at `$[{index}]", 1)
+        else:
+            text = f"{text} - at `$[{index}]`"
+    return f"invalid {where}: {text}"
+
+
+__all__ = [
+    "ENVELOPE",
+    "MAX_BATCH",
+    "ChangeResult",
+    "ChannelPage",
+    "ChannelPath",
+    "ChannelQuery",
+    "ChannelSummary",
+    "ErrorBody",
+    "ErrorDetail",
+    "HealthStatus",
+    "MessagePage",
+    "MessagePath",
+    "PresencePage",
+    "PublishBatchResult",
+    "PublishResult",
+    "describe_validation_error",
+]

@@ -1,0 +1,171 @@
+"""``/metrics``: Prometheus text, from a registry of the app's own (so several apps can live
+in one process, as in tests).
+
+The hot paths keep plain integers (:class:`~roomcast.core.node.NodeStats`, the events count
+here) or state the node has anyway (its connections and subscriptions); a collector reads
+them when Prometheus scrapes. Only the store latencies (a histogram observation per store
+call) and HTTP requests (a counter per request) are counted as they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from roomcast.core.node import Node
+
+from .api import Api, Call, Returns
+from .sse import EventStreams
+
+api = Api()
+
+# The classic text format, which every Prometheus version reads.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The metrics of one app. It is the :class:`~roomcast.backends.measured.StoreObserver`
+    of the app's store."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events_sequenced = 0
+        self.http_requests = Counter(
+            "roomcast_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.store_append = Histogram(
+            "roomcast_store_append_seconds",
+            "Store append latency as the node sees it (queueing and group commit included).",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.store_read = Histogram(
+            "roomcast_store_read_seconds",
+            "Store read latency (snapshots, replay pages, history, messages, listings).",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._appends = {op: self.store_append.labels(op) for op in ("append", "append_batch")}
+        self._reads: dict[str, Histogram] = {}
+
+    def watch(self, node: Node, streams: EventStreams) -> None:
+        """Read the gauges and the fan-out counters from ``node`` at each scrape."""
+        self.registry.register(_NodeCollector(self, node, streams))
+
+    # ------------------------------------------------------------------ StoreObserver
+
+    def appended(self, op: str, seconds: float, events: int) -> None:
+        self.events_sequenced += events
+        child = self._appends.get(op)
+        if child is None:
+            child = self._appends[op] = self.store_append.labels(op)
+        child.observe(seconds)
+
+    def read(self, op: str, seconds: float) -> None:
+        child = self._reads.get(op)
+        if child is None:
+            child = self._reads[op] = self.store_read.labels(op)
+        child.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _NodeCollector(Collector):
+    def __init__(self, metrics: Metrics, node: Node, streams: EventStreams) -> None:
+        self._metrics = metrics
+        self._node = node
+        self._streams = streams
+
+    def collect(self) -> Iterable[Metric]:
+        node = self._node
+        connections = GaugeMetricFamily(
+            "roomcast_connections",
+            "Open client connections on this node, by transport.",
+            labels=["transport"],
+        )
+        connections.add_metric(["websocket"], len(node.connections))
+        connections.add_metric(["sse"], len(self._streams))
+        yield connections
+        yield GaugeMetricFamily(
+            "roomcast_channels",
+            "Channels with at least one subscriber on this node.",
+            value=node.subscribed_channels,
+        )
+        yield CounterMetricFamily(
+            "roomcast_events",
+            "Events sequenced (stored with a serial) through this node.",
+            value=self._metrics.events_sequenced,
+        )
+        yield CounterMetricFamily(
+            "roomcast_deliveries",
+            "Event frames handed to subscribers (connections and SSE streams).",
+            value=node.stats.deliveries,
+        )
+        yield CounterMetricFamily(
+            "roomcast_slow_consumers_dropped",
+            "Subscribers dropped because their backlog passed outbound_queue.",
+            value=node.stats.slow_consumers,
+        )
+
+
+class RequestMetrics:
+    """ASGI middleware counting HTTP requests by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.requests = metrics.http_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.requests.labels(scope["method"], route, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+@api.operation(
+    "GET",
+    "/metrics",
+    summary="Prometheus metrics of this node",
+    description=(
+        "Gauges: `roomcast_connections{transport}`, `roomcast_channels`. Counters: "
+        "`roomcast_events_total`, `roomcast_deliveries_total`, "
+        "`roomcast_slow_consumers_dropped_total`, `roomcast_http_requests_total`. "
+        "Histograms: `roomcast_store_append_seconds{op}`, `roomcast_store_read_seconds{op}`."
+    ),
+    tag="operations",
+    authenticated=False,
+    returns=(
+        Returns(
+            "200",
+            "The Prometheus text exposition format (version 0.0.4).",
+            media_type="text/plain",
+            schema={"type": "string"},
+        ),
+    ),
+)
+async def metrics(call: Call) -> Response:
+    registry: Metrics = call.request.app.state.metrics
+    return Response(registry.exposition(), media_type=CONTENT_TYPE)
+
+
+__all__ = ["Metrics", "RequestMetrics", "api"]
