@@ -1,14 +1,19 @@
-"""``roomcast serve`` as a user runs it: what it prints, what it refuses, how it stops."""
+"""The ``roomcast`` commands as a user runs them: ``serve`` (what it prints, what it refuses,
+how it stops), and ``pub``, ``sub``, ``history`` and ``channels`` against a running server."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from roomcast.testing import ServerProcess, free_port
 
@@ -82,3 +87,188 @@ def test_default_store_lives_in_the_user_data_directory_and_sigterm_stops_cleanl
     assert f"sqlite:///{database}" in output
     assert "presence_grace_s" in output  # the settings are printed
     assert "store flushed and closed" in output
+
+
+# --------------------------------------------------------------------------- client commands
+
+
+class LiveCommand:
+    """A long-running ``python -m roomcast ...`` whose output lines are read as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roomcast", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        self.out: queue.Queue[str] = queue.Queue()
+        self.err: queue.Queue[str] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=_pump, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def __enter__(self) -> LiveCommand:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def line(lines: queue.Queue[str], containing: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if containing in line:
+                return line
+            seen.append(line)
+        raise AssertionError(f"no line with {containing!r} in {timeout}s; saw {seen}")
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C; returns the exit code and the rest of stderr."""
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(15)
+        for thread in self._threads:
+            thread.join(5)
+        rest = []
+        while not self.err.empty():
+            rest.append(self.err.get())
+        return code, "".join(rest)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for thread in self._threads:
+            thread.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _pump(stream: IO[str] | None, lines: queue.Queue[str]) -> None:
+    assert stream is not None
+    for line in stream:
+        lines.put(line)
+
+
+CLIENT_TEST_ENV = {
+    "ROOMCAST_PUBLISH_RATE": "0",
+    "ROOMCAST_PRESENCE_GRACE_S": "2",
+    "ROOMCAST_LOG_LEVEL": "warning",
+}
+
+
+def test_pub_and_sub_as_the_readme_shows() -> None:
+    with ServerProcess(env=CLIENT_TEST_ENV) as server:
+        with LiveCommand("sub", "room:lunch", "--server", server.url, "--client-id", "bob") as sub:
+            sub.line(sub.err, "attached to room:lunch")
+            published = run_cli(
+                "pub", "room:lunch", "tacos?", "--server", server.url, "--client-id", "alice"
+            )
+            assert published.returncode == 0, published.stderr
+            assert published.stdout.strip() == "1"
+            assert sub.line(sub.out, "tacos?").strip() == "1 alice tacos?"
+            code, rest = sub.interrupt()
+            assert code == 0, rest
+            assert "Traceback" not in rest
+
+
+def test_sub_resumes_after_the_server_restarts_with_nothing_lost_or_repeated() -> None:
+    with ServerProcess(env=CLIENT_TEST_ENV) as server:  # SQLite: the log outlives a restart
+        with LiveCommand("sub", "room:garden", "--server", server.url, "--json") as sub:
+            sub.line(sub.err, "attached to room:garden")
+
+            def pub(text: str) -> None:
+                result = run_cli("pub", "room:garden", text, "--server", server.url)
+                assert result.returncode == 0, result.stderr
+
+            pub("one")
+            assert json.loads(sub.line(sub.out, '"one"'))["serial"] == 1
+            server.stop()
+            server.start()
+            pub("two")  # most likely before sub is back: it comes in the replay
+            sub.line(sub.err, "reconnected")
+            pub("three")
+            events = [json.loads(sub.line(sub.out, text)) for text in ('"two"', '"three"')]
+            assert [(e["serial"], e["data"]) for e in events] == [(2, "two"), (3, "three")]
+            assert sub.out.empty()  # nothing repeated
+            code, _ = sub.interrupt()
+            assert code == 0
+
+
+def test_pub_json_name_and_id_then_history_oldest_first() -> None:
+    with ServerProcess(env=CLIENT_TEST_ENV) as server:
+        url = server.url
+        first = run_cli("pub", "room:poll", '{"vote": "yes"}', "--json", "--server", url)
+        assert first.stdout.strip() == "1", first.stderr
+        named = run_cli(
+            "pub", "room:poll", "hi", "--name", "greeting", "--id", "k1", "--server", url
+        )
+        again = run_cli("pub", "room:poll", "hi again", "--id", "k1", "--server", url)
+        assert named.stdout.strip() == again.stdout.strip() == "2"  # the id dedups
+        for k in range(3):
+            run_cli("pub", "room:poll", f"msg {k}", "--server", url, "--client-id", "carol")
+        history = run_cli("history", "room:poll", "--limit", "3", "--server", url)
+        assert history.returncode == 0, history.stderr
+        assert history.stdout.splitlines() == [
+            "3 carol msg 0",
+            "4 carol msg 1",
+            "5 carol msg 2",
+        ]
+        raw = run_cli("history", "room:poll", "--json", "--server", url)
+        messages = [json.loads(line) for line in raw.stdout.splitlines()]
+        assert [m["msg_serial"] for m in messages] == [1, 2, 3, 4, 5]
+        assert messages[0]["data"] == {"vote": "yes"} and messages[1]["name"] == "greeting"
+        bad = run_cli("pub", "room:poll", "{not json", "--json", "--server", url)
+        assert bad.returncode != 0 and "not JSON" in bad.stderr
+
+
+def test_sub_with_rewind_and_from_serial() -> None:
+    with ServerProcess(env=CLIENT_TEST_ENV) as server:
+        for k in range(5):
+            run_cli("pub", "room:old", f"m{k}", "--server", server.url, "--client-id", "dan")
+        with (
+            LiveCommand("sub", "room:old", "--rewind", "2", "--server", server.url) as rewound,
+            LiveCommand(
+                "sub", "room:old", "--from-serial", "3", "--server", server.url
+            ) as replayed,
+        ):
+            assert rewound.line(rewound.out, "m3").strip() == "4 dan m3"
+            assert rewound.line(rewound.out, "m4").strip() == "5 dan m4"
+            assert replayed.line(replayed.out, "m3").strip() == "4 dan m3"
+            assert replayed.line(replayed.out, "m4").strip() == "5 dan m4"
+            assert rewound.interrupt()[0] == replayed.interrupt()[0] == 0
+
+
+def test_channels_lists_what_has_messages() -> None:
+    with ServerProcess(env=CLIENT_TEST_ENV) as server:
+        run_cli("pub", "room:a", "x", "--server", server.url)
+        run_cli("pub", "room:b", "y", "--server", server.url)
+        run_cli("pub", "room:b", "z", "--server", server.url)
+        run_cli("pub", "team:c", "w", "--server", server.url)
+        listed = run_cli("channels", "--prefix", "room:", "--json", "--server", server.url)
+        assert listed.returncode == 0, listed.stderr
+        items = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [(i["channel"], i["serial"]) for i in items] == [("room:a", 1), ("room:b", 2)]
+        assert all(isinstance(i["updated_at"], int) and i["occupancy"] == 0 for i in items)
+        table = run_cli("channels", "--server", server.url)
+        assert table.returncode == 0, table.stderr
+        assert "room:b" in table.stdout and "team:c" in table.stdout
+
+
+def test_client_commands_say_plainly_when_the_server_is_not_there() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (["pub", "room:x", "hi"], ["history", "room:x"], ["channels"]):
+        result = run_cli(*args, "--server", url)
+        assert result.returncode == 2, (args, result.stderr)
+        assert f"cannot reach the server at {url}" in result.stderr
+        assert "Traceback" not in result.stderr

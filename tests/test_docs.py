@@ -38,3 +38,27 @@ def test_the_readme_example_runs_against_a_server(tmp_path: Path) -> None:
     assert '"action":"connected"' in result.stdout
     assert '"action":"attached"' in result.stdout
     assert '"action":"event"' in result.stdout and '"tacos?"' in result.stdout
+
+
+def test_the_sdk_guide_example_runs_against_a_server(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from roomcast.testing import ServerProcess
+
+    guide = (ROOT / "docs" / "sdk.md").read_text()
+    snippet = re.findall(r"```python\n(.*?)```", guide, re.S)[0]
+    with ServerProcess(store="memory://") as server:
+        script = tmp_path / "sdk_example.py"
+        script.write_text(snippet.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"))
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "published 1",
+        "1 alice tacos?",
+        "history: 1 tacos?",
+        "here: ['alice']",
+    ]

@@ -1,15 +1,21 @@
-"""The ``roomcast`` command line: ``roomcast serve`` (more commands arrive with the SDK)."""
+"""The ``roomcast`` command line: ``serve`` runs the server; ``pub``, ``sub``, ``history`` and
+``channels`` talk to one through the SDK."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import json
 import logging
 import signal
 import sys
+import time
+from collections.abc import Coroutine
 from dataclasses import fields
 from typing import Annotated, Any, Optional
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -157,6 +163,260 @@ app.command(
     "serve",
     help="Run the server (WebSocket /v1/ws, /healthz, /readyz) until Ctrl-C or SIGTERM.",
 )(_serve)
+
+
+# --------------------------------------------------------------------------- client commands
+# pub, sub, history and channels talk to a running server through the SDK (roomcast.client).
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+ServerOption = Annotated[
+    str, typer.Option("--server", help="The server: http://host:port or ws://host:port/v1/ws.")
+]
+ClientIdOption = Annotated[
+    Optional[str],  # noqa: UP045 - typer reads it
+    typer.Option("--client-id", help="Who you are (anonymous access); the server picks one."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print raw JSON, one per line.")]
+
+
+def _note(text: str) -> None:
+    """A status line for people, on stderr, so stdout stays data only."""
+    console.print(text, style="dim", markup=False, highlight=False)
+
+
+def _run_client(coro: Coroutine[Any, Any, int], server: str) -> None:
+    """Run a client command; print refusals and connection problems plainly."""
+    from roomcast.client import AuthError, RoomcastError
+
+    try:
+        code = asyncio.run(coro)
+    except AuthError as exc:
+        console.print(f"refused: {exc.message}", markup=False)
+        raise typer.Exit(4) from None
+    except RoomcastError as exc:
+        console.print(f"error {exc.code}: {exc.message}", markup=False)
+        raise typer.Exit(1) from None
+    except (OSError, TimeoutError) as exc:
+        console.print(f"cannot reach the server at {server}: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _one_line(data: Any) -> str:
+    """``data`` on one line: plain text as it is, anything else as compact JSON."""
+    if isinstance(data, str) and data.isprintable():
+        return data
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_line(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _event_line(event: Any) -> str:
+    """``serial client_id data`` for a message; other events say what they change."""
+    who = event.client_id if event.client_id is not None else "-"
+    if event.type == "create":
+        return f"{event.serial} {who} {_one_line(event.data)}"
+    fields = msgspec.structs.asdict(event)
+    details = {
+        k: v
+        for k, v in fields.items()
+        if v is not msgspec.UNSET
+        and k not in ("channel", "serial", "type", "msg_serial", "client_id", "timestamp")
+    }
+    target = f" #{event.msg_serial}" if isinstance(event.msg_serial, int) else ""
+    return f"{event.serial} {who} [{event.type}{target}] {_one_line(details)}"
+
+
+def _message_line(message: Any) -> str:
+    who = message.client_id if message.client_id is not None else "-"
+    status = "" if message.status == "complete" else f" [{message.status}]"
+    data = "(deleted)" if message.deleted else _one_line(message.data)
+    return f"{message.msg_serial} {who}{status} {data}"
+
+
+@app.command()
+def pub(
+    channel: Annotated[str, typer.Argument(help="The channel, e.g. room:lunch.")],
+    text: Annotated[str, typer.Argument(help="The message (text, or JSON with --json).")],
+    server: ServerOption = DEFAULT_SERVER,
+    client_id: ClientIdOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Send TEXT parsed as JSON data.")] = False,
+    name: Annotated[
+        Optional[str],  # noqa: UP045 - typer reads it
+        typer.Option("--name", help="The message name (default: text)."),
+    ] = None,
+    id: Annotated[
+        Optional[str],  # noqa: UP045 - typer reads it
+        typer.Option("--id", help="An idempotency key: a repeat is stored once."),
+    ] = None,
+) -> None:
+    """Publish one message and print its serial."""
+    data: Any = text
+    if as_json:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="TEXT") from None
+
+    async def publish() -> int:
+        from roomcast.client import connect
+
+        async with connect(server, client_id=client_id) as client:
+            serial = await client.channels.get(channel).publish(data, name=name, id=id)
+        print(serial)
+        return 0
+
+    _run_client(publish(), server)
+
+
+@app.command()
+def sub(
+    channel: Annotated[str, typer.Argument(help="The channel, e.g. room:lunch.")],
+    server: ServerOption = DEFAULT_SERVER,
+    client_id: ClientIdOption = None,
+    as_json: JsonOption = False,
+    rewind: Annotated[
+        Optional[int],  # noqa: UP045 - typer reads it
+        typer.Option("--rewind", min=1, max=1000, help="Print the last N messages first."),
+    ] = None,
+    from_serial: Annotated[
+        Optional[int],  # noqa: UP045 - typer reads it
+        typer.Option("--from-serial", min=0, help="Replay every event after serial N first."),
+    ] = None,
+) -> None:
+    """Print a channel's events as they happen (serial, client_id, data), until Ctrl-C.
+
+    A dropped connection is resumed with nothing lost or repeated."""
+    _run_client(_subscribe(channel, server, client_id, as_json, rewind, from_serial), server)
+
+
+async def _subscribe(
+    name: str,
+    server: str,
+    client_id: str | None,
+    as_json: bool,
+    rewind: int | None,
+    from_serial: int | None,
+) -> int:
+    """Follow the channel until it ends, or until Ctrl-C or SIGTERM (then exit 0)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    following = asyncio.create_task(_follow(name, server, client_id, as_json, rewind, from_serial))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if following.done():
+        return following.result()  # raises the client's error, if it gave up
+    following.cancel()  # closes the client cleanly on its way out
+    with contextlib.suppress(asyncio.CancelledError):
+        await following
+    return 0
+
+
+async def _follow(
+    name: str,
+    server: str,
+    client_id: str | None,
+    as_json: bool,
+    rewind: int | None,
+    from_serial: int | None,
+) -> int:
+    from roomcast.client import Discontinuity, StateChange, connect
+
+    def on_change(change: StateChange) -> None:
+        messages = {
+            "disconnected": f"connection lost ({change.reason}); reconnecting",
+            "resumed": "reconnected: resumed where it left off",
+            "connected": "reconnected (a new session)",
+        }
+        _note(messages[change.event])
+
+    async with connect(server, client_id=client_id) as client:
+        for event in ("disconnected", "resumed", "connected"):
+            client.on(event, on_change)
+        channel = client.channels.get(name)
+        subscription = channel.subscribe()
+        attached = await channel.attach(rewind=rewind, from_serial=from_serial)
+        for message in attached.messages or []:
+            print(_json_line(message) if as_json else _message_line(message), flush=True)
+        _note(f"attached to {name} at serial {attached.serial}; Ctrl-C to stop")
+        while True:
+            try:
+                async for item in subscription:
+                    print(_json_line(item) if as_json else _event_line(item), flush=True)
+                return 0
+            except Discontinuity as gap:
+                _note(f"gap in {name}: {gap.reason} (epoch {gap.epoch}); see `roomcast history`")
+
+
+@app.command()
+def history(
+    channel: Annotated[str, typer.Argument(help="The channel, e.g. room:lunch.")],
+    server: ServerOption = DEFAULT_SERVER,
+    client_id: ClientIdOption = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="How many of the latest messages.")
+    ] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a channel's latest messages, oldest first (msg_serial, client_id, data)."""
+
+    async def read() -> int:
+        from roomcast.client import Message, connect
+
+        pages: list[list[Message]] = []
+        wanted = limit
+        async with connect(server, client_id=client_id) as client:
+            async for page in client.channels.get(channel).history(limit=min(wanted, 1000)):
+                pages.append(page.messages[-wanted:])
+                wanted -= len(pages[-1])
+                if wanted <= 0:
+                    break
+        for messages in reversed(pages):
+            for message in messages:
+                print(_json_line(message) if as_json else _message_line(message))
+        return 0
+
+    _run_client(read(), server)
+
+
+@app.command()
+def channels(
+    server: ServerOption = DEFAULT_SERVER,
+    prefix: Annotated[str, typer.Option("--prefix", help="Only names starting with it.")] = "",
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List the channels that have messages (GET /v1/channels)."""
+
+    async def list_them() -> int:
+        import httpx
+
+        from roomcast.client import list_channels
+
+        try:
+            items = await list_channels(server, prefix=prefix, limit=limit)
+        except httpx.HTTPError as exc:
+            raise OSError(str(exc) or type(exc).__name__) from exc
+        if as_json:
+            for item in items:
+                print(_json_line(item))
+            return 0
+        table = Table("channel", "serial", "updated", "occupancy", box=None, pad_edge=False)
+        for item in items:
+            updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.updated_at / 1000))
+            table.add_row(item.channel, str(item.serial), updated, str(item.occupancy))
+        Console(highlight=False).print(table)
+        return 0
+
+    _run_client(list_them(), server)
 
 
 def main() -> None:

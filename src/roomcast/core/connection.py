@@ -14,6 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -83,17 +84,19 @@ class Connection:
         self._limit = settings.outbound_queue
         self._max_bytes = settings.max_message_bytes
         self._out: list[bytes] = []
-        self._wake = asyncio.Event()
-        self._drain = asyncio.Event()
-        self._sending = False
         self._flush_pending = False
-        self._replies: asyncio.Queue[Pending] = asyncio.Queue(MAX_IN_FLIGHT)
-        self._tasks: list[asyncio.Task[None]] = []
+        # Tasks and events exist only while there is work: an idle connection holds none,
+        # which keeps thousands of idle connections cheap.
+        self._send_task: asyncio.Task[None] | None = None
+        self._drain: asyncio.Event | None = None
+        self._replies: deque[Pending] = deque()
+        self._reply_task: asyncio.Task[None] | None = None
+        self._reply_space: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, resumed: bool) -> None:
-        """Send ``connected`` and start the reply and send loops."""
+        """Send ``connected``."""
         settings = self.node.settings
         self.push(
             self.codec.encode(
@@ -114,17 +117,14 @@ class Connection:
                 )
             )
         )
-        self._tasks = [
-            asyncio.create_task(self._send_loop(), name=f"send-{self.session.connection_id}"),
-            asyncio.create_task(self._reply_loop(), name=f"reply-{self.session.connection_id}"),
-        ]
 
     async def finish(self, *, clean: bool) -> None:
         """The socket is gone: stop the loops and let the node handle presence and resume."""
         self.closed = True
-        for task in self._tasks:
+        tasks = [t for t in (self._send_task, self._reply_task) if t is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.node.disconnect(self, clean=clean)
 
     async def close(self, code: int, reason: str) -> None:
@@ -169,16 +169,17 @@ class Connection:
     def flush(self) -> None:
         """Write what is queued now if the socket takes it, else leave it to the send task."""
         self._flush_pending = False
-        if self._sending or self.closed:
+        if self._send_task is not None or self.closed:
             return
         while self._out:
             batch = self._take_batch()
             if not self.transport.send_now(self.codec.join(batch)):
                 self._out[:0] = batch
-                self._wake.set()
+                self._send_task = asyncio.create_task(self._send_loop())
                 return
             self.last_sent = time.monotonic()
-        self._drain.set()
+        if self._drain is not None:
+            self._drain.set()
 
     def _drop_slow_consumer(self) -> None:
         self.node.stats.slow_consumers += 1
@@ -195,20 +196,17 @@ class Connection:
         )
 
     async def _send_loop(self) -> None:
-        """The slow path: awaits the socket when it is backed up (or has no direct path)."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self._sending = True
-            try:
-                while self._out:
-                    batch = self._take_batch()
-                    await self.transport.send(self.codec.join(batch))
-                    self.last_sent = time.monotonic()
-                    if len(self._out) <= MAX_FRAME_MESSAGES:
-                        self._drain.set()
-            finally:
-                self._sending = False
+        """The slow path: awaits the socket while it is backed up (or has no direct path),
+        until the queue is empty."""
+        try:
+            while self._out:
+                batch = self._take_batch()
+                await self.transport.send(self.codec.join(batch))
+                self.last_sent = time.monotonic()
+                if len(self._out) <= MAX_FRAME_MESSAGES and self._drain is not None:
+                    self._drain.set()
+        finally:
+            self._send_task = None
 
     def _take_batch(self) -> list[bytes]:
         out = self._out
@@ -257,7 +255,14 @@ class Connection:
         check_frame_kind(self.codec, is_text=is_text)
         size = len(data)
         for item in self.codec.decode(data):
-            await self._replies.put(self._dispatch(item, size))
+            while len(self._replies) >= MAX_IN_FLIGHT:  # pipelining is bounded
+                if self._reply_space is None:
+                    self._reply_space = asyncio.Event()
+                self._reply_space.clear()
+                await self._reply_space.wait()
+            self._replies.append(self._dispatch(item, size))
+            if self._reply_task is None:
+                self._reply_task = asyncio.create_task(self._reply_loop())
 
     def _dispatch(self, req: m.ClientRequest | RequestError, frame_size: int) -> Pending:
         """Validate and start one request; the reply is awaited in order by the reply loop."""
@@ -377,32 +382,41 @@ class Connection:
         return m.Detached(ref=m.ref_of(req.ref), channel=req.channel)
 
     async def _reply_loop(self) -> None:
-        while True:
-            ref, channel, item = await self._replies.get()
-            if item is None:
-                continue
-            if isinstance(item, m.Reply):
-                self.push(self.codec.encode(item))
-                continue
-            try:
-                result = await item
-            except RoomcastError as exc:
-                result = _error_reply(ref, channel, exc)
-            except Exception:
-                correlation_id = secrets.token_hex(8)
-                log.exception("internal error (correlation id %s)", correlation_id)
-                result = m.ErrorReply(
-                    ref=m.ref_of(ref),
-                    code=50000,
-                    message=f"internal error (correlation id {correlation_id})",
-                    channel=channel if channel is not None else msgspec.UNSET,
-                )
-            if isinstance(result, _Attaching):
-                await self._finish_attach(result.attachment, result.result)
-            elif isinstance(result, m.Ok):
-                self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))
-            elif result is not None:
-                self.push(self.codec.encode(result))
+        """Answers the requests in order, until none is waiting."""
+        try:
+            while self._replies:
+                ref, channel, item = self._replies.popleft()
+                if self._reply_space is not None:
+                    self._reply_space.set()
+                await self._answer(ref, channel, item)
+        finally:
+            self._reply_task = None
+
+    async def _answer(self, ref: int | None, channel: str | None, item: Any) -> None:
+        if item is None:
+            return
+        if isinstance(item, m.Reply):
+            self.push(self.codec.encode(item))
+            return
+        try:
+            result = await item
+        except RoomcastError as exc:
+            result = _error_reply(ref, channel, exc)
+        except Exception:
+            correlation_id = secrets.token_hex(8)
+            log.exception("internal error (correlation id %s)", correlation_id)
+            result = m.ErrorReply(
+                ref=m.ref_of(ref),
+                code=50000,
+                message=f"internal error (correlation id {correlation_id})",
+                channel=channel if channel is not None else msgspec.UNSET,
+            )
+        if isinstance(result, _Attaching):
+            await self._finish_attach(result.attachment, result.result)
+        elif isinstance(result, m.Ok):
+            self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))
+        elif result is not None:
+            self.push(self.codec.encode(result))
 
     async def _finish_attach(self, attachment: Attachment, result: AttachResult) -> None:
         """Send ``attached``, the replay (paged, as the client drains it), then go live."""
@@ -430,6 +444,8 @@ class Connection:
     async def _drained(self) -> None:
         """Wait until the outbound queue is nearly empty (replay pacing)."""
         while len(self._out) > MAX_FRAME_MESSAGES and not self.closed:
+            if self._drain is None:
+                self._drain = asyncio.Event()
             self._drain.clear()
             await self._drain.wait()
 

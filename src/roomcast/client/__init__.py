@@ -1,0 +1,77 @@
+"""The async Python SDK: people, agents and tools talk to a roomcast server with it.
+
+Example::
+
+    import asyncio
+    import roomcast.client
+
+    async def main() -> None:
+        async with roomcast.client.connect("http://127.0.0.1:8000", client_id="alice") as client:
+            lunch = client.channels.get("room:lunch")
+            await lunch.publish("tacos?")
+            async for event in lunch.subscribe():
+                print(event.serial, event.client_id, event.data)
+
+    asyncio.run(main())
+
+The SDK speaks PROTOCOL.md with the types of :mod:`roomcast.protocol.messages` (``Event``,
+``Message``, ``PresenceMember``, ``Attached`` are those types). It reconnects with backoff,
+resumes, re-attaches every channel from the last serial it delivered and re-sends unanswered
+publishes (each carries an idempotency ``id``), so subscribers see every event exactly once.
+See ``docs/sdk.md``.
+"""
+
+from roomcast.protocol.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    RoomcastError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from roomcast.protocol.http import ChannelSummary
+from roomcast.protocol.messages import Attached, Event, Message, PresenceMember
+
+from .backoff import Backoff
+from .channel import Channel, Channels, HistoryPage
+from .client import Client, connect
+from .errors import AuthError, ClientClosed, Discontinuity
+from .presence import Presence
+from .rest import list_channels
+from .state import State, StateChange, StateEvent
+from .subscription import Subscription
+
+__all__ = [
+    "Attached",
+    "AuthError",
+    "Backoff",
+    "BadRequest",
+    "Channel",
+    "ChannelSummary",
+    "Channels",
+    "Client",
+    "ClientClosed",
+    "Conflict",
+    "Discontinuity",
+    "Event",
+    "Forbidden",
+    "HistoryPage",
+    "Message",
+    "NotFound",
+    "Presence",
+    "PresenceMember",
+    "RateLimited",
+    "RoomcastError",
+    "State",
+    "StateChange",
+    "StateEvent",
+    "Subscription",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "connect",
+    "list_channels",
+]

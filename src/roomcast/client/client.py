@@ -1,0 +1,490 @@
+"""The client: one logical connection that survives drops.
+
+A :class:`Client` keeps what must outlive a socket: the resume key, the channels and their
+positions, and the requests still waiting for a reply. When the socket drops it reconnects
+with backoff, resumes (``?resume=``), re-attaches every channel from the last serial it
+delivered, and re-sends the unanswered requests in their original order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import msgspec
+from websockets.exceptions import WebSocketException
+
+from roomcast.protocol import messages as m
+from roomcast.protocol.errors import CLOSE_AUTH, RoomcastError, Unauthorized
+from roomcast.protocol.http import ChannelSummary
+
+from .backoff import Backoff
+from .channel import Channels
+from .errors import AuthError, ClientClosed, error_from_reply
+from .link import Format, Link, request_encoder
+from .rest import list_channels
+from .state import STATE_EVENTS, State, StateCallback, StateChange, StateEvent
+from .urls import websocket_url
+
+log = logging.getLogger("roomcast.client")
+
+# Close codes after which reconnecting cannot help: bad credentials, or frames the server
+# refused (a bug, or a server this SDK does not match). Everything else is retried.
+TERMINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, CLOSE_AUTH})
+# A connection that stayed up this long resets the backoff, so a server that accepts and
+# then drops at once is not hammered at the initial delay.
+STABLE_AFTER_S = 1.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    frame: bytes  # the encoded request, ref included
+    on_reply: Callable[[m.ServerMessage], None]
+    on_fail: Callable[[BaseException], None]
+    resend: bool  # False: the owner re-issues it after a reconnect (attach)
+
+
+class Client:
+    """A connection to a roomcast server that reconnects and resumes by itself.
+
+    Create it with :func:`connect`. Use it as ``async with``, or call :meth:`close`.
+
+    Attributes:
+        url: The URL it was given.
+        channels: The channels, by name: ``client.channels.get("room:lunch")``.
+        state: ``connecting``, ``connected``, ``disconnected`` (reconnecting), ``failed``
+            or ``closed``.
+        client_id: Who this client is (picked by the server when not given).
+        connected: The latest ``connected`` message (limits, heartbeat).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        token: str | None = None,
+        key: str | None = None,
+        format: Format = "json",
+        backoff: Backoff | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._ws_url = websocket_url(url)
+        self.client_id = client_id
+        self._token = token
+        self._key = key
+        self._format: Format = format
+        self._encode = request_encoder(format)
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._timeout = timeout
+        self.channels = Channels(self)
+        self.state: State = "connecting"
+        self.connected: m.Connected | None = None
+        self._link: Link | None = None
+        self._link_since = 0.0
+        self._resume_key: str | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._ref = 0
+        self._listeners: dict[str, list[StateCallback]] = {e: [] for e in STATE_EVENTS}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def connection_id(self) -> str | None:
+        """The server's id for this connection; kept across a resumed reconnect."""
+        return self.connected.connection_id if self.connected is not None else None
+
+    def on(self, event: StateEvent, callback: StateCallback) -> Callable[[], None]:
+        """Call ``callback(StateChange)`` on each ``event``.
+
+        Callbacks may be plain functions or coroutine functions (run as tasks). An exception
+        in a callback is logged, never raised into the client.
+
+        Args:
+            event: ``connected``, ``disconnected``, ``resumed``, ``failed`` or ``closed``.
+            callback: The function to call.
+
+        Returns:
+            A function that removes the callback.
+        """
+        if event not in STATE_EVENTS:
+            raise ValueError(f"unknown event {event!r}: use one of {sorted(STATE_EVENTS)}")
+        self._listeners[event].append(callback)
+        return lambda: self.off(event, callback)
+
+    def off(self, event: StateEvent, callback: StateCallback) -> None:
+        """Remove a callback added with :meth:`on` (nothing happens if it is not there)."""
+        with contextlib.suppress(ValueError):
+            self._listeners[event].remove(callback)
+
+    async def list_channels(self, prefix: str = "", limit: int = 100) -> list[ChannelSummary]:
+        """The server's channels by name (``GET /v1/channels``, with this client's
+        credentials); see :func:`roomcast.client.rest.list_channels`."""
+        return await list_channels(
+            self.url, prefix=prefix, limit=limit, token=self._token, key=self._key
+        )
+
+    async def ping(self) -> float:
+        """Round-trip a ``ping``; returns the seconds it took."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self.call(m.Ping())
+        return loop.time() - started
+
+    async def close(self, flush_timeout: float = 5.0) -> None:
+        """Close the connection cleanly (a close frame: presence ends at once).
+
+        Requests still waiting for a reply get up to ``flush_timeout`` seconds to be answered
+        first; after that they raise :class:`ClientClosed`. Subscriptions end.
+        """
+        if self.state in ("closed", "failed"):
+            self._set_closed("closed by the client")
+            return
+        if self._pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush_timeout):
+                    await self._idle.wait()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+        self._set_closed("closed by the client")
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def call(self, request: m.Request) -> m.ServerMessage:
+        """Send any protocol request and return its reply (the lower-level escape hatch).
+
+        The request is re-sent after a reconnect until it is answered, so use it only for
+        requests that are safe to repeat (a publish with an ``id``, reads, presence).
+
+        Raises:
+            RoomcastError: The server answered ``error`` (typed by its code).
+            ClientClosed: The client was closed first.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[m.ServerMessage] = loop.create_future()
+
+        def on_reply(reply: m.ServerMessage) -> None:
+            if not future.done():
+                if isinstance(reply, m.ErrorReply):
+                    future.set_exception(error_from_reply(reply))
+                else:
+                    future.set_result(reply)
+
+        def on_fail(error: BaseException) -> None:
+            if not future.done():
+                future.set_exception(error)
+
+        ref = self.submit(request, on_reply, on_fail)
+        try:
+            return await future
+        finally:
+            self._forget(ref)
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(
+        self,
+        request: m.Request,
+        on_reply: Callable[[m.ServerMessage], None],
+        on_fail: Callable[[BaseException], None],
+        *,
+        resend: bool = True,
+    ) -> int:
+        """Send ``request`` with a fresh ``ref`` (now if connected, else on reconnect) and
+        route its reply to ``on_reply``; returns the ref. For the SDK's own modules."""
+        self.check_open()
+        ref = self._ref + 1
+        # Encoding first: data that is not JSON raises here, before anything is queued.
+        frame = self._encode(msgspec.structs.replace(request, ref=ref))
+        self._ref = ref
+        self._pending[ref] = _Pending(frame, on_reply, on_fail, resend)
+        self._idle.clear()
+        if self.state == "connected" and self._link is not None:
+            self._link.send(frame)
+        return ref
+
+    def check_open(self) -> None:
+        """Raise if the client can no longer send (closed, or failed for good)."""
+        if self.state == "failed" and self._error is not None:
+            raise self._error
+        if self.state == "closed":
+            raise ClientClosed("the client is closed")
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a socket is up (requests go out at once)."""
+        return self.state == "connected"
+
+    def _forget(self, ref: int) -> None:
+        self._pending.pop(ref, None)
+        if not self._pending:
+            self._idle.set()
+
+    def _dispatch(self, message: m.ServerMessage) -> None:
+        """Route one server message. Runs in the reader, in order, without awaiting."""
+        if isinstance(message, m.Event | m.PresenceEvent | m.SignalEvent | m.Discontinuity):
+            channel = self.channels.find(message.channel)
+            if channel is not None:
+                channel.receive(message)
+            return
+        ref = getattr(message, "ref", msgspec.UNSET)
+        if isinstance(ref, int):
+            entry = self._pending.get(ref)
+            if entry is not None:
+                self._forget(ref)
+                entry.on_reply(message)
+        elif isinstance(message, m.ErrorReply):
+            log.warning("server error %d: %s", message.code, message.message)
+
+    # ------------------------------------------------------------------ connection life
+
+    def _query_url(self) -> str:
+        params: dict[str, str | None] = {
+            "client_id": self.client_id,
+            "token": self._token,
+            "key": self._key,
+            "resume": self._resume_key,
+            "format": None if self._format == "json" else self._format,
+        }
+        return websocket_url(self._ws_url, params)
+
+    async def start(self) -> None:
+        """Make the first connection (no retry: an unreachable server raises at once)."""
+        try:
+            link = await Link.open(self._query_url(), self._format, self._timeout)
+        except WebSocketException as exc:  # e.g. HTTP 404: not a roomcast server at that URL
+            self.state = "failed"
+            self._error = ConnectionError(f"no roomcast WebSocket at {self._ws_url}: {exc}")
+            raise self._error from exc
+        except BaseException as exc:
+            self.state = "failed"
+            self._error = exc
+            raise
+        self._link_up(link)
+        self._supervisor = asyncio.create_task(self._supervise(), name="roomcast-client")
+
+    def _link_up(self, link: Link) -> None:
+        connected = link.connected
+        self.connected = connected
+        self.client_id = connected.client_id
+        self._resume_key = connected.resume_key
+        self._link = link
+        self._link_since = asyncio.get_running_loop().time()
+        self.state = "connected"
+        # Re-attach first, then re-send what was never answered, in the original order.
+        unanswered = list(self._pending.values())
+        for channel in self.channels:
+            channel.on_link_up()
+        for entry in unanswered:
+            link.send(entry.frame)
+        link.start(self._dispatch)
+        self._emit("resumed" if connected.resumed else "connected")
+
+    def _link_down(self, link: Link) -> None:
+        self._link = None
+        self.state = "disconnected"
+        for ref, entry in list(self._pending.items()):
+            if not entry.resend:  # its reply can never come; the owner re-issues it
+                self._forget(ref)
+        for channel in self.channels:
+            channel.on_link_down()
+        reason = f"{link.close_code} {link.close_reason}".strip()
+        self._emit("disconnected", reason=reason)
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            link = self._link
+            assert link is not None
+            await link.done.wait()
+            error = self._terminal_error(link)
+            if error is not None:
+                self._fail(error)
+                return
+            if loop.time() - self._link_since >= STABLE_AFTER_S:
+                self._backoff.reset()
+            self._link_down(link)
+            new = await self._reconnect()
+            if new is None:
+                return
+            self._link_up(new)
+
+    async def _reconnect(self) -> Link | None:
+        while True:
+            delay = self._backoff.next_delay()
+            log.info("roomcast client: reconnecting in %.2fs", delay)
+            await asyncio.sleep(delay)
+            try:
+                return await Link.open(self._query_url(), self._format, self._timeout)
+            except RoomcastError as exc:
+                if exc.code < 50000:  # refused (bad credentials, bad client_id): final
+                    self._fail(exc)
+                    return None
+                log.info("roomcast client: server refused the connection: %s", exc)
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                log.info("roomcast client: reconnect failed: %r", exc)
+
+    @staticmethod
+    def _terminal_error(link: Link) -> BaseException | None:
+        error = link.last_error
+        if link.close_code == CLOSE_AUTH or (error is not None and error.code == Unauthorized.code):
+            return AuthError(error.message if error is not None else link.close_reason)
+        if link.close_code in TERMINAL_CLOSE_CODES:
+            if error is not None:
+                return error_from_reply(error)
+            return ClientClosed(f"the server closed the connection: {link.close_reason}")
+        return None
+
+    def _fail(self, error: BaseException) -> None:
+        log.error("roomcast client: giving up: %s", error)
+        self.state = "failed"
+        self._error = error
+        self._link = None
+        self._end_all(error)
+        self._emit("failed", reason=str(error), error=error)
+
+    def _set_closed(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self._end_all(ClientClosed("the client is closed"))
+        self._emit("closed", reason=reason)
+
+    def _end_all(self, error: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        self._idle.set()
+        for entry in pending.values():
+            entry.on_fail(error)
+        for channel in self.channels:
+            channel.on_client_end(None if isinstance(error, ClientClosed) else error)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _emit(
+        self, event: StateEvent, *, reason: str | None = None, error: BaseException | None = None
+    ) -> None:
+        change = StateChange(event, self.state, self.connection_id, reason, error)
+        for callback in list(self._listeners[event]):
+            self._run_callback(callback, change)
+
+    def _run_callback(self, callback: Callable[[Any], object], arg: Any) -> None:
+        """Call a user callback; await it in a task if it is a coroutine function. Errors are
+        logged: a user's bug must not break the connection."""
+        try:
+            result = callback(arg)
+        except Exception:
+            log.exception("roomcast client: callback %r failed", callback)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("roomcast client: callback failed", exc_info=task.exception())
+
+
+class _Connecting:
+    """What :func:`connect` returns: await it, or use it as ``async with``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._start().__await__()
+
+    async def _start(self) -> Client:
+        await self._client.start()
+        return self._client
+
+    async def __aenter__(self) -> Client:
+        return await self._start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._client.close()
+
+
+def connect(
+    url: str = "http://127.0.0.1:8000",
+    *,
+    client_id: str | None = None,
+    token: str | None = None,
+    key: str | None = None,
+    format: Format = "json",
+    backoff: Backoff | None = None,
+    timeout: float = 10.0,
+) -> _Connecting:
+    """Connect to a roomcast server.
+
+    Example::
+
+        async with roomcast.client.connect("http://127.0.0.1:8000", client_id="alice") as c:
+            serial = await c.channels.get("room:lunch").publish("tacos?")
+
+    ``client = await connect(...)`` works too (then call ``await client.close()``).
+
+    Args:
+        url: The server's HTTP base (``http://host:port``, from which ``ws://host:port/v1/ws``
+            is derived) or its WebSocket URL (``ws://host:port/v1/ws``).
+        client_id: Who you are, where anonymous access is on. The server picks one if not
+            given; reconnects keep it.
+        token: A signed token (PROTOCOL.md §6).
+        key: An API key ``name:secret`` (server-side callers only).
+        format: ``json`` or ``msgpack`` on the wire.
+        backoff: The reconnect policy (default: :class:`Backoff` with 0.1 s initial and
+            10 s maximum, full jitter).
+        timeout: Seconds to wait for each connection attempt.
+
+    Returns:
+        An awaitable that connects and gives the :class:`Client`; also an async context
+        manager that closes it on exit.
+
+    Raises:
+        AuthError: The server refused the credentials (code 40100).
+        RoomcastError: The server refused the connection for another reason.
+        OSError: The server could not be reached (the first connection is not retried).
+    """
+    return _Connecting(
+        Client(
+            url,
+            client_id=client_id,
+            token=token,
+            key=key,
+            format=format,
+            backoff=backoff,
+            timeout=timeout,
+        )
+    )

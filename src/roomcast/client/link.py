@@ -1,0 +1,196 @@
+"""One WebSocket connection to the server: the handshake up to ``connected``, a reader that
+decodes frames into typed server messages, and a writer that batches requests.
+
+A :class:`Link` lives as long as its socket. Reconnecting makes a new one; what must outlive
+a socket (pending requests, attached channels) belongs to :class:`~roomcast.client.Client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from roomcast.protocol.codec import codec_for
+from roomcast.protocol.errors import CLOSE_ABNORMAL
+from roomcast.protocol.messages import Connected, ErrorReply, Request, ServerMessage
+
+from .errors import error_from_reply
+
+log = logging.getLogger("roomcast.client")
+
+Format = Literal["json", "msgpack"]
+Handler = Callable[[ServerMessage], None]
+
+MAX_BATCH_MESSAGES = 512
+DEFAULT_BATCH_BYTES = 64 * 1024
+
+
+class Link:
+    """A connected socket. Built by :meth:`open`, which returns once ``connected`` arrived."""
+
+    def __init__(self, ws: ClientConnection, fmt: Format, connected: Connected) -> None:
+        self.ws = ws
+        self.connected = connected
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.last_error: ErrorReply | None = None  # an error without a ref, before a close
+        self._codec = codec_for(fmt)
+        self._text = fmt == "json"
+        self._raw = _raw_decoder(fmt)
+        # A batch must stay well under the largest frame the server reads (2 x max bytes).
+        limit = connected.limits.get("max_message_bytes", DEFAULT_BATCH_BYTES)
+        self._batch_bytes = int(limit) if isinstance(limit, int) else DEFAULT_BATCH_BYTES
+        self._out: list[bytes] = []
+        self._wake = asyncio.Event()
+        self._leftover: list[ServerMessage] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.done = asyncio.Event()
+
+    @classmethod
+    async def open(cls, url: str, fmt: Format, open_timeout: float) -> Link:
+        """Connect and wait for ``connected``.
+
+        Raises:
+            RoomcastError: The server answered with an ``error`` instead (40100 is
+                :class:`~roomcast.client.AuthError`).
+            OSError, TimeoutError, websockets.exceptions.WebSocketException: The server
+                could not be reached, or the handshake failed.
+        """
+        ws = await ws_connect(
+            url,
+            open_timeout=open_timeout,
+            max_size=None,
+            compression=None,  # the server does not compress: small frames, low latency
+        )
+        try:
+            async with asyncio.timeout(open_timeout):
+                frame = await ws.recv(decode=False)
+        except BaseException:
+            ws.transport.abort()
+            raise
+        messages = _decode(codec_for(fmt), _raw_decoder(fmt), frame)
+        first = messages[0] if messages else None
+        if isinstance(first, Connected):
+            link = cls(ws, fmt, first)
+            link._leftover = messages[1:]
+            return link
+        with contextlib.suppress(Exception):
+            await ws.close()
+        if isinstance(first, ErrorReply):
+            raise error_from_reply(first)
+        raise ConnectionError(f"the server did not answer with `connected`: {first!r}")
+
+    def start(self, handler: Handler) -> None:
+        """Start reading (every message goes to ``handler``, in order) and writing."""
+        leftover, self._leftover = self._leftover, []
+        for message in leftover:
+            handler(message)
+        self._tasks = [
+            asyncio.create_task(self._read(handler), name="roomcast-client-read"),
+            asyncio.create_task(self._write(), name="roomcast-client-write"),
+        ]
+
+    def send(self, frame: bytes) -> None:
+        """Queue an encoded request; the writer sends everything queued as one frame."""
+        self._out.append(frame)
+        self._wake.set()
+
+    async def _read(self, handler: Handler) -> None:
+        try:
+            while True:
+                frame = await self.ws.recv(decode=False)
+                for message in _decode(self._codec, self._raw, frame):
+                    if isinstance(message, ErrorReply) and message.ref is msgspec.UNSET:
+                        self.last_error = message
+                    handler(message)
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            self.close_code = rcvd.code if rcvd is not None else CLOSE_ABNORMAL
+            self.close_reason = rcvd.reason if rcvd is not None else "connection lost"
+        except Exception:  # a bug in a handler must not leave a dead link looking alive
+            log.exception("roomcast client: reading from the server failed")
+            self.close_code = CLOSE_ABNORMAL
+            self.close_reason = "client error while reading"
+            self.ws.transport.abort()
+        finally:
+            self._finish()
+
+    async def _write(self) -> None:
+        join = self._codec.join
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._out:
+                    await self.ws.send(join(self._take_batch()), text=self._text)
+        except ConnectionClosed:
+            pass  # the reader sees it too and ends the link
+        except Exception:
+            log.exception("roomcast client: writing to the server failed")
+            self.ws.transport.abort()
+
+    def _take_batch(self) -> list[bytes]:
+        out = self._out
+        count, size = 0, 0
+        for frame in out:
+            if count and (count >= MAX_BATCH_MESSAGES or size + len(frame) > self._batch_bytes):
+                break
+            count += 1
+            size += len(frame)
+        batch = out[:count]
+        del out[:count]
+        return batch
+
+    def _finish(self) -> None:
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.done.set()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close frame (the server keeps presence for the
+        grace period, as for any lost connection)."""
+        self.ws.transport.abort()
+
+    async def close(self) -> None:
+        """Close cleanly: a close frame, so the server ends our presence at once."""
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.done.set()
+
+
+def request_encoder(fmt: Format) -> Callable[[Request], bytes]:
+    """How requests are encoded for ``fmt``."""
+    return msgspec.json.encode if fmt == "json" else msgspec.msgpack.encode
+
+
+def _raw_decoder(fmt: Format) -> Any:
+    return msgspec.json.Decoder() if fmt == "json" else msgspec.msgpack.Decoder()
+
+
+def _decode(codec: Any, raw: Any, frame: bytes | str) -> list[ServerMessage]:
+    """A frame's messages. A message this SDK version does not know (a newer server) is
+    skipped instead of failing the frame."""
+    try:
+        messages: list[ServerMessage] = codec.decode_reply(frame)
+        return messages
+    except msgspec.ValidationError:
+        decoded = raw.decode(frame)
+    out: list[ServerMessage] = []
+    for item in decoded if isinstance(decoded, list) else [decoded]:
+        try:
+            out.append(msgspec.convert(item, ServerMessage))
+        except msgspec.ValidationError as exc:
+            log.debug("skipping a server message this client does not know: %s", exc)
+    return out
