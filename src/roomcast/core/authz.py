@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Literal
@@ -29,6 +30,15 @@ Operation = Literal[
 OPERATIONS: frozenset[str] = frozenset(Operation.__args__)  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_json(text: str) -> Capability:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"a capability must be JSON: {exc}") from None
+    return Capability._parse(raw)
+
+
 def pattern_matches(pattern: str, channel: str) -> bool:
     """Whole ``:`` segments; a final ``*`` matches one or more segments; ``*`` alone, all."""
     if pattern == "*":
@@ -54,7 +64,13 @@ class Capability:
 
     @classmethod
     def parse(cls, text: str | dict[str, list[str]]) -> Capability:
-        raw = json.loads(text) if isinstance(text, str) else text
+        """Parse a capability; JSON text is parsed once and the result shared (it is frozen)."""
+        if isinstance(text, str):
+            return _parse_json(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, raw: object) -> Capability:
         if not isinstance(raw, dict):
             raise BadRequest("a capability is a JSON object of pattern → [operations]")
         rules = []

@@ -60,6 +60,30 @@ class Transport(Protocol):
 class Connection:
     """Protocol handling for one client, independent of the socket library."""
 
+    __slots__ = (
+        "__weakref__",
+        "_bucket",
+        "_drain",
+        "_flush_pending",
+        "_limit",
+        "_max_bytes",
+        "_out",
+        "_replies",
+        "_reply_space",
+        "_reply_task",
+        "_send_task",
+        "close_code",
+        "closed",
+        "codec",
+        "last_sent",
+        "node",
+        "principal",
+        "replaced",
+        "resume_key",
+        "session",
+        "transport",
+    )
+
     def __init__(
         self,
         node: Node,
@@ -89,7 +113,7 @@ class Connection:
         # which keeps thousands of idle connections cheap.
         self._send_task: asyncio.Task[None] | None = None
         self._drain: asyncio.Event | None = None
-        self._replies: deque[Pending] = deque()
+        self._replies: deque[Pending] | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._reply_space: asyncio.Event | None = None
 
@@ -255,14 +279,20 @@ class Connection:
         check_frame_kind(self.codec, is_text=is_text)
         size = len(data)
         for item in self.codec.decode(data):
-            while len(self._replies) >= MAX_IN_FLIGHT:  # pipelining is bounded
-                if self._reply_space is None:
+            while self._replies is not None and len(self._replies) >= MAX_IN_FLIGHT:
+                if self._reply_space is None:  # pipelining is bounded
                     self._reply_space = asyncio.Event()
                 self._reply_space.clear()
                 await self._reply_space.wait()
-            self._replies.append(self._dispatch(item, size))
-            if self._reply_task is None:
-                self._reply_task = asyncio.create_task(self._reply_loop())
+            self._enqueue(self._dispatch(item, size))
+
+    def _enqueue(self, pending: Pending) -> None:
+        replies = self._replies
+        if replies is None:
+            replies = self._replies = deque()
+        replies.append(pending)
+        if self._reply_task is None:
+            self._reply_task = asyncio.create_task(self._reply_loop())
 
     def _dispatch(self, req: m.ClientRequest | RequestError, frame_size: int) -> Pending:
         """Validate and start one request; the reply is awaited in order by the reply loop."""
@@ -383,14 +413,17 @@ class Connection:
 
     async def _reply_loop(self) -> None:
         """Answers the requests in order, until none is waiting."""
+        replies = self._replies
         try:
-            while self._replies:
-                ref, channel, item = self._replies.popleft()
+            while replies:
+                ref, channel, item = replies.popleft()
                 if self._reply_space is not None:
                     self._reply_space.set()
                 await self._answer(ref, channel, item)
         finally:
             self._reply_task = None
+            if not replies:
+                self._replies = None  # an idle connection keeps no queue
 
     async def _answer(self, ref: int | None, channel: str | None, item: Any) -> None:
         if item is None:

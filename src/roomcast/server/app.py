@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from roomcast.backends import StoreOptions, open_backend
 from roomcast.backends.measured import MeasuredStore
@@ -95,6 +97,21 @@ system.document(
 )
 
 
+class RoomcastApp(Starlette):
+    """The Starlette app, with ``/v1/ws`` dispatched straight to its endpoint.
+
+    A WebSocket lives for hours; going through the middleware stack would keep seven
+    coroutine frames of it alive per connection for nothing (those layers act on HTTP).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+            scope["app"] = self
+            await websocket_endpoint(WebSocket(scope, receive, send))
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, manage_node: bool = True) -> Starlette:
     """An ASGI app serving ``settings`` (default: from the environment).
 
@@ -141,7 +158,7 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]
     for table in (system, rest.api, sse.api, metrics_routes.api, openapi_routes.api):
         routes.extend(table.routes())
-    app = Starlette(
+    app = RoomcastApp(
         routes=routes,
         middleware=[Middleware(RequestMetrics, metrics=metrics)],
         exception_handlers={

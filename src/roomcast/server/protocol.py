@@ -11,10 +11,15 @@ Two additions to uvicorn's:
   ``roomcast.direct_send`` scope extension writes already-encoded bytes to the socket at once
   when it can take them, as ``websockets.broadcast`` does. The app falls back to ASGI
   ``send`` when the extension is absent (another ASGI server) or the socket is backed up.
+
+It also swaps two asyncio primitives for slimmer ones, because idle connections are mostly
+their bookkeeping (see the memory figures in docs/benchmarks.md). uvicorn is pinned to a
+minor range in pyproject.toml, since this leans on its protocol's attributes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -22,7 +27,75 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 DIRECT_SEND = "roomcast.direct_send"
 
 
+class _ReceiveQueue:
+    """``asyncio.Queue`` as uvicorn uses it here (one consumer: the ASGI ``receive``), without
+    its three deques: an idle connection is mostly this bookkeeping."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class _Flag:
+    """``asyncio.Event`` without a deque until someone waits (the socket's ``writable``)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+        return True
+
+
 class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _ReceiveQueue()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+        self.writable.set()
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope: Any = getattr(self, "scope", None)
