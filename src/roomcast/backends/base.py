@@ -13,8 +13,9 @@ implementation.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -153,6 +154,12 @@ class Store(ABC):
 
         Raises NotFound / Conflict / TooLarge when it cannot apply (see ``rollup.admit``).
         """
+
+    def submit(self, event: Event, *, idempotency_key: str | None = None) -> Awaitable[Appended]:
+        """:meth:`append` without a coroutine: the write is queued before this returns, and
+        the awaitable resolves as ``append`` would. Pipelined publishes use it, so that each
+        one costs no task of its own; a store with a write queue overrides it."""
+        return asyncio.ensure_future(self.append(event, idempotency_key=idempotency_key))
 
     @abstractmethod
     async def append_batch(

@@ -7,8 +7,9 @@ suite.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from roomcast.protocol.messages import Event, Message, PresenceMember
@@ -57,6 +58,18 @@ class MeasuredStore(Store):
             return result
         finally:
             self._observer.appended("append", time.perf_counter() - start, stored)
+
+    def submit(self, event: Event, *, idempotency_key: str | None = None) -> Awaitable[Appended]:
+        start = time.perf_counter()
+        future = asyncio.ensure_future(self.inner.submit(event, idempotency_key=idempotency_key))
+
+        def observe(done: asyncio.Future[Appended]) -> None:
+            ok = not done.cancelled() and done.exception() is None
+            stored = 1 if ok and done.result().event is not None else 0
+            self._observer.appended("append", time.perf_counter() - start, stored)
+
+        future.add_done_callback(observe)
+        return future
 
     async def append_batch(
         self, events: Sequence[Event], keys: Sequence[str | None]

@@ -3,6 +3,7 @@ restart (each start is a new epoch)."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,20 @@ class MemoryStore(LocalEphemeralState, Store):
         if result.event is not None:
             self.bus.emit(event.channel, [result.event])
         return result
+
+    def submit(
+        self, event: Event, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[Appended]:
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        try:
+            result = self._apply(event, idempotency_key, now_ms())
+        except Exception as exc:
+            future.set_exception(exc)
+            return future
+        if result.event is not None:
+            self.bus.emit(event.channel, [result.event])
+        future.set_result(result)
+        return future
 
     async def append_batch(
         self, events: Sequence[Event], keys: Sequence[str | None]

@@ -587,9 +587,14 @@ class SqliteStore(LocalEphemeralState, Store):
 
     async def append(self, event: Event, *, idempotency_key: str | None = None) -> Appended:
         # Enqueued before the first await: callers' call order is the serial order.
-        work = _Work("append", self._future(), events=(event,), keys=(idempotency_key,))
-        result: Appended = await self._submit(work)
+        result: Appended = await self.submit(event, idempotency_key=idempotency_key)
         return result
+
+    def submit(
+        self, event: Event, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[Appended]:
+        work = _Work("append", self._future(), events=(event,), keys=(idempotency_key,))
+        return self._submit(work)
 
     async def append_batch(
         self, events: Sequence[Event], keys: Sequence[str | None]

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from roomcast.backends.base import Appended
 from roomcast.protocol import messages as m
 from roomcast.protocol.codec import Codec, RequestError, check_frame_kind
 from roomcast.protocol.errors import (
@@ -321,7 +322,7 @@ class Connection:
         self._check_rate()
         if size > self._max_bytes:
             self._check_size(req.data, req.extras)
-        return asyncio.ensure_future(self.node.publish(self.principal, req))
+        return self.node.submit_publish(self.principal, req)
 
     def _on_attach(self, req: m.Attach, size: int) -> Awaitable[Any]:
         authorize(self.principal, "subscribe", req.channel)
@@ -446,6 +447,9 @@ class Connection:
             )
         if isinstance(result, _Attaching):
             await self._finish_attach(result.attachment, result.result)
+        elif isinstance(result, Appended):
+            ok = self.node.acknowledge(channel or "", result)
+            self.push(self.codec.encode(msgspec.structs.replace(ok, ref=m.ref_of(ref))))
         elif isinstance(result, m.Ok):
             self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))
         elif result is not None:

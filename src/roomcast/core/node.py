@@ -12,14 +12,14 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from msgspec import UNSET
 
-from roomcast.backends.base import REPLAY_PAGE, ResumeSession, Store
+from roomcast.backends.base import REPLAY_PAGE, Appended, ResumeSession, Store
 from roomcast.protocol.codec import Codec
 from roomcast.protocol.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from roomcast.protocol.http import MAX_BATCH, ChannelSummary
@@ -374,8 +374,12 @@ class Node:
     async def append(self, event: Event, idempotency_key: str | None = None) -> Ok:
         """Sequence one event; announce the channel on ``meta:channels`` at its first event."""
         result = await self.store.append(event, idempotency_key=idempotency_key)
+        return self.acknowledge(event.channel, result)
+
+    def acknowledge(self, channel: str, result: Appended) -> Ok:
+        """The ``ok`` for a stored event; the channel's first event announces it."""
         if result.serial == 1 and not result.duplicate:
-            self._announce(event.channel)
+            self._announce(channel)
         return Ok(serial=result.serial if result.serial is not None else UNSET)
 
     def _announce(self, channel: str) -> None:
@@ -410,8 +414,13 @@ class Node:
         )
 
     async def publish(self, principal: Principal, req: Publish) -> Ok:
+        return self.acknowledge(req.channel, await self.submit_publish(principal, req))
+
+    def submit_publish(self, principal: Principal, req: Publish) -> Awaitable[Appended]:
+        """Authorize and queue a publish at once (no task): pipelined publishes keep their
+        order and share commits. Await the result, then :meth:`acknowledge` it."""
         authorize(principal, "publish", req.channel)
-        return await self.append(self._create_event(principal, req), req.id)
+        return self.store.submit(self._create_event(principal, req), idempotency_key=req.id)
 
     def _create_event(self, principal: Principal, req: Publish) -> Event:
         return self.new_event(
