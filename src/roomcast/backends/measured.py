@@ -61,7 +61,8 @@ class MeasuredStore(Store):
 
     def submit(self, event: Event, *, idempotency_key: str | None = None) -> Awaitable[Appended]:
         start = time.perf_counter()
-        future = asyncio.ensure_future(self.inner.submit(event, idempotency_key=idempotency_key))
+        submitted = self.inner.submit(event, idempotency_key=idempotency_key)
+        future = submitted if asyncio.isfuture(submitted) else asyncio.ensure_future(submitted)
 
         def observe(done: asyncio.Future[Appended]) -> None:
             ok = not done.cancelled() and done.exception() is None
