@@ -272,3 +272,26 @@ def test_client_commands_say_plainly_when_the_server_is_not_there() -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert f"cannot reach the server at {url}" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_sigterm_ends_open_event_streams_at_once() -> None:
+    import threading
+    import urllib.request
+
+    with ServerProcess(env={"ROOMCAST_LOG_LEVEL": "warning"}) as server:
+        opened = threading.Event()
+
+        def listen() -> None:
+            with urllib.request.urlopen(server.url + "/v1/channels/room:x/events", timeout=30) as r:
+                opened.set()
+                while r.readline():
+                    pass
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        assert opened.wait(10)
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 3  # not uvicorn's 5 s graceful timeout
+        reader.join(5)
+        assert not reader.is_alive()

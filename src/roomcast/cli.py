@@ -121,12 +121,25 @@ def run_server(settings: Settings) -> None:
     try:
         import uvloop
 
-        code = uvloop.run(_serve_until_stopped(app, uvicorn.Server(config), settings))
+        code = uvloop.run(_serve_until_stopped(app, _uvicorn_server(app, config), settings))
     except ImportError:
-        code = asyncio.run(_serve_until_stopped(app, uvicorn.Server(config), settings))
+        code = asyncio.run(_serve_until_stopped(app, _uvicorn_server(app, config), settings))
     if code:
         sys.exit(code)
     console.print("roomcast stopped: store flushed and closed")
+
+
+def _uvicorn_server(app: Any, config: Any) -> Any:
+    """uvicorn's server; at shutdown it first ends the SSE streams, which never end by
+    themselves (clients reconnect elsewhere with ``Last-Event-ID``)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.state.event_streams.close_all()
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def _print_banner(settings: Settings) -> None:
@@ -135,6 +148,7 @@ def _print_banner(settings: Settings) -> None:
         f"[bold]roomcast {__version__}[/bold] serving on http://{shown_host}:{settings.port}"
     )
     console.print(f"  WebSocket: ws://{shown_host}:{settings.port}/v1/ws")
+    console.print(f"  HTTP API:  http://{shown_host}:{settings.port}/v1/ (see /openapi.json)")
     console.print(f"  store:     {settings.store_url}")
     console.print(f"  anonymous: {'on' if settings.anonymous_enabled else 'off'}")
     table = Table("setting", "value", box=None, show_header=False, pad_edge=False)
