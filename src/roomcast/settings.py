@@ -100,6 +100,13 @@ class Settings:
     publish_burst: int = _field(
         default=200, metadata=_spec("Publishes a connection may send at once above the rate.")
     )
+    append_rate: float = _field(
+        default=500.0,
+        metadata=_spec(
+            "Appends to streamed messages per second per connection, with a burst of four "
+            "seconds' worth (off when publish_rate is 0)."
+        ),
+    )
     max_message_bytes: int = _field(
         default=64 * 1024, metadata=_spec("Largest message `data` + `extras`, in bytes.")
     )
@@ -178,6 +185,8 @@ class Settings:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         if self.publish_rate < 0:
             raise SettingsError("publish_rate must be 0 (no limit) or positive")
+        if self.append_rate < 0:
+            raise SettingsError("append_rate must be 0 (no limit) or positive")
         parse_duration_ms(self.retention, "retention")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(

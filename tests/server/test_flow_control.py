@@ -128,3 +128,21 @@ async def test_catching_up_more_than_one_replay_page_has_no_gap(server: ServerPr
     assert events[-1]["data"] == "live"
     await writer.close()
     await back.close()
+
+
+async def test_appends_have_their_own_rate_limit(test_env: dict[str, str]) -> None:
+    env = {**test_env, "ROOMCAST_PUBLISH_RATE": "50", "ROOMCAST_APPEND_RATE": "2"}
+    with ServerProcess(store="memory://", env=env) as proc:
+        client = await WireClient.connect(proc.ws_url, client_id="streamer")
+        assert client.connected["limits"]["append_rate"] == 2
+        ok = await client.request("publish", channel="room:s", data="", streaming=True)
+        replies = [
+            await client.request("append", channel="room:s", msg_serial=ok["serial"], data="x")
+            for _ in range(10)
+        ]
+        codes = [r.get("code") for r in replies]
+        assert codes[:8] == [None] * 8  # a burst of four seconds' worth
+        assert codes[8:] == [42900, 42900]
+        # publishes are counted apart, and still go through
+        assert (await client.request("publish", channel="room:s", data="hi"))["action"] == "ok"
+        await client.close()

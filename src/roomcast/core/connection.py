@@ -29,7 +29,6 @@ from roomcast.protocol.errors import (
     BadRequest,
     RateLimited,
     RoomcastError,
-    TooLarge,
     Unauthorized,
 )
 from roomcast.protocol.session import Attachment, Session, TokenBucket
@@ -63,6 +62,7 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_append_bucket",
         "_bucket",
         "_drain",
         "_flush_pending",
@@ -106,6 +106,8 @@ class Connection:
         self.close_code: int | None = None
         self.last_sent = time.monotonic()
         self._bucket = TokenBucket(settings.publish_rate, settings.publish_burst)
+        append_rate = settings.append_rate if settings.publish_rate > 0 else 0
+        self._append_bucket = TokenBucket(append_rate, append_rate * 4)
         self._limit = settings.outbound_queue
         self._max_bytes = settings.max_message_bytes
         self._out: list[bytes] = []
@@ -136,6 +138,7 @@ class Connection:
                         "max_stream_bytes": settings.max_stream_bytes,
                         "publish_rate": settings.publish_rate,
                         "publish_burst": settings.publish_burst,
+                        "append_rate": settings.append_rate if settings.publish_rate > 0 else 0,
                         "outbound_queue": settings.outbound_queue,
                         "history_limit": 1000,
                     },
@@ -357,30 +360,29 @@ class Connection:
 
     def _on_update(self, req: m.Update, size: int) -> Awaitable[Any]:
         self._check_rate()
-        changes = {
-            k: v
-            for k, v in (("data", req.data), ("extras", req.extras), ("status", req.status))
-            if v is not msgspec.UNSET
-        }
         if size > self._max_bytes:
-            self._check_size(changes.get("data"), changes.get("extras"))
-        return self._change(req.channel, req.msg_serial, "update", **changes)
+            self._check_size(
+                None if req.data is msgspec.UNSET else req.data,
+                None if req.extras is msgspec.UNSET else req.extras,
+            )
+        return self._change(req)
 
     def _on_delete(self, req: m.Delete, size: int) -> Awaitable[Any]:
-        return self._change(req.channel, req.msg_serial, "delete")
+        return self._change(req)
 
     def _on_append(self, req: m.Append, size: int) -> Awaitable[Any]:
+        if not self._append_bucket.take(time.monotonic()):
+            bucket = self._append_bucket
+            raise RateLimited(f"append rate limit: {bucket.rate:g}/s, burst {bucket.burst:g}")
         if size > self._max_bytes:
             self._check_size(req.data, None)
-        return self._change(req.channel, req.msg_serial, "append", data=req.data)
+        return self._change(req)
 
     def _on_cancel(self, req: m.Cancel, size: int) -> Awaitable[Any]:
-        return self._change(req.channel, req.msg_serial, "cancel", reason=req.reason)
+        return self._change(req)
 
-    def _change(self, channel: str, msg_serial: int, verb: str, **fields: Any) -> Awaitable[Any]:
-        return asyncio.ensure_future(
-            self.node.change_message(self.principal, channel, msg_serial, verb, **fields)
-        )
+    def _change(self, req: m.Append | m.Update | m.Delete | m.Cancel) -> Awaitable[Any]:
+        return asyncio.ensure_future(self.node.change(self.principal, req))
 
     def _on_annotate(self, req: m.Annotate, size: int) -> Awaitable[Any]:
         return asyncio.ensure_future(
@@ -404,9 +406,7 @@ class Connection:
             raise RateLimited(f"publish rate limit: {bucket.rate:g}/s, burst {bucket.burst:g}")
 
     def _check_size(self, data: Any, extras: Any) -> None:
-        size = len(msgspec.json.encode(data)) + (len(msgspec.json.encode(extras)) if extras else 0)
-        if size > self._max_bytes:
-            raise TooLarge(f"message is {size} bytes, over the {self._max_bytes} byte limit")
+        self.node.check_message_size(data, extras)
 
     async def _detach(self, req: m.Detach) -> m.Detached:
         await self.node.leave_channel(self, req.channel)
