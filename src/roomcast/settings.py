@@ -15,24 +15,11 @@ from typing import Any
 
 import platformdirs
 
+from roomcast.core.authz import OPERATIONS
+
+# Anonymous clients may do everything except the ``*-any`` operations (PROTOCOL.md §6).
 DEFAULT_ANONYMOUS_CAPABILITY = json.dumps(
-    {
-        "*": [
-            "subscribe",
-            "publish",
-            "presence",
-            "history",
-            "object-subscribe",
-            "object-publish",
-            "annotate",
-            "signal",
-            "claim",
-            "cancel-own",
-            "update-own",
-            "delete-own",
-            "agent-admin",
-        ]
-    }
+    {"*": sorted(op for op in OPERATIONS if not op.endswith("-any"))}
 )
 
 

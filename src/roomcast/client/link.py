@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from roomcast.protocol.codec import codec_for
+from roomcast.protocol.codec import codec_for, take_batch
 from roomcast.protocol.errors import CLOSE_ABNORMAL
 from roomcast.protocol.messages import Connected, ErrorReply, Request, ServerMessage
 
@@ -138,16 +138,7 @@ class Link:
             self.ws.transport.abort()
 
     def _take_batch(self) -> list[bytes]:
-        out = self._out
-        count, size = 0, 0
-        for frame in out:
-            if count and (count >= MAX_BATCH_MESSAGES or size + len(frame) > self._batch_bytes):
-                break
-            count += 1
-            size += len(frame)
-        batch = out[:count]
-        del out[:count]
-        return batch
+        return take_batch(self._out, MAX_BATCH_MESSAGES, self._batch_bytes)
 
     def _finish(self) -> None:
         for task in self._tasks:

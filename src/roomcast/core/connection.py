@@ -23,7 +23,7 @@ import msgspec
 
 from roomcast.backends.base import Appended
 from roomcast.protocol import messages as m
-from roomcast.protocol.codec import Codec, RequestError, check_frame_kind
+from roomcast.protocol.codec import Codec, RequestError, check_frame_kind, take_batch
 from roomcast.protocol.errors import (
     CLOSE_SLOW_CONSUMER,
     BadRequest,
@@ -237,21 +237,7 @@ class Connection:
             self._send_task = None
 
     def _take_batch(self) -> list[bytes]:
-        out = self._out
-        if len(out) <= MAX_FRAME_MESSAGES:
-            size = sum(map(len, out))
-            if size <= MAX_FRAME_BYTES:
-                self._out = []
-                return out
-        count, size = 0, 0
-        for frame in out:
-            if count and (count >= MAX_FRAME_MESSAGES or size + len(frame) > MAX_FRAME_BYTES):
-                break
-            count += 1
-            size += len(frame)
-        batch = out[:count]
-        del out[:count]
-        return batch
+        return take_batch(self._out, MAX_FRAME_MESSAGES, MAX_FRAME_BYTES)
 
     def send_heartbeat(self) -> None:
         self.push_live(self.codec.encode(m.Heartbeat()))

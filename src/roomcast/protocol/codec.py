@@ -142,6 +142,24 @@ class MsgpackCodec(Codec):
         return decoded if isinstance(decoded, list) else [decoded]
 
 
+def take_batch(queue: list[bytes], max_messages: int, max_bytes: int) -> list[bytes]:
+    """Remove and return the first messages of ``queue`` that fit in one frame: at most
+    ``max_messages`` of them and ``max_bytes`` in all (one message alone may be larger)."""
+    if len(queue) <= max_messages and sum(map(len, queue)) <= max_bytes:
+        batch = queue[:]
+        queue.clear()
+        return batch
+    count, size = 0, 0
+    for frame in queue:
+        if count and (count >= max_messages or size + len(frame) > max_bytes):
+            break
+        count += 1
+        size += len(frame)
+    batch = queue[:count]
+    del queue[:count]
+    return batch
+
+
 _CODECS: dict[str, Codec] = {"json": JsonCodec(), "msgpack": MsgpackCodec()}
 
 
