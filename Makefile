@@ -1,7 +1,7 @@
 # roomcast developer commands. `make test` is what CI runs.
 PYTHON ?= python3
 
-.PHONY: install install-test lint typecheck pytest test serve
+.PHONY: install install-test lint typecheck pytest test serve bench peers-env
 
 install:
 	$(PYTHON) -m pip install -e .
@@ -24,3 +24,15 @@ test: install-test lint typecheck pytest
 
 serve: install
 	roomcast serve
+
+# The peers (python-socketio, a raw websockets loop) and their load generator live in
+# their own environment, so they never mix with roomcast's dependencies.
+peers-env:
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install -q python-socketio uvicorn websockets picows uvloop
+
+# Every benchmark, one JSON line per measurement (a few minutes; not part of `make test`).
+bench: install-test peers-env
+	$(PYTHON) -m bench publish
+	$(PYTHON) -m bench catchup
+	$(PYTHON) -m bench peers

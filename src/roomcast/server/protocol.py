@@ -20,11 +20,15 @@ minor range in pyproject.toml, since this leans on its protocol's attributes.
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 DIRECT_SEND = "roomcast.direct_send"
+_HEADER16 = struct.Struct("!BBH")
+_HEADER64 = struct.Struct("!BBQ")
 
 
 class _ReceiveQueue:
@@ -103,7 +107,13 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             scope.setdefault("extensions", {})[DIRECT_SEND] = self.direct_send
 
     def direct_send(self, data: bytes, text: bool) -> bool:
-        """Write one frame now if the socket takes it; False (nothing written) otherwise."""
+        """Write one frame now if the socket takes it; False (nothing written) otherwise.
+
+        A server's data frame is a 2-10 byte header and the payload (unmasked, RFC 6455
+        §5.2), so it is written as that, without a Frame object per subscriber. The
+        websockets protocol object keeps no state about sent data frames, only about
+        fragmentation and extensions, and both are checked here.
+        """
         if (
             not self.handshake_complete
             or self.close_sent
@@ -112,11 +122,22 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             or self.transport.is_closing()
         ):
             return False
-        if text:
-            self.conn.send_text(data)
+        conn = self.conn
+        if conn.state is not State.OPEN or conn.extensions:
+            if conn.state is not State.OPEN:
+                return False
+            (conn.send_text if text else conn.send_binary)(data)  # deflate: the slow way
+            self.transport.write(b"".join(conn.data_to_send()))
+            return True
+        size = len(data)
+        first = 0x81 if text else 0x82  # FIN + text / binary
+        if size < 126:
+            header = bytes((first, size))
+        elif size < 65536:
+            header = _HEADER16.pack(first, 126, size)
         else:
-            self.conn.send_binary(data)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+            header = _HEADER64.pack(first, 127, size)
+        self.transport.write(header + data)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
