@@ -392,3 +392,36 @@ async def test_connection_errors_come_as_an_error_then_a_close(server: ServerPro
             assert error["action"] == "error" and error["code"] == code, query
             await ws.wait_closed()
             assert ws.close_code == close, query
+
+
+async def test_frames_of_every_header_size_arrive_intact(server: ServerProcess) -> None:
+    """Fan-out writes frame headers itself: 7-, 16- and 64-bit payload lengths (RFC 6455)."""
+    from websockets.asyncio.client import connect
+
+    channel = room()
+    writer = await WireClient.connect(server.ws_url, client_id="writer")
+    text = "é" * 500  # multi-byte UTF-8, 1,000 bytes
+    for _ in range(200):
+        await writer.send({"action": "publish", "channel": channel, "data": text})
+    await writer.request("ping")
+    sizes: list[int] = []
+    events = 0
+    async with connect(server.ws_url + "?client_id=reader", max_size=None) as ws:
+        await ws.recv()  # connected
+        await ws.send(json.dumps({"action": "ping", "ref": 1}))
+        await ws.send(json.dumps({"action": "attach", "channel": channel, "from_serial": 0}))
+        while events < 200:
+            frame = await ws.recv()
+            sizes.append(len(frame.encode() if isinstance(frame, str) else frame))
+            decoded = json.loads(frame)
+            for item in decoded if isinstance(decoded, list) else [decoded]:
+                if item["action"] == "event":
+                    assert item["data"] == text
+                    events += 1
+        await writer.request("publish", channel=channel, data=text)
+        live = json.loads(await ws.recv())
+        sizes.append(len(json.dumps(live).encode()))
+        assert live["data"] == text
+    assert min(sizes) < 126 and max(sizes) > 65_535
+    assert any(126 <= n <= 65_535 for n in sizes)
+    await writer.close()
