@@ -334,13 +334,19 @@ class _Writer:
         self.chans.update(stage.chans)
 
     def run(self, stage: _Stage, work: _Work, now: int) -> None:
+        if work.kind == "append":
+            # One event needs no child stage: apply() changes the stage only after every
+            # check and the encoding have passed, so a refused event leaves nothing behind.
+            try:
+                work.result = self.apply(stage, work.events[0], work.keys[0], now)
+            except Exception as exc:
+                work.result, work.error = None, exc
+            return
         if work.kind == "purge":
             self.flush(stage)  # purge works in SQL, so it must see everything staged so far
         child = _Stage(self, stage)
         try:
-            if work.kind == "append":
-                work.result = self.apply(child, work.events[0], work.keys[0], now)
-            elif work.kind == "batch":
+            if work.kind == "batch":
                 pairs = zip(work.events, work.keys, strict=True)
                 work.result = [self.apply(child, e, k, now) for e, k in pairs]
             elif work.kind == "ensure":
