@@ -288,24 +288,24 @@ class _Writer:
     # ------------------------------------------------------------ the loop
 
     def serve(
-        self, work: queue.SimpleQueue[_Work | None], done: Callable[[list[_Work]], None]
+        self, work: queue.SimpleQueue[list[_Work] | None], done: Callable[[list[_Work]], None]
     ) -> None:
         try:
             stop = False
             while not stop:
-                item = work.get()
-                if item is None:
+                items = work.get()
+                if items is None:
                     break
-                batch = [item]
+                batch = list(items)
                 while len(batch) < _MAX_BATCH:
                     try:
-                        item = work.get_nowait()
+                        items = work.get_nowait()
                     except queue.Empty:
                         break
-                    if item is None:
+                    if items is None:
                         stop = True
                         break
-                    batch.append(item)
+                    batch.extend(items)
                 self.transaction(batch)
                 done(batch)
         finally:
@@ -492,7 +492,10 @@ class SqliteStore(LocalEphemeralState, Store):
         self.path = Path(path)
         self.bus = bus
         self.options = options or StoreOptions()
-        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        # Writes go to the writer thread once per turn of the event loop, as one list: a
+        # hand-over per write would wake the thread (and make it fight for the GIL) per write.
+        self._queue: queue.SimpleQueue[list[_Work] | None] = queue.SimpleQueue()
+        self._outgoing: list[_Work] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
@@ -539,6 +542,7 @@ class SqliteStore(LocalEphemeralState, Store):
         if thread is None:
             return
         self._accepting = False
+        self._hand_over()
         self._queue.put(None)  # after everything accepted so far: the writer drains first
         await asyncio.to_thread(thread.join)
         self._thread = None
@@ -562,8 +566,15 @@ class SqliteStore(LocalEphemeralState, Store):
     def _submit(self, work: _Work) -> asyncio.Future[Any]:
         if not self._accepting:
             raise Unavailable(f"the store {self.path} is closed")
-        self._queue.put(work)
+        self._outgoing.append(work)
+        if len(self._outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._hand_over)
         return work.future
+
+    def _hand_over(self) -> None:
+        if self._outgoing:
+            self._queue.put(self._outgoing)
+            self._outgoing = []
 
     def _deliver(self, batch: list[_Work]) -> None:
         """On the writer thread, after the commit: one hop to the loop per transaction."""
