@@ -223,16 +223,13 @@ class Node:
         have not left yet; a still-open old connection is closed without leaving.
         """
         if resume_key:
-            for conn in self.connections.values():
-                if (
-                    conn.resume_key == resume_key
-                    and conn.principal.client_id == principal.client_id
-                ):
-                    presence = dict(conn.session.presence)
-                    conn.replaced = True
-                    self._forget(conn)
-                    self.spawn(conn.close(1000, "resumed by a new connection"))
-                    return conn.session.connection_id, presence, True
+            conn = self._by_resume_key.get(resume_key)
+            if conn is not None and conn.principal.client_id == principal.client_id:
+                presence = dict(conn.session.presence)
+                conn.replaced = True
+                self._forget(conn)
+                self.spawn(conn.close(1000, "resumed by a new connection"))
+                return conn.session.connection_id, presence, True
             session = await self.store.take_session(resume_key)
             if session is not None and session.client_id != principal.client_id:
                 await self.store.save_session(resume_key, session)
