@@ -295,3 +295,63 @@ def test_sigterm_ends_open_event_streams_at_once() -> None:
         assert time.monotonic() - started < 3  # not uvicorn's 5 s graceful timeout
         reader.join(5)
         assert not reader.is_alive()
+
+
+def test_serve_with_keys_starts_on_a_public_address_without_anonymous_access() -> None:
+    port = free_port()
+    args = ["--host", "0.0.0.0", "--port", str(port), "--store", "memory://"]
+    args += ["--key", "ops:topsecret", "--key", "bot:hush:{}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roomcast", "serve", *args],
+        env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                url = f"http://127.0.0.1:{port}/v1/channels"
+                urllib.request.urlopen(url, timeout=1)
+            except urllib.error.HTTPError as refused:
+                assert refused.code == 401  # anonymous access is off
+                break
+            except OSError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "anonymous: off" in output and "ops, bot" in output
+    assert "topsecret" not in output and "hush" not in output
+
+
+def test_serve_refuses_bad_keys_clearly() -> None:
+    for args, says in [
+        (["--key", "nocolon"], "NAME:SECRET"),
+        (["--key", "a:1", "--key", "a:2"], "configured twice"),
+        (["--key", "a:1:{oops"], "not JSON"),
+    ]:
+        result = run_cli("serve", "--port", str(free_port()), *args)
+        assert result.returncode != 0 and says in result.stderr, (args, result.stderr)
+
+
+def test_token_prints_a_token_offline() -> None:
+    import jwt
+
+    result = run_cli("token", "--key", "ops:" + "s" * 32, "--client-id", "alice", "--ttl", "60")
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), "s" * 32, algorithms=["HS256"])
+    assert claims["client_id"] == "alice" and claims["capability"] == {"*": ["*"]}
+    wider = run_cli(
+        "token",
+        "--key",
+        'bot:x:{"room:*": ["subscribe"]}',
+        "--client-id",
+        "a",
+        "--capability",
+        '{"*": ["subscribe"]}',
+    )
+    assert wider.returncode != 0 and "40300" in wider.stderr

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_setting_is_in_the_configuration_doc() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
     for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--key" if f.name == "keys" else "--" + f.name.replace("_", "-")
         env = "ROOMCAST_" + f.name.upper()
         assert f"| {f.name} | `{flag}` | `{env}` |" in text, f"{f.name} is not documented"
 

@@ -49,6 +49,23 @@ def _setting_parameters() -> list[inspect.Parameter]:
         spec = f.metadata["spec"]
         env = "ROOMCAST_" + f.name.upper()
         type_name = str(f.type)
+        if f.name == "keys":  # the one list: a repeatable --key
+            params.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None,
+                    annotation=Annotated[
+                        Optional[list[str]],  # noqa: UP045 - typer reads it
+                        typer.Option(
+                            "--key",
+                            help=f"{spec.help} [env: {env}; default: none]",
+                            show_default=False,
+                        ),
+                    ],
+                )
+            )
+            continue
         kind: Any = (
             bool
             if "bool" in type_name
@@ -76,7 +93,7 @@ def _serve(**overrides: Any) -> None:
         settings = Settings.load(**overrides)
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if not settings.anonymous_enabled and not is_loopback(settings.host):
+    if not settings.anonymous_enabled and not settings.keys and not is_loopback(settings.host):
         raise typer.BadParameter(
             f"refusing to serve on {settings.host} with no way in: no API keys are configured "
             "and anonymous access is off. Pass --allow-anonymous (or ROOMCAST_ALLOW_ANONYMOUS=1) "
@@ -114,6 +131,10 @@ def run_server(settings: Settings) -> None:
         lifespan="off",
         timeout_graceful_shutdown=5,
     )
+    from roomcast.server.auth import RedactCredentials
+
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactCredentials())
     # uvicorn re-raises the signal that stopped it once it has shut down; a clean shutdown
     # (connections closed, store flushed) should exit 0, so that re-raise is absorbed here.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -431,6 +452,39 @@ def channels(
         return 0
 
     _run_client(list_them(), server)
+
+
+@app.command()
+def token(
+    key: Annotated[
+        str,
+        typer.Option(
+            "--key", help="The signing key, NAME:SECRET[:CAPABILITY_JSON], as given to serve."
+        ),
+    ],
+    client_id: Annotated[str, typer.Option("--client-id", help="Who the token is for.")],
+    capability: Annotated[
+        Optional[str],  # noqa: UP045 - typer reads it
+        typer.Option("--capability", help="Capability JSON (default: the key's own)."),
+    ] = None,
+    ttl: Annotated[int, typer.Option("--ttl", help="Seconds until it expires (max 86400).")] = 3600,
+) -> None:
+    """Print a signed token (offline; as POST /v1/tokens issues them)."""
+    from roomcast.core.authz import Capability
+    from roomcast.core.keys import ApiKey, KeySpecError, issue_token
+    from roomcast.protocol.errors import RoomcastError
+
+    try:
+        signing_key = ApiKey.parse(key)
+    except KeySpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key") from None
+    try:
+        wanted = Capability.parse(capability) if capability is not None else None
+        issued = issue_token(signing_key, client_id, wanted, ttl)
+    except RoomcastError as exc:
+        console.print(f"error {exc.code}: {exc.message}", markup=False)
+        raise typer.Exit(1) from None
+    print(issued.token)
 
 
 def main() -> None:

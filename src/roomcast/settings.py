@@ -10,12 +10,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from dataclasses import field as _field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 from roomcast.core.authz import OPERATIONS
+from roomcast.core.keys import KeyRing, KeySpecError
 
 # Anonymous clients may do everything except the ``*-any`` operations (PROTOCOL.md §6).
 DEFAULT_ANONYMOUS_CAPABILITY = json.dumps(
@@ -50,11 +52,19 @@ class Settings:
             "or memory:// (tests; nothing survives a restart)."
         ),
     )
+    keys: tuple[str, ...] = _field(
+        default=(),
+        metadata=_spec(
+            "An API key NAME:SECRET[:CAPABILITY_JSON] (no capability: everything); "
+            "repeat --key for several (ROOMCAST_KEYS: one per line).",
+            secret=True,
+        ),
+    )
     allow_anonymous: bool | None = _field(
         default=None,
         metadata=_spec(
             "Let clients connect without credentials, picking their own client_id. "
-            "Default: on when bound to loopback, off elsewhere."
+            "Default: on when bound to loopback with no keys, off otherwise."
         ),
     )
     anonymous_capability: str = _field(
@@ -126,18 +136,26 @@ class Settings:
     def retention_ms(self) -> int:
         return parse_duration_ms(self.retention, "retention")
 
+    @cached_property
+    def key_ring(self) -> KeyRing:
+        """The keys, parsed (``validate`` has already checked them)."""
+        return KeyRing.parse(self.keys)
+
     @property
     def anonymous_enabled(self) -> bool:
         if self.allow_anonymous is not None:
             return self.allow_anonymous
-        return is_loopback(self.host)
+        return is_loopback(self.host) and not self.keys
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, value) for the start-up print; secrets are masked."""
         out = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.metadata["spec"].secret and value:
+            if f.name == "keys":
+                names = [spec.split(":", 1)[0] for spec in value]
+                value = ", ".join(names) if names else "(none)"
+            elif f.metadata["spec"].secret and value:
                 value = "********"
             elif f.name == "store" and not value:
                 value = f"{self.store_url} (default)"
@@ -157,7 +175,11 @@ class Settings:
             raw = environ.get("ROOMCAST_" + f.name.upper())
             if raw is not None and raw != "":
                 values[f.name] = _convert(f.name, str(f.type), raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name, value in overrides.items():
+            if name == "keys" and value is not None:
+                value = tuple(value) or None  # no --key: the environment's keys stay
+            if value is not None:
+                values[name] = value
         settings = cls(**values)
         settings.validate()
         return settings
@@ -183,9 +205,15 @@ class Settings:
             json.loads(self.anonymous_capability)
         except ValueError as exc:
             raise SettingsError(f"anonymous_capability is not JSON: {exc}") from None
+        try:
+            KeyRing.parse(self.keys)
+        except KeySpecError as exc:
+            raise SettingsError(f"keys: {exc}") from None
 
 
 def _convert(name: str, type_name: str, raw: str) -> Any:
+    if type_name.startswith("tuple"):
+        return tuple(line.strip() for line in raw.splitlines() if line.strip())
     try:
         if "bool" in type_name:
             lowered = raw.strip().lower()

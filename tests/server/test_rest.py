@@ -415,7 +415,9 @@ def curl_commands(markdown: str) -> list[str]:
 def test_the_curl_examples_in_docs_http_run(test_env: dict[str, str]) -> None:
     commands = curl_commands((ROOT / "docs" / "http.md").read_text())
     assert len(commands) >= 10
-    with ServerProcess(env=test_env) as server:
+    # the key of the POST /v1/tokens example; anonymous access stays on for the others
+    env = {**test_env, "ROOMCAST_KEYS": "demo:s3cret", "ROOMCAST_ALLOW_ANONYMOUS": "1"}
+    with ServerProcess(env=env) as server:
         for command in commands:
             args = shlex.split(command.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"))
             streaming = "-N" in args
@@ -426,3 +428,5 @@ def test_the_curl_examples_in_docs_http_run(test_env: dict[str, str]) -> None:
             if not streaming and result.stdout.startswith("{"):
                 body = json.loads(result.stdout)
                 assert body.get("error", {}).get("code") != 50000, (command, body)
+                if "/v1/tokens" in command:
+                    assert "token" in body, body

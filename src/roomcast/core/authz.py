@@ -49,6 +49,23 @@ def pattern_matches(pattern: str, channel: str) -> bool:
     return pattern == channel
 
 
+def pattern_covers(outer: str, inner: str) -> bool:
+    """Whether every channel ``inner`` matches is matched by ``outer`` (§6: a token's
+    patterns must each lie inside one of its key's)."""
+    if outer == "*":
+        return True
+    if inner == "*":
+        return False
+    if outer.endswith(":*"):
+        prefix = outer[:-1]  # keeps the trailing ':'
+        return inner.startswith(prefix) and len(inner) > len(prefix)
+    return outer == inner
+
+
+def _grants(ops: frozenset[str], operation: str) -> bool:
+    return operation in ops or (operation.endswith("-own") and operation[:-4] + "-any" in ops)
+
+
 def validate_pattern(pattern: str) -> None:
     if "*" in pattern[:-1] or (
         pattern.endswith("*") and pattern not in ("*",) and not pattern.endswith(":*")
@@ -86,11 +103,28 @@ class Capability:
 
     def allows(self, operation: str, channel: str) -> bool:
         for pattern, ops in self.rules:
-            if pattern_matches(pattern, channel) and (
-                operation in ops or (operation.endswith("-own") and operation[:-4] + "-any" in ops)
-            ):
+            if pattern_matches(pattern, channel) and _grants(ops, operation):
                 return True
         return False
+
+    def covers(self, other: Capability) -> bool:
+        """Whether ``other`` grants nothing beyond this capability: each (pattern,
+        operation) of ``other`` is granted by one rule here whose pattern covers it whole."""
+        return all(
+            any(
+                pattern_covers(mine, pattern) and _grants(my_ops, op) for mine, my_ops in self.rules
+            )
+            for pattern, ops in other.rules
+            for op in ops
+        )
+
+    def to_json(self) -> dict[str, list[str]]:
+        """The JSON form (as in a token's claim); every operation is written ``*``."""
+        return {pattern: ["*"] if ops == OPERATIONS else sorted(ops) for pattern, ops in self.rules}
+
+
+ALL = Capability.parse({"*": ["*"]})
+"""Everything: the capability of a key configured without one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from roomcast.backends.base import Appended
 from roomcast.protocol import messages as m
 from roomcast.protocol.codec import Codec, RequestError, check_frame_kind, take_batch
 from roomcast.protocol.errors import (
+    CLOSE_AUTH,
     CLOSE_SLOW_CONSUMER,
     BadRequest,
     RateLimited,
@@ -34,6 +35,7 @@ from roomcast.protocol.errors import (
 from roomcast.protocol.session import Attachment, Session, TokenBucket
 
 from .authz import Principal, authorize
+from .keys import LEEWAY_S
 from .node import AttachResult, Node
 
 log = logging.getLogger("roomcast.connection")
@@ -65,6 +67,7 @@ class Connection:
         "_append_bucket",
         "_bucket",
         "_drain",
+        "_expiry",
         "_flush_pending",
         "_limit",
         "_max_bytes",
@@ -119,6 +122,7 @@ class Connection:
         self._replies: deque[Pending] | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._reply_space: asyncio.Event | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,9 +150,36 @@ class Connection:
             )
         )
 
+    def expire_at(self, exp: float | None) -> None:
+        """Close with 4001 (after an ``error`` 40100) once the token's ``exp`` (seconds since
+        the epoch) is over a second past, unless ``auth`` renews it first."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if exp is None or self.closed:
+            return
+        delay = max(0.0, exp + LEEWAY_S - time.time())
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(delay, lambda: self.node.spawn(self._expire()))
+
+    async def _expire(self) -> None:
+        self._expiry = None
+        if self.closed:
+            return
+        self.push(self.codec.encode(m.ErrorReply(code=40100, message="token expired")))
+        self.flush()
+        self.closed = True  # nothing more is queued: the error goes out, then the close
+        task = self._send_task
+        if task is not None:
+            await asyncio.wait({task})
+        await self.close(CLOSE_AUTH, "token expired")
+
     async def finish(self, *, clean: bool) -> None:
         """The socket is gone: stop the loops and let the node handle presence and resume."""
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         tasks = [t for t in (self._send_task, self._reply_task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -380,8 +411,17 @@ class Connection:
             self.node.claim(self.principal, req.channel, req.key, req.ttl_s)
         )
 
-    def _on_auth(self, req: m.Auth, size: int) -> None:
-        raise Unauthorized("this server has no signing keys, so it accepts no tokens")
+    def _on_auth(self, req: m.Auth, size: int) -> m.Reply:
+        """Renew the token: same client_id, new capability and expiry (else 40100, and the
+        current token stays)."""
+        claims = self.node.settings.key_ring.verify(req.token)
+        if claims.client_id != self.principal.client_id:
+            raise Unauthorized(
+                f"the token is for {claims.client_id!r}, not {self.principal.client_id!r}"
+            )
+        self.principal = Principal(claims.client_id, claims.capability, "token")
+        self.expire_at(claims.exp)
+        return m.Ok(ref=m.ref_of(req.ref))
 
     def _on_object(self, req: m.ObjectRequest, size: int) -> None:
         raise BadRequest("live objects are not enabled on this server yet")

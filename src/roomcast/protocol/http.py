@@ -45,7 +45,23 @@ class ChannelQuery(Struct, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
 
 
+class TokenRequest(Struct, kw_only=True):
+    """The body of ``POST /v1/tokens``: whom the token is for, what it grants (default: the
+    key's own capability; never more) and for how long."""
+
+    client_id: Channel
+    capability: dict[str, list[str]] | UnsetType = UNSET
+    ttl_s: Annotated[int, Meta(ge=1, le=86400)] = 3600
+
+
 # --------------------------------------------------------------------------- responses
+
+
+class TokenResult(Struct, kw_only=True):
+    """A signed token and when it expires, in ms since the epoch."""
+
+    token: str
+    expires_at: int
 
 
 class PublishResult(Struct, kw_only=True):
@@ -144,5 +160,7 @@ __all__ = [
     "PresencePage",
     "PublishBatchResult",
     "PublishResult",
+    "TokenRequest",
+    "TokenResult",
     "describe_validation_error",
 ]

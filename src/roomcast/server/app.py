@@ -80,7 +80,7 @@ system.document(
         Param(
             "client_id",
             "query",
-            "Your client id (anonymous access); made up by the server if absent.",
+            "Your client id (anonymous access, or with a key); made up if absent.",
             {"type": "string", "pattern": CHANNEL_PATTERN},
         ),
         Param("resume", "query", "A `resume_key` from an earlier `connected`."),
@@ -90,8 +90,8 @@ system.document(
             "The wire format.",
             {"enum": ["json", "msgpack"], "default": "json"},
         ),
-        Param("token", "query", "A signed token (refused until the server has API keys)."),
-        Param("key", "query", "An API key (refused until the server has API keys)."),
+        Param("token", "query", "A signed token; the connection closes (4001) when it expires."),
+        Param("key", "query", "An API key `NAME:SECRET`; `client_id` (default `key:NAME`)."),
     ),
     returns=(Returns("101", "Switching Protocols: the WebSocket is open."),),
 )

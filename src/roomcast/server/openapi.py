@@ -47,16 +47,18 @@ STREAM_TYPES: tuple[type[msgspec.Struct], ...] = (
 TAGS = [
     {"name": "messages", "description": "Publish, read and change messages (PROTOCOL.md §3)."},
     {"name": "channels", "description": "Channels, presence, and Server-Sent Events."},
+    {"name": "tokens", "description": "Tokens signed by API keys (PROTOCOL.md §6)."},
     {"name": "websocket", "description": "The realtime protocol (PROTOCOL.md §2)."},
     {"name": "operations", "description": "Health, readiness, metrics, this document."},
 ]
 
 DESCRIPTION = """\
-The HTTP side of the roomcast protocol (PROTOCOL.md §7). Every `/v1` route is anonymous
-while the server has no API keys: the caller picks its client id with the
-`X-Roomcast-Client-Id` header or `?client_id=` (else the server makes one up, `anon-` and
-8 hex digits). An `Authorization` header is refused with 40100. Errors are
-`{"error": {"code", "message", "correlation_id"}}` with HTTP status `code // 100`.
+The HTTP side of the roomcast protocol (PROTOCOL.md §7). Every `/v1` route takes
+`Authorization: Bearer <token or NAME:SECRET>` (SSE also `?token=`). Without credentials a
+caller is anonymous when the server allows it (by default only on loopback with no API
+keys): it picks its client id with the `X-Roomcast-Client-Id` header or `?client_id=` (else
+the server makes one up, `anon-` and 8 hex digits). Missing or invalid credentials are 40100.
+Errors are `{"error": {"code", "message", "correlation_id"}}` with HTTP status `code // 100`.
 """
 
 
@@ -110,8 +112,7 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "A token or an API key; refused (40100) until the "
-                    "server has API keys.",
+                    "description": "A token, or an API key `NAME:SECRET`.",
                 }
             },
         },

@@ -1,4 +1,4 @@
-"""The REST routes of PROTOCOL.md §7 (all but tokens): thin adapters over the Node.
+"""The REST routes of PROTOCOL.md §7: thin adapters over the Node.
 
 Bodies are the WebSocket requests without ``action``, ``ref`` and the fields the URL
 carries, so both transports share one set of rules (:mod:`roomcast.server.api`). There is
@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import msgspec
 
-from roomcast.protocol.errors import BadRequest
+from roomcast.core.authz import Capability
+from roomcast.core.keys import issue_token
+from roomcast.protocol.errors import BadRequest, Unauthorized
 from roomcast.protocol.http import (
     MAX_BATCH,
     ChangeResult,
     ChannelPage,
     ChannelPath,
     ChannelQuery,
+    ErrorBody,
     MessagePage,
     MessagePath,
     PresencePage,
     PublishBatchResult,
     PublishResult,
+    TokenRequest,
+    TokenResult,
 )
 from roomcast.protocol.messages import (
     Annotate,
@@ -34,7 +39,8 @@ from roomcast.protocol.messages import (
 )
 from roomcast.settings import Settings
 
-from .api import Api, Call, Returns
+from .api import Api, Call, Param, Returns
+from .auth import bearer
 
 api = Api()
 
@@ -96,6 +102,40 @@ async def publish_messages(call: Call) -> msgspec.Struct:
     req = call.body_as(body, Publish, channel=channel)
     node.check_message_size(req.data, req.extras)
     return PublishResult(msg_serial=serial_of(await node.publish(call.principal, req)))
+
+
+@api.operation(
+    "POST",
+    "/v1/tokens",
+    summary="Issue a token signed by the API key in the Authorization header",
+    description=(
+        "`Authorization: Bearer NAME:SECRET`. The token is an HS256 JWT (header `kid` = the "
+        "key name; claims `client_id`, `exp`, `capability`). `capability` defaults to the "
+        "key's own and may not be wider (40300); `ttl_s` defaults to 3600, at most 86400."
+    ),
+    tag="tokens",
+    authenticated=False,
+    body=TokenRequest,
+    params=(Param("Authorization", "header", "`Bearer NAME:SECRET`: the API key that signs."),),
+    returns=(
+        Returns("200", "The token; `expires_at` in ms since the epoch.", (TokenResult,)),
+        Returns("400", "A malformed body (40000).", (ErrorBody,)),
+        Returns("401", "No API key, or not a valid one (40100).", (ErrorBody,)),
+        Returns("403", "A capability wider than the key's (40300).", (ErrorBody,)),
+    ),
+)
+async def create_token(call: Call) -> msgspec.Struct:
+    credential = bearer(call.request)
+    if credential is None or ":" not in credential:
+        raise Unauthorized("POST /v1/tokens needs `Authorization: Bearer NAME:SECRET`")
+    key = call.node.settings.key_ring.authenticate(credential)
+    raw = await call.json(limit=single_body_limit(call.node.settings))
+    req = call.body_as(raw, TokenRequest)
+    capability = None
+    if not isinstance(req.capability, msgspec.UnsetType):
+        capability = Capability.parse(req.capability)
+    issued = issue_token(key, req.client_id, capability, req.ttl_s)
+    return TokenResult(token=issued.token, expires_at=issued.expires_at)
 
 
 def serial_of(ok: Ok) -> int:

@@ -18,7 +18,7 @@ from roomcast.protocol.errors import (
 )
 from roomcast.protocol.messages import ErrorReply
 
-from .auth import anonymous_principal
+from .auth import resolve
 from .protocol import DIRECT_SEND
 
 log = logging.getLogger("roomcast.ws")
@@ -53,8 +53,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         codec = codec_for(params.get("format", "json"))
-        principal = anonymous_principal(
-            node, params.get("client_id"), credentials="token" in params or "key" in params
+        identity = resolve(
+            node,
+            token=params.get("token"),
+            key=params.get("key"),
+            client_id=params.get("client_id"),
         )
     except RoomcastError as exc:
         error = ErrorReply(code=exc.code, message=exc.message)
@@ -63,6 +66,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             CLOSE_AUTH if exc.code == 40100 else CLOSE_UNSUPPORTED_DATA, exc.message
         )
         return
+    principal = identity.principal
     connection_id, presence, resumed = await node.connect(principal, params.get("resume"))
     conn = Connection(
         node,
@@ -74,6 +78,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     )
     node.register(conn)
     conn.start(resumed)
+    conn.expire_at(identity.expires_at)
     clean = True
     try:
         while True:
