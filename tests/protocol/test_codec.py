@@ -21,10 +21,16 @@ def test_one_request_and_a_batch_decode_to_types() -> None:
     assert batch == [m.Ping(), m.Detach(channel="a")]
 
 
-def test_a_frame_that_is_not_json_is_a_protocol_violation_with_1007() -> None:
+@pytest.mark.parametrize("frame", [b"{nope", b"91garbage", b'[{"action":"ping"}] x', b"NaN"])
+def test_a_frame_that_is_not_json_is_a_protocol_violation_with_1007(frame: bytes) -> None:
     with pytest.raises(ProtocolViolation) as caught:
-        json_codec.decode(b"{nope")
+        json_codec.decode(frame)
     assert caught.value.close_code == 1007
+
+
+def test_a_json_scalar_is_a_bad_request_not_a_close() -> None:
+    [decoded] = json_codec.decode(b"91")
+    assert isinstance(decoded, RequestError) and decoded.error.code == 40000
 
 
 @pytest.mark.parametrize(

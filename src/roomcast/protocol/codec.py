@@ -60,9 +60,12 @@ class Codec:
 
     def decode(self, data: bytes | str) -> list[Decoded]:
         try:
-            decoded = self._typed.decode(data)
-        except msgspec.ValidationError:
-            return self._decode_each(data)
+            try:
+                decoded = self._typed.decode(data)
+            except msgspec.ValidationError:
+                # The typed decoder can stop at a wrong type before it sees that the rest
+                # is not JSON at all (``91garbage``); the raw decode below tells which.
+                return self._decode_each(data)
         except msgspec.DecodeError as exc:
             raise ProtocolViolation(CLOSE_INVALID_PAYLOAD, f"frame is not {self.format}") from exc
         return decoded if isinstance(decoded, list) else [decoded]
