@@ -194,3 +194,16 @@ def test_authenticate_checks_name_and_secret() -> None:
     for wrong in (f"ops:{SECRET}x", "ops:", f"nope:{SECRET}", "ops"):
         with pytest.raises(Unauthorized):
             ring.authenticate(wrong)
+
+
+def test_an_unsigned_alg_none_token_is_refused() -> None:
+    import base64
+    import json
+
+    def part(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    claims = {"client_id": "mallory", "exp": time.time() + 600, "capability": {"*": ["*"]}}
+    forged = part({"alg": "none", "typ": "JWT", "kid": "ops"}) + "." + part(claims) + "."
+    with pytest.raises(Unauthorized, match="invalid token"):
+        KeyRing([ApiKey.parse(f"ops:{SECRET}")]).verify(forged)
