@@ -22,6 +22,7 @@ async def test_publish_reaches_other_subscriber_and_history(server: ServerProces
     for c in (a, b):
         attached = await c.request("attach", channel=channel)
         assert attached["action"] == "attached" and attached["serial"] == 0
+        assert attached["presence"] == []  # always present, even when empty
     ok = await a.request("publish", channel=channel, data={"text": "hello"})
     assert ok == {"action": "ok", "ref": ok["ref"], "serial": 1}
     [event] = await b.events(channel, 1)

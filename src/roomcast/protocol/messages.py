@@ -242,7 +242,7 @@ class Attached(Reply, tag="attached", kw_only=True):
     serial: int
     resumed: bool
     messages: list[Message] | UnsetType = UNSET
-    presence: list[PresenceMember] = []
+    presence: list[PresenceMember]  # always sent, even empty (omit_defaults would drop [])
     objects: ObjectsSnapshot | UnsetType = UNSET
 
 
