@@ -146,3 +146,40 @@ async def test_appends_have_their_own_rate_limit(test_env: dict[str, str]) -> No
         # publishes are counted apart, and still go through
         assert (await client.request("publish", channel="room:s", data="hi"))["action"] == "ok"
         await client.close()
+
+
+async def test_others_keep_receiving_while_one_client_floods(test_env: dict[str, str]) -> None:
+    """A flood is cut at the rate limit (42900, connection usable) and does not starve the
+    other clients; the bound here is generous, the latency is measured in bench/."""
+    env = {**test_env, "ROOMCAST_PUBLISH_RATE": "50", "ROOMCAST_PUBLISH_BURST": "200"}
+    with ServerProcess(env=env) as proc:
+        flooder = await WireClient.connect(proc.ws_url, client_id="flooder")
+        speaker = await WireClient.connect(proc.ws_url, client_id="speaker")
+        listener = await WireClient.connect(proc.ws_url, client_id="listener")
+        await listener.request("attach", channel="room:calm")
+
+        async def flood() -> None:
+            for _ in range(20):
+                await flooder.send(
+                    [{"action": "publish", "channel": "room:flood", "data": k} for k in range(100)]
+                )
+                await asyncio.sleep(0.05)
+
+        flooding = asyncio.create_task(flood())
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        for k in range(10):
+            started = loop.time()
+            await speaker.request("publish", channel="room:calm", data=k)
+            [event] = await listener.events("room:calm", 1, timeout=10)
+            assert event["data"] == k
+            worst = max(worst, loop.time() - started)
+            await asyncio.sleep(0.1)
+        await flooding
+        replies = await flooder.quiet(1.0)
+        limited = sum(1 for m in replies if m.get("code") == 42900)
+        assert limited > 0  # the flood was cut
+        assert (await flooder.request("ping"))["action"] == "pong"  # and stays usable
+        assert worst < 2.0, worst
+        for c in (flooder, speaker, listener):
+            await c.close()
