@@ -118,6 +118,20 @@ class Settings:
             "and is closed with 4008 (it resumes from its last serial)."
         ),
     )
+    max_channels_per_connection: int = _field(
+        default=200,
+        metadata=_spec("Channels one connection may have attached at once (then 42900)."),
+    )
+    max_connections_per_client: int = _field(
+        default=50,
+        metadata=_spec(
+            "Open connections one client_id may have on this server (then 42900 and close 1013)."
+        ),
+    )
+    max_presence_members: int = _field(
+        default=2000,
+        metadata=_spec("Presence members one channel may have (a further enter gets 42900)."),
+    )
     retention: str = _field(
         default="0",
         metadata=_spec("How long events and messages are kept, e.g. 30d, 12h; 0 keeps all."),
@@ -185,7 +199,15 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        positive = ("port", "max_message_bytes", "max_stream_bytes", "outbound_queue")
+        positive = (
+            "port",
+            "max_message_bytes",
+            "max_stream_bytes",
+            "outbound_queue",
+            "max_channels_per_connection",
+            "max_connections_per_client",
+            "max_presence_members",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")

@@ -183,3 +183,42 @@ async def test_others_keep_receiving_while_one_client_floods(test_env: dict[str,
         assert worst < 2.0, worst
         for c in (flooder, speaker, listener):
             await c.close()
+
+
+async def test_channel_connection_and_presence_limits(test_env: dict[str, str]) -> None:
+    env = {
+        **test_env,
+        "ROOMCAST_MAX_CHANNELS_PER_CONNECTION": "2",
+        "ROOMCAST_MAX_CONNECTIONS_PER_CLIENT": "2",
+        "ROOMCAST_MAX_PRESENCE_MEMBERS": "2",
+    }
+    with ServerProcess(store="memory://", env=env) as proc:
+        a1 = await WireClient.connect(proc.ws_url, client_id="ann")
+        a2 = await WireClient.connect(proc.ws_url, client_id="ann")
+        # A third connection of one client_id: an error, then close 1013.
+        async with ws_connect(proc.ws_url + "?client_id=ann") as a3:
+            error = json.loads(await a3.recv())
+            assert error["action"] == "error" and error["code"] == 42900
+            await a3.wait_closed()
+            assert a3.close_code == 1013
+
+        assert (await a1.request("attach", channel="room:1"))["action"] == "attached"
+        assert (await a1.request("attach", channel="room:2"))["action"] == "attached"
+        third = await a1.request("attach", channel="room:3")
+        assert third["action"] == "error" and third["code"] == 42900
+        assert (await a1.request("attach", channel="room:1"))["action"] == "attached"  # again
+
+        b = await WireClient.connect(proc.ws_url, client_id="bea")
+        for c in (a1, a2):
+            assert (await c.request("presence", channel="room:p", op="enter"))["action"] == "ok"
+        full = await b.request("presence", channel="room:p", op="enter")
+        assert full["action"] == "error" and full["code"] == 42900
+        again = await a1.request("presence", channel="room:p", op="update", data=1)
+        assert again["action"] == "ok"  # members already present can still update
+
+        await a2.close()  # a slot frees up
+        await asyncio.sleep(0.3)
+        a4 = await WireClient.connect(proc.ws_url, client_id="ann")
+        assert a4.connected["client_id"] == "ann"
+        for c in (a1, a4, b):
+            await c.close()

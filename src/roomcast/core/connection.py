@@ -346,6 +346,9 @@ class Connection:
 
     def _on_attach(self, req: m.Attach, size: int) -> Awaitable[Any]:
         authorize(self.principal, "subscribe", req.channel)
+        limit = self.node.settings.max_channels_per_connection
+        if req.channel not in self.session.attachments and len(self.session.attachments) >= limit:
+            raise RateLimited(f"at most {limit} channels may be attached on one connection")
         # Subscribe before the snapshot is read, so no live event can fall in between; the
         # attachment holds live events back until the snapshot and replay are out.
         attachment = self.session.attach(req.channel)

@@ -21,7 +21,14 @@ from msgspec import UNSET
 
 from roomcast.backends.base import REPLAY_PAGE, Appended, ResumeSession, Store
 from roomcast.protocol.codec import Codec
-from roomcast.protocol.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from roomcast.protocol.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    TooLarge,
+)
 from roomcast.protocol.http import MAX_BATCH, ChannelSummary
 from roomcast.protocol.messages import (
     Append,
@@ -105,6 +112,7 @@ class Node:
         self.node_id = secrets.token_hex(6)
         self.connections: dict[str, Connection] = {}  # connection_id → live connection
         self._by_resume_key: dict[str, Connection] = {}
+        self._per_client: dict[str, int] = {}  # client_id → live connections here
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -248,13 +256,27 @@ class Node:
                 return session.connection_id, kept, True
         return "c-" + secrets.token_urlsafe(9), {}, False
 
+    def check_client_connections(self, client_id: str) -> None:
+        """42900 when ``client_id`` already has ``max_connections_per_client`` connections."""
+        limit = self.settings.max_connections_per_client
+        if self._per_client.get(client_id, 0) >= limit:
+            raise RateLimited(f"{client_id!r} already has {limit} connections open here")
+
     def register(self, conn: Connection) -> None:
         self.connections[conn.session.connection_id] = conn
         self._by_resume_key[conn.resume_key] = conn
+        client_id = conn.session.client_id
+        self._per_client[client_id] = self._per_client.get(client_id, 0) + 1
 
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.session.connection_id) is conn:
             del self.connections[conn.session.connection_id]
+            client_id = conn.session.client_id
+            left = self._per_client.get(client_id, 1) - 1
+            if left > 0:
+                self._per_client[client_id] = left
+            else:
+                self._per_client.pop(client_id, None)
         self._by_resume_key.pop(conn.resume_key, None)
         for channel in list(conn.session.attachments):
             self.unsubscribe(conn, channel)
@@ -588,6 +610,10 @@ class Node:
                 await self._broadcast_presence(channel, "leave", member)
             return Ok()
         was_present = channel in session.presence
+        if not was_present:
+            limit = self.settings.max_presence_members
+            if len(await self.store.presence_members(channel)) >= limit:
+                raise RateLimited(f"{channel} already has {limit} presence members")
         session.presence[channel] = data
         await self.store.presence_set(channel, member, self.node_id)
         await self._broadcast_presence(channel, "update" if was_present else "enter", member)

@@ -12,6 +12,7 @@ from roomcast.protocol.codec import codec_for
 from roomcast.protocol.errors import (
     CLOSE_ABNORMAL,
     CLOSE_AUTH,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     ProtocolViolation,
     RoomcastError,
@@ -47,6 +48,14 @@ class StarletteTransport:
         await self._ws.close(code, reason)
 
 
+async def _refuse(websocket: WebSocket, exc: RoomcastError) -> None:
+    """An ``error`` (always JSON: the format may be what was wrong), then the close."""
+    error = ErrorReply(code=exc.code, message=exc.message)
+    await websocket.send_text(codec_for("json").encode(error).decode())
+    code = {40100: CLOSE_AUTH, 42900: CLOSE_TRY_AGAIN_LATER}.get(exc.code, CLOSE_UNSUPPORTED_DATA)
+    await websocket.close(code, exc.message)
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     params = websocket.query_params
@@ -60,14 +69,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             client_id=params.get("client_id"),
         )
     except RoomcastError as exc:
-        error = ErrorReply(code=exc.code, message=exc.message)
-        await websocket.send_text(codec_for("json").encode(error).decode())
-        await websocket.close(
-            CLOSE_AUTH if exc.code == 40100 else CLOSE_UNSUPPORTED_DATA, exc.message
-        )
+        await _refuse(websocket, exc)
         return
     principal = identity.principal
     connection_id, presence, resumed = await node.connect(principal, params.get("resume"))
+    try:
+        node.check_client_connections(principal.client_id)
+    except RoomcastError as exc:
+        await _refuse(websocket, exc)
+        return
     conn = Connection(
         node,
         StarletteTransport(websocket, text=codec.format == "json"),
