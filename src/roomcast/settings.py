@@ -136,6 +136,14 @@ class Settings:
         default="0",
         metadata=_spec("How long events and messages are kept, e.g. 30d, 12h; 0 keeps all."),
     )
+    allowed_origins: str = _field(
+        default="",
+        metadata=_spec(
+            "Comma-separated web origins (https://chat.example.com) whose pages may use the "
+            "WebSocket and the HTTP API; * allows any. The server's own origin and clients "
+            "that send no Origin (SDK, CLI, curl) are always allowed."
+        ),
+    )
     log_level: str = _field(default="info", metadata=_spec("debug, info, warning or error."))
 
     # ------------------------------------------------------------------ derived
@@ -145,6 +153,23 @@ class Settings:
         if self.store:
             return self.store
         return f"sqlite:///{default_database_path()}"
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """``allowed_origins`` as a set (``*`` stands for any origin)."""
+        return frozenset(
+            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+        )
+
+    def origin_allowed(self, origin: str | None, host: str | None, scheme: str) -> bool:
+        """Whether a request with this ``Origin`` header may go on (see ``allowed_origins``)."""
+        if origin is None:
+            return True  # not a browser page
+        origin = origin.rstrip("/")
+        origins = self.origins
+        if "*" in origins or origin in origins:
+            return True
+        return host is not None and origin == f"{scheme}://{host}"
 
     @property
     def retention_ms(self) -> int:

@@ -430,3 +430,39 @@ def test_the_curl_examples_in_docs_http_run(test_env: dict[str, str]) -> None:
                 assert body.get("error", {}).get("code") != 50000, (command, body)
                 if "/v1/tokens" in command:
                     assert "token" in body, body
+
+
+async def test_pages_of_other_origins_are_refused_unless_allowed(test_env: dict[str, str]) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    env = {**test_env, "ROOMCAST_ALLOWED_ORIGINS": "https://chat.example.com"}
+    with ServerProcess(store="memory://", env=env) as proc:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(proc.ws_url, origin="https://evil.example.net")
+        assert refused.value.response.status_code == 403
+        for origin in ("https://chat.example.com", f"http://127.0.0.1:{proc.port}", None):
+            async with connect(proc.ws_url, origin=origin) as ws:
+                assert json.loads(await ws.recv())["action"] == "connected"
+        async with httpx.AsyncClient(base_url=proc.url) as http:
+            url = "/v1/channels/room:o/messages"
+            evil = await http.post(
+                url, json={"data": 1}, headers={"Origin": "https://evil.example.net"}
+            )
+            assert evil.status_code == 403 and evil.json()["error"]["code"] == 40300
+            good = await http.post(
+                url, json={"data": 1}, headers={"Origin": "https://chat.example.com"}
+            )
+            assert good.status_code == 200
+            assert good.headers["access-control-allow-origin"] == "https://chat.example.com"
+            preflight = await http.options(
+                url,
+                headers={
+                    "Origin": "https://chat.example.com",
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization, content-type",
+                },
+            )
+            assert preflight.status_code == 200
+            history = await http.get(url)
+            assert [m["data"] for m in history.json()["items"]] == [1]  # the refused one is not

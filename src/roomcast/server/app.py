@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
@@ -17,6 +19,7 @@ from starlette.websockets import WebSocket
 from roomcast.backends import StoreOptions, open_backend
 from roomcast.backends.measured import MeasuredStore
 from roomcast.core.node import Node
+from roomcast.protocol.errors import Forbidden
 from roomcast.protocol.http import HealthStatus
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
@@ -25,7 +28,13 @@ from . import metrics as metrics_routes
 from . import openapi as openapi_routes
 from . import rest, sse
 from .api import Api, Call, Param, Returns
-from .errors import http_exception_handler, json_response, unhandled_exception_handler
+from .auth import CLIENT_ID_HEADER
+from .errors import (
+    error_response,
+    http_exception_handler,
+    json_response,
+    unhandled_exception_handler,
+)
 from .metrics import Metrics, RequestMetrics
 from .sse import EventStreams
 from .websocket import websocket_endpoint
@@ -109,6 +118,16 @@ class RoomcastApp(Starlette):
             scope["app"] = self
             await websocket_endpoint(WebSocket(scope, receive, send))
             return
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            # CORS headers only stop a page from reading the answer; a write from a page of
+            # another origin is refused before it runs.
+            request = Request(scope)
+            settings: Settings = self.state.settings
+            origin = request.headers.get("origin")
+            if not settings.origin_allowed(origin, request.headers.get("host"), scope["scheme"]):
+                refusal = Forbidden(f"origin {origin} is not in allowed_origins")
+                await error_response(request, refusal)(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -160,7 +179,16 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
         routes.extend(table.routes())
     app = RoomcastApp(
         routes=routes,
-        middleware=[Middleware(RequestMetrics, metrics=metrics)],
+        middleware=[
+            Middleware(RequestMetrics, metrics=metrics),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(settings.origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", CLIENT_ID_HEADER, "Last-Event-ID"],
+                expose_headers=["X-Correlation-Id"],
+            ),
+        ],
         exception_handlers={
             HTTPException: http_exception_handler,
             Exception: unhandled_exception_handler,

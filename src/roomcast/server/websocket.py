@@ -59,6 +59,12 @@ async def _refuse(websocket: WebSocket, exc: RoomcastError) -> None:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     params = websocket.query_params
+    scheme = "https" if websocket.url.scheme == "wss" else "http"
+    origin = websocket.headers.get("origin")
+    if not node.settings.origin_allowed(origin, websocket.headers.get("host"), scheme):
+        log.warning("refused a WebSocket from origin %s (not in allowed_origins)", origin)
+        await websocket.close(code=1008)  # before accept: an HTTP 403
+        return
     await websocket.accept()
     try:
         codec = codec_for(params.get("format", "json"))
