@@ -60,6 +60,13 @@ class Settings:
             secret=True,
         ),
     )
+    keys_file: str = _field(
+        default="",
+        metadata=_spec(
+            "A file of API keys, one NAME:SECRET[:CAPABILITY_JSON] per line (blank lines and "
+            "# comments skipped), added to --key and ROOMCAST_KEYS."
+        ),
+    )
     allow_anonymous: bool | None = _field(
         default=None,
         metadata=_spec(
@@ -219,6 +226,8 @@ class Settings:
                 value = tuple(value) or None  # no --key: the environment's keys stay
             if value is not None:
                 values[name] = value
+        if values.get("keys_file"):
+            values["keys"] = (*values.get("keys", ()), *read_keys_file(values["keys_file"]))
         settings = cls(**values)
         settings.validate()
         return settings
@@ -256,6 +265,16 @@ class Settings:
             KeyRing.parse(self.keys)
         except KeySpecError as exc:
             raise SettingsError(f"keys: {exc}") from None
+
+
+def read_keys_file(path: str) -> tuple[str, ...]:
+    """The keys of a keys file: one per line; blank lines and ``#`` comments are skipped."""
+    try:
+        text = Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise SettingsError(f"keys_file {path!r} cannot be read: {exc.strerror}") from None
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
 
 
 def _convert(name: str, type_name: str, raw: str) -> Any:

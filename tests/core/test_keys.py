@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -207,3 +208,13 @@ def test_an_unsigned_alg_none_token_is_refused() -> None:
     forged = part({"alg": "none", "typ": "JWT", "kid": "ops"}) + "." + part(claims) + "."
     with pytest.raises(Unauthorized, match="invalid token"):
         KeyRing([ApiKey.parse(f"ops:{SECRET}")]).verify(forged)
+
+
+def test_keys_come_from_a_keys_file_too(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f'# operators\nops:{SECRET}\n\nbot:b0t:{{"room:*": ["publish"]}}\n')
+    settings = Settings.load({"ROOMCAST_KEYS_FILE": str(path), "ROOMCAST_KEYS": "cli:c"})
+    assert [k.name for k in settings.key_ring] == ["cli", "ops", "bot"]
+    assert settings.anonymous_enabled is False
+    with pytest.raises(SettingsError, match="keys_file"):
+        Settings.load({"ROOMCAST_KEYS_FILE": str(tmp_path / "missing")})
