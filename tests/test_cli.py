@@ -28,6 +28,37 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def serve_until_answered(
+    args: list[str], env: dict[str, str], port: int, path: str
+) -> tuple[int | None, str, int | None]:
+    """Start ``roomcast serve``, wait for ``path`` to answer, stop it with SIGTERM: the exit
+    code, what it printed, and the HTTP status ``path`` answered with."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roomcast", "serve", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    status = None
+    try:
+        deadline = time.monotonic() + 20
+        while status is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                    status = r.status
+            except urllib.error.HTTPError as refused:
+                status = refused.code
+            except OSError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, output, status
+
+
 def test_serve_refuses_a_public_address_with_no_way_in() -> None:
     result = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()))
     assert result.returncode != 0
@@ -61,27 +92,10 @@ def test_default_store_lives_in_the_user_data_directory_and_sigterm_stops_cleanl
     port = free_port()
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "COLUMNS": "200"}
     env.pop("ROOMCAST_STORE", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roomcast", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
+    code, output, status = serve_until_answered(["--port", str(port)], env, port, "/healthz")
+    assert status == 200
     database = tmp_path / "roomcast" / "roomcast.db"
-    assert proc.returncode == 0, output
+    assert code == 0, output
     assert database.exists()
     assert f"serving on http://127.0.0.1:{port}" in output
     assert f"sqlite:///{database}" in output
@@ -301,29 +315,10 @@ def test_serve_with_keys_starts_on_a_public_address_without_anonymous_access() -
     port = free_port()
     args = ["--host", "0.0.0.0", "--port", str(port), "--store", "memory://"]
     args += ["--key", "ops:topsecret", "--key", "bot:hush:{}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roomcast", "serve", *args],
-        env={**os.environ, "COLUMNS": "200"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                url = f"http://127.0.0.1:{port}/v1/channels"
-                urllib.request.urlopen(url, timeout=1)
-            except urllib.error.HTTPError as refused:
-                assert refused.code == 401  # anonymous access is off
-                break
-            except OSError:
-                time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    env = {**os.environ, "COLUMNS": "200"}
+    code, output, status = serve_until_answered(args, env, port, "/v1/channels")
+    assert status == 401  # anonymous access is off
+    assert code == 0, output
     assert "anonymous: off" in output and "ops, bot" in output
     assert "topsecret" not in output and "hush" not in output
 
