@@ -118,6 +118,41 @@ class Settings:
         default=1024 * 1024,
         metadata=_spec("Largest accumulated text of a streamed message, in bytes."),
     )
+    max_objects_bytes: int = _field(
+        default=256 * 1024,
+        metadata=_spec(
+            "Largest live-object state of one channel (all maps and counters, as JSON), in "
+            "bytes; an operation that would pass it gets 41300."
+        ),
+    )
+    max_history_limit: int = _field(
+        default=1000,
+        metadata=_spec(
+            "Largest history page a client may ask for (`limit`, at most 1000); a larger "
+            "`limit` gets 40000."
+        ),
+    )
+    rollup_ms: float = _field(
+        default=25.0,
+        metadata=_spec(
+            "Appends to one streamed message that arrive within this many milliseconds are "
+            "merged into one event (the first append of a stream goes at once; 0 turns it off)."
+        ),
+    )
+    stream_idle_timeout_s: float = _field(
+        default=30.0,
+        metadata=_spec(
+            "A streamed message with no append or update for this long ends `failed` "
+            "(extras.failure = abandoned)."
+        ),
+    )
+    cancel_grace_s: float = _field(
+        default=5.0,
+        metadata=_spec(
+            "Seconds the author of a cancelled stream has to end it before the server ends "
+            "it `cancelled` itself."
+        ),
+    )
     outbound_queue: int = _field(
         default=8192,
         metadata=_spec(
@@ -241,11 +276,24 @@ class Settings:
             "max_channels_per_connection",
             "max_connections_per_client",
             "max_presence_members",
+            "max_objects_bytes",
+            "max_history_limit",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("presence_grace_s", "resume_window_s", "dedup_window_s", "heartbeat_s"):
+        if self.max_history_limit > 1000:
+            raise SettingsError(f"max_history_limit is at most 1000, got {self.max_history_limit}")
+        if self.rollup_ms < 0:
+            raise SettingsError("rollup_ms must be 0 (off) or positive")
+        for name in (
+            "presence_grace_s",
+            "resume_window_s",
+            "dedup_window_s",
+            "heartbeat_s",
+            "stream_idle_timeout_s",
+            "cancel_grace_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         if self.publish_rate < 0:

@@ -144,7 +144,8 @@ class Connection:
                         "publish_burst": settings.publish_burst,
                         "append_rate": settings.append_rate if settings.publish_rate > 0 else 0,
                         "outbound_queue": settings.outbound_queue,
-                        "history_limit": 1000,
+                        "history_limit": settings.max_history_limit,
+                        "max_objects_bytes": settings.max_objects_bytes,
                     },
                 )
             )

@@ -555,6 +555,11 @@ class Node:
 
     async def history(self, principal: Principal, req: History) -> HistoryReply:
         authorize(principal, "history", req.channel)
+        if req.limit > self.settings.max_history_limit:
+            raise BadRequest(
+                f"limit {req.limit} is over this server's largest history page, "
+                f"{self.settings.max_history_limit}"
+            )
         messages, more = await self.store.history(
             req.channel, before=req.before, after=req.after, limit=req.limit
         )
