@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from roomcast.backends import Store, StoreOptions
@@ -372,20 +373,86 @@ async def test_unknown_message_is_not_found_and_takes_no_serial(
     assert recorder.serials(CH) == [1, 2]
 
 
-async def test_object_events_are_sequenced(store: Store) -> None:
-    e = Event(
-        channel=CH,
-        serial=0,
-        type="object",
-        client_id="alice",
-        timestamp=0,
-        op={"type": "counter.create", "value": 1},
-        object_id="c1",
-    )
-    result = await store.append(e)
-    assert result.serial == 1 and result.event is not None and result.event.object_id == "c1"
+def obj(op: dict[str, Any], *, channel: str = CH, client: str = "alice") -> Event:
+    return Event(channel=channel, serial=0, type="object", client_id=client, timestamp=0, op=op)
+
+
+async def test_object_ops_apply_in_serial_order_and_snapshot(
+    store: Store, recorder: Recorder
+) -> None:
+    made = await store.append(obj({"type": "map.create", "entries": {"title": "lunch"}}))
+    assert made.serial == 1 and made.event is not None and made.event.object_id == "map-1"
+    counter = await store.append(obj({"type": "counter.create", "value": 2}))
+    assert counter.event is not None and counter.event.object_id == "counter-2"
+    await store.append(obj({"type": "counter.inc", "object_id": "counter-2", "amount": 3}))
+    await store.append(obj({"type": "map.set", "object_id": "map-1", "key": "n", "value": 7}))
+    await store.append(obj({"type": "map.remove", "object_id": "map-1", "key": "title"}))
+    ref = {"object_id": "map-1"}
+    await store.append(obj({"type": "map.set", "object_id": "root", "key": "m", "value": ref}))
+    snap = await store.objects(CH)
+    assert snap.serial == 6
+    assert {k: msgspec.to_builtins(v) for k, v in snap.objects.items()} == {
+        "root": {"type": "map", "entries": {"m": {"object_id": "map-1"}}},
+        "map-1": {"type": "map", "entries": {"n": 7}},
+        "counter-2": {"type": "counter", "value": 5},
+    }
+    assert await store.get_object(CH, "counter-2") == snap.objects["counter-2"]
+    attach = await store.snapshot(CH, from_serial=None, rewind=0, objects=True)
+    assert attach.objects == snap
+    assert (await store.snapshot(CH, from_serial=None, rewind=0)).objects is None
+    # Object events are in the log, not in history.
     assert await store.history(CH, before=None, after=None, limit=10) == ([], False)
-    assert await store.read_events(CH, 0, 10) == [result.event]
+    assert recorder.serials(CH) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_channel_without_objects_has_an_empty_root(store: Store) -> None:
+    snap = await store.objects("room:none")
+    assert snap.serial == 0 and msgspec.to_builtins(snap.objects) == {
+        "root": {"type": "map", "entries": {}}
+    }
+    assert await store.get_object("room:none", "root") is None
+
+
+@pytest.mark.parametrize(
+    ("op", "error"),
+    [
+        ({"type": "map.set", "object_id": "nope", "key": "k", "value": 1}, NotFound),
+        ({"type": "counter.inc", "object_id": "nope", "amount": 1}, NotFound),
+        ({"type": "counter.inc", "object_id": "root", "amount": 1}, Conflict),
+        ({"type": "map.set", "object_id": "counter-1", "key": "k", "value": 1}, Conflict),
+        (
+            {"type": "map.set", "object_id": "root", "key": "k", "value": {"object_id": "x"}},
+            NotFound,
+        ),
+        ({"type": "map.create", "entries": {"k": {"object_id": "x"}}}, NotFound),
+    ],
+)
+async def test_refused_object_ops_change_nothing(
+    store: Store, recorder: Recorder, op: dict[str, Any], error: type[Exception]
+) -> None:
+    await store.append(obj({"type": "counter.create", "value": 1}))
+    before = await store.objects(CH)
+    with pytest.raises(error):
+        await store.append(obj(op))
+    assert await store.objects(CH) == before
+    assert await latest(store) == 1 and recorder.serials(CH) == [1]
+
+
+async def test_object_state_is_capped_per_channel(make_store: MakeStore) -> None:
+    store = await make_store(StoreOptions(max_objects_bytes=200))
+    await store.append(obj({"type": "map.set", "object_id": "root", "key": "a", "value": "x"}))
+    with pytest.raises(TooLarge):
+        await store.append(
+            obj({"type": "map.set", "object_id": "root", "key": "b", "value": "y" * 300})
+        )
+    # Shrinking is always allowed, and frees room.
+    await store.append(obj({"type": "map.remove", "object_id": "root", "key": "a"}))
+    await store.append(
+        obj({"type": "map.set", "object_id": "root", "key": "b", "value": "y" * 150})
+    )
+    assert await latest(store) == 3
+    with pytest.raises(TooLarge):
+        await store.append(obj({"type": "map.create", "entries": {"z": "w" * 100}}))
 
 
 async def test_any_json_data_round_trips(store: Store) -> None:

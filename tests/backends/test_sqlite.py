@@ -18,7 +18,7 @@ import roomcast
 from roomcast.backends.base import StoreOptions
 from roomcast.backends.local import LocalBus, now_ms
 from roomcast.backends.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore, StoreLocked
-from roomcast.protocol.errors import Unavailable
+from roomcast.protocol.errors import TooLarge, Unavailable
 from roomcast.protocol.messages import Event
 
 CH = "room:durable"
@@ -74,6 +74,48 @@ async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
         assert [(ch, m.msg_serial, m.data) for ch, m in found] == [(CH, 6, "Hello")]
         info = await store.channel_info(CH)
         assert info is not None and info.epoch == before.epoch and info.serial == 8
+
+
+def object_op(op: dict[str, Any]) -> Event:
+    return Event(channel=CH, serial=0, type="object", client_id="alice", timestamp=0, op=op)
+
+
+async def test_live_objects_and_their_size_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "objects.db"
+    options = StoreOptions(max_objects_bytes=300)
+    async with store_at(path, options) as store:
+        await store.append(object_op({"type": "counter.create", "value": 1}))
+        await store.append(object_op({"type": "counter.inc", "object_id": "counter-1"}))
+        set_root = {"type": "map.set", "object_id": "root", "key": "a", "value": "x" * 150}
+        await store.append(object_op(set_root))
+        before = await store.objects(CH)
+    async with store_at(path, options) as store:
+        assert await store.objects(CH) == before
+        assert before.objects["counter-1"].value == 2
+        # The channel's object bytes were stored too: the cap still counts the old state.
+        with pytest.raises(TooLarge):
+            too_much = {"type": "map.set", "object_id": "root", "key": "b", "value": "y" * 150}
+            await store.append(object_op(too_much))
+
+
+async def test_a_version_1_file_is_migrated(tmp_path: Path) -> None:
+    from roomcast.backends import sqlite as module
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in module._MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO channels VALUES ('room:old', 'e-old', 0, 1, 0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    async with store_at(path) as store:
+        assert (await store.append(create("still here"))).serial == 1
+        await store.append(object_op({"type": "counter.create", "value": 5}))
+        assert (await store.objects(CH)).objects["counter-2"].value == 5
+        info = await store.snapshot("room:old", from_serial=None, rewind=0)
+        assert info.epoch == "e-old"
 
 
 async def test_second_open_of_the_same_file_is_refused(tmp_path: Path) -> None:

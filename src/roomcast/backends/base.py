@@ -20,7 +20,15 @@ from typing import Any, Protocol
 
 import msgspec
 
-from roomcast.protocol.messages import Event, Message, PresenceEvent, PresenceMember, SignalEvent
+from roomcast.protocol.messages import (
+    Event,
+    Message,
+    ObjectsSnapshot,
+    ObjectState,
+    PresenceEvent,
+    PresenceMember,
+    SignalEvent,
+)
 
 REPLAY_PAGE = 5000
 """Events read at once when a client catches up."""
@@ -44,6 +52,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     ``first_serial`` is the oldest serial still in the log (``serial + 1`` when the log is
     empty). ``events`` holds the first events after ``from_serial`` (up to ``serial``) when
     the log still has them all, else None. ``messages`` holds the last ``rewind`` messages.
+    ``objects`` holds the live objects as of ``serial`` when they were asked for.
     """
 
     epoch: str
@@ -51,6 +60,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     first_serial: int
     messages: list[Message]
     events: list[Event] | None
+    objects: ObjectsSnapshot | None = None
 
 
 class StoreOptions(msgspec.Struct, frozen=True):
@@ -58,6 +68,7 @@ class StoreOptions(msgspec.Struct, frozen=True):
 
     dedup_window_s: float = 86400.0
     max_stream_bytes: int = 1024 * 1024
+    max_objects_bytes: int = 256 * 1024
 
 
 class ChannelInfo(msgspec.Struct, frozen=True):
@@ -175,8 +186,11 @@ class Store(ABC):
         from_serial: int | None,
         rewind: int,
         replay_limit: int = REPLAY_PAGE,
+        objects: bool = False,
     ) -> Snapshot:
         """A consistent read for ``attach``; fixes the channel's epoch if it has none yet.
+
+        With ``objects``, the snapshot also holds the live objects as of its serial.
 
         ``events`` holds at most ``replay_limit`` events; the caller pages the rest with
         :meth:`read_events`, so a client far behind never loads the whole log at once.
@@ -195,6 +209,15 @@ class Store(ABC):
 
     @abstractmethod
     async def get_message(self, channel: str, msg_serial: int) -> Message | None: ...
+
+    @abstractmethod
+    async def get_object(self, channel: str, object_id: str) -> ObjectState | None:
+        """One live object's current state; None if no operation made it (the root map
+        is None until an operation touches it)."""
+
+    @abstractmethod
+    async def objects(self, channel: str) -> ObjectsSnapshot:
+        """Every live object of ``channel`` (the root map included), as of its latest serial."""
 
     @abstractmethod
     async def channel_info(self, channel: str) -> ChannelInfo | None:

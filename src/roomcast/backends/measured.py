@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
-from roomcast.protocol.messages import Event, Message, PresenceMember
+from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState, PresenceMember
 
 from .base import REPLAY_PAGE, Appended, ChannelInfo, ResumeSession, Snapshot, Store
 
@@ -91,11 +91,16 @@ class MeasuredStore(Store):
         from_serial: int | None,
         rewind: int,
         replay_limit: int = REPLAY_PAGE,
+        objects: bool = False,
     ) -> Snapshot:
         start = time.perf_counter()
         try:
             return await self.inner.snapshot(
-                channel, from_serial=from_serial, rewind=rewind, replay_limit=replay_limit
+                channel,
+                from_serial=from_serial,
+                rewind=rewind,
+                replay_limit=replay_limit,
+                objects=objects,
             )
         finally:
             self._observer.read("snapshot", time.perf_counter() - start)
@@ -122,6 +127,20 @@ class MeasuredStore(Store):
             return await self.inner.get_message(channel, msg_serial)
         finally:
             self._observer.read("get_message", time.perf_counter() - start)
+
+    async def get_object(self, channel: str, object_id: str) -> ObjectState | None:
+        start = time.perf_counter()
+        try:
+            return await self.inner.get_object(channel, object_id)
+        finally:
+            self._observer.read("get_object", time.perf_counter() - start)
+
+    async def objects(self, channel: str) -> ObjectsSnapshot:
+        start = time.perf_counter()
+        try:
+            return await self.inner.objects(channel)
+        finally:
+            self._observer.read("objects", time.perf_counter() - start)
 
     async def channel_info(self, channel: str) -> ChannelInfo | None:
         start = time.perf_counter()

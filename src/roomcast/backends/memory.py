@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 from msgspec import UNSET, structs
 
+from roomcast.protocol import objects as live
 from roomcast.protocol.errors import BadRequest
-from roomcast.protocol.messages import Event, Message
+from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState
 from roomcast.protocol.rollup import admit, apply_event, message_from_create
 
 from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
@@ -28,6 +29,8 @@ class _Log:
     order: list[int] = field(default_factory=list)  # msg_serials, ascending
     messages: dict[int, Message] = field(default_factory=dict)
     keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # id → (serial, expires ms)
+    objects: dict[str, ObjectState] = field(default_factory=dict)
+    objects_bytes: int = 0
 
 
 class MemoryStore(LocalEphemeralState, Store):
@@ -64,8 +67,22 @@ class MemoryStore(LocalEphemeralState, Store):
         if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
             return Appended(serial=None)
         serial = log.serial + 1
+        change = None
+        if event.type == "object":
+            change = live.plan(
+                live.as_op(event.op),
+                serial,
+                log.objects.get,
+                total_bytes=log.objects_bytes,
+                max_bytes=self.options.max_objects_bytes,
+            )
+            if change.created:
+                event = structs.replace(event, object_id=change.object_id)
         event = structs.replace(event, serial=serial, timestamp=now)
-        if event.type == "create":
+        if change is not None:
+            log.objects[change.object_id] = change.state
+            log.objects_bytes += change.size_delta
+        elif event.type == "create":
             log.messages[serial] = message_from_create(event)
             log.order.append(serial)
         elif message is not None:
@@ -107,14 +124,14 @@ class MemoryStore(LocalEphemeralState, Store):
         now = now_ms()
         # All or nothing: if an event is refused, put the log back as it was.
         log = self._log(events[0].channel)
-        saved = (log.serial, log.updated_at, len(log.events), len(log.order))
-        messages, idempotency = dict(log.messages), dict(log.keys)
+        saved = (log.serial, log.updated_at, len(log.events), len(log.order), log.objects_bytes)
+        messages, idempotency, objects = dict(log.messages), dict(log.keys), dict(log.objects)
         try:
             results = [self._apply(e, k, now) for e, k in zip(events, keys, strict=True)]
         except BaseException:
-            log.serial, log.updated_at = saved[0], saved[1]
+            log.serial, log.updated_at, log.objects_bytes = saved[0], saved[1], saved[4]
             del log.events[saved[2] :], log.order[saved[3] :]
-            log.messages, log.keys = messages, idempotency
+            log.messages, log.keys, log.objects = messages, idempotency, objects
             raise
         stored = [r.event for r in results if r.event is not None]
         if stored:
@@ -128,6 +145,7 @@ class MemoryStore(LocalEphemeralState, Store):
         from_serial: int | None,
         rewind: int,
         replay_limit: int = REPLAY_PAGE,
+        objects: bool = False,
     ) -> Snapshot:
         log = self._log(channel)
         events = None
@@ -141,7 +159,22 @@ class MemoryStore(LocalEphemeralState, Store):
             first_serial=log.first_serial,
             messages=messages,
             events=events,
+            objects=self._objects(log) if objects else None,
         )
+
+    @staticmethod
+    def _objects(log: _Log) -> ObjectsSnapshot:
+        return ObjectsSnapshot(serial=log.serial, objects=live.with_root(log.objects))
+
+    async def get_object(self, channel: str, object_id: str) -> ObjectState | None:
+        log = self._logs.get(channel)
+        return None if log is None else log.objects.get(object_id)
+
+    async def objects(self, channel: str) -> ObjectsSnapshot:
+        log = self._logs.get(channel)
+        if log is None:
+            return ObjectsSnapshot(serial=0, objects=live.with_root({}))
+        return self._objects(log)
 
     async def read_events(self, channel: str, after: int, limit: int) -> list[Event]:
         log = self._logs.get(channel)

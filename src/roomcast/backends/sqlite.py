@@ -26,8 +26,9 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, structs
 
+from roomcast.protocol import objects as live
 from roomcast.protocol.errors import BadRequest, Unavailable
-from roomcast.protocol.messages import Event, Message
+from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState
 from roomcast.protocol.rollup import admit, apply_event, message_from_create
 
 from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
@@ -60,6 +61,11 @@ _MIGRATIONS: tuple[str, ...] = (
         expires_at INTEGER NOT NULL, PRIMARY KEY (channel, id)) WITHOUT ROWID;
     CREATE INDEX idempotency_expiry ON idempotency (expires_at);
     """,
+    """
+    ALTER TABLE channels ADD COLUMN objects_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE objects (channel TEXT NOT NULL, object_id TEXT NOT NULL, body BLOB NOT NULL,
+        PRIMARY KEY (channel, object_id)) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -73,10 +79,12 @@ _UPSERT_MESSAGES = (
 _UPSERT_KEYS = ("INSERT OR REPLACE INTO idempotency VALUES ", 4, "")
 _UPSERT_CHANNELS = (
     "INSERT INTO channels VALUES ",
-    5,
+    6,
     """ ON CONFLICT (name) DO UPDATE SET serial = excluded.serial,
-    first_serial = excluded.first_serial, updated_at = excluded.updated_at""",
+    first_serial = excluded.first_serial, updated_at = excluded.updated_at,
+    objects_bytes = excluded.objects_bytes""",
 )
+_UPSERT_OBJECTS = ("INSERT OR REPLACE INTO objects VALUES ", 3, "")
 _ROWS_PER_STATEMENT = 500
 
 
@@ -107,10 +115,17 @@ class SchemaTooNew(RuntimeError):
 _encode = msgspec.json.Encoder().encode
 _event = msgspec.json.Decoder(Event).decode
 _message = msgspec.json.Decoder(Message).decode
+_object = msgspec.json.Decoder(ObjectState).decode
 
 
 def _message_row(row: tuple[bytes]) -> Message:
     return _message(row[0])
+
+
+def _read_objects(conn: sqlite3.Connection, channel: str, serial: int) -> ObjectsSnapshot:
+    rows = conn.execute("SELECT object_id, body FROM objects WHERE channel = ?", (channel,))
+    found = {object_id: _object(body) for object_id, body in rows}
+    return ObjectsSnapshot(serial=serial, objects=live.with_root(found))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -171,9 +186,12 @@ class _Chan:
     serial: int = 0
     first_serial: int = 1
     updated_at: int = 0
+    objects_bytes: int = 0
 
     def copy(self) -> _Chan:  # dataclasses.replace is slow, and this runs per append
-        return _Chan(self.epoch, self.serial, self.first_serial, self.updated_at)
+        return _Chan(
+            self.epoch, self.serial, self.first_serial, self.updated_at, self.objects_bytes
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -207,6 +225,7 @@ class _Stage:
         self.chans: dict[str, _Chan] = {}
         self.messages: dict[tuple[str, int], Message] = {}
         self.keys: dict[tuple[str, str], tuple[int, int]] = {}
+        self.objects: dict[tuple[str, str], ObjectState] = {}
         self.events: list[tuple[Event, bytes]] = []
 
     def find_chan(self, name: str) -> _Chan | None:
@@ -229,6 +248,13 @@ class _Stage:
             return self.parent.message(channel, msg_serial)
         return self.writer.load_message(channel, msg_serial)
 
+    def object(self, channel: str, object_id: str) -> ObjectState | None:
+        if (channel, object_id) in self.objects:
+            return self.objects[(channel, object_id)]
+        if self.parent:
+            return self.parent.object(channel, object_id)
+        return self.writer.load_object(channel, object_id)
+
     def key(self, channel: str, key: str) -> tuple[int, int] | None:
         if (channel, key) in self.keys:
             return self.keys[(channel, key)]
@@ -238,6 +264,7 @@ class _Stage:
         self.chans.update(child.chans)
         self.messages.update(child.messages)
         self.keys.update(child.keys)
+        self.objects.update(child.objects)
         self.events.extend(child.events)
 
 
@@ -265,7 +292,8 @@ class _Writer:
         chan = self.chans.get(name)
         if chan is None:
             row = self.conn.execute(
-                "SELECT epoch, serial, first_serial, updated_at FROM channels WHERE name = ?",
+                "SELECT epoch, serial, first_serial, updated_at, objects_bytes FROM channels"
+                " WHERE name = ?",
                 (name,),
             ).fetchone()
             if row is not None:
@@ -277,6 +305,12 @@ class _Writer:
             "SELECT body FROM messages WHERE channel = ? AND msg_serial = ?", (channel, msg_serial)
         ).fetchone()
         return None if row is None else _message(row[0])
+
+    def load_object(self, channel: str, object_id: str) -> ObjectState | None:
+        row = self.conn.execute(
+            "SELECT body FROM objects WHERE channel = ? AND object_id = ?", (channel, object_id)
+        ).fetchone()
+        return None if row is None else _object(row[0])
 
     def load_key(self, channel: str, key: str) -> tuple[int, int] | None:
         row = self.conn.execute(
@@ -371,12 +405,26 @@ class _Writer:
         if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
             return Appended(serial=None)
         serial = chan.serial + 1
+        change = None
+        if event.type == "object":
+            change = live.plan(
+                live.as_op(event.op),
+                serial,
+                lambda object_id: stage.object(event.channel, object_id),
+                total_bytes=chan.objects_bytes,
+                max_bytes=self.options.max_objects_bytes,
+            )
+            if change.created:
+                event = structs.replace(event, object_id=change.object_id)
         event = structs.replace(event, serial=serial, timestamp=now)
         try:  # here, so that an event that cannot be stored fails alone
             body = _encode(event)
         except (TypeError, OverflowError, msgspec.EncodeError) as exc:
             raise BadRequest(f"the event cannot be stored: {exc}") from None
-        if event.type == "create":
+        if change is not None:
+            stage.objects[(event.channel, change.object_id)] = change.state
+            chan.objects_bytes += change.size_delta
+        elif event.type == "create":
             stage.messages[(event.channel, serial)] = message_from_create(event)
         elif message is not None:
             stage.messages[(event.channel, message.msg_serial)] = apply_event(message, event)
@@ -409,16 +457,26 @@ class _Writer:
                 _UPSERT_KEYS,
                 [(ch, key, s, exp) for (ch, key), (s, exp) in stage.keys.items()],
             )
+        if stage.objects:
+            _write_rows(
+                conn,
+                _UPSERT_OBJECTS,
+                [(ch, oid, _encode(state)) for (ch, oid), state in stage.objects.items()],
+            )
         if stage.chans:
             chans = stage.chans.items()
             _write_rows(
                 conn,
                 _UPSERT_CHANNELS,
-                [(n, c.epoch, c.serial, c.first_serial, c.updated_at) for n, c in chans],
+                [
+                    (n, c.epoch, c.serial, c.first_serial, c.updated_at, c.objects_bytes)
+                    for n, c in chans
+                ],
             )
         stage.events.clear()
         stage.messages.clear()
         stage.keys.clear()
+        stage.objects.clear()
 
     def purge(self, stage: _Stage, now: int, retention_ms: int) -> int:
         execute = self.conn.execute
@@ -655,6 +713,7 @@ class SqliteStore(LocalEphemeralState, Store):
         from_serial: int | None,
         rewind: int,
         replay_limit: int = REPLAY_PAGE,
+        objects: bool = False,
     ) -> Snapshot:
         def read(conn: sqlite3.Connection) -> Snapshot | None:
             conn.execute("BEGIN")  # one read transaction: everything as of the same serial
@@ -681,7 +740,8 @@ class SqliteStore(LocalEphemeralState, Store):
                         (channel, from_serial, replay_limit),
                     ).fetchall()
                     events = [_event(body) for (body,) in rows]
-                return Snapshot(epoch, serial, first, messages, events)
+                snap_objects = _read_objects(conn, channel, serial) if objects else None
+                return Snapshot(epoch, serial, first, messages, events, snap_objects)
             finally:
                 conn.execute("COMMIT")
 
@@ -735,6 +795,23 @@ class SqliteStore(LocalEphemeralState, Store):
         )
         args = (prefix, prefix + "\U0010ffff", len(prefix), prefix, limit)
         return await self._query(sql, args, lambda r: ChannelInfo(*r))
+
+    async def get_object(self, channel: str, object_id: str) -> ObjectState | None:
+        sql = "SELECT body FROM objects WHERE channel = ? AND object_id = ?"
+        rows = await self._query(sql, (channel, object_id), lambda r: _object(r[0]))
+        return rows[0] if rows else None
+
+    async def objects(self, channel: str) -> ObjectsSnapshot:
+        def read(conn: sqlite3.Connection) -> ObjectsSnapshot:
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute("SELECT serial FROM channels WHERE name = ?", (channel,))
+                found = row.fetchone()
+                return _read_objects(conn, channel, 0 if found is None else int(found[0]))
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._read(read)
 
     async def streaming_messages(self, idle_since_ms: int, limit: int) -> list[tuple[str, Message]]:
         sql = (

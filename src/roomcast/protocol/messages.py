@@ -116,12 +116,12 @@ class MapRemove(Struct, tag_field="type", tag="map.remove", kw_only=True):
 
 
 class CounterCreate(Struct, tag_field="type", tag="counter.create", kw_only=True):
-    value: float = 0
+    value: int | float = 0
 
 
 class CounterInc(Struct, tag_field="type", tag="counter.inc", kw_only=True):
     object_id: ShortName
-    amount: float = 1
+    amount: int | float = 1
 
 
 ObjectOp = MapCreate | MapSet | MapRemove | CounterCreate | CounterInc
@@ -211,7 +211,7 @@ class PresenceMember(Struct, kw_only=True):
 class ObjectState(Struct, kw_only=True, omit_defaults=True):
     type: Literal["map", "counter"]
     entries: dict[str, Any] | UnsetType = UNSET
-    value: float | UnsetType = UNSET
+    value: int | float | UnsetType = UNSET
 
 
 class ObjectsSnapshot(Struct, kw_only=True):
