@@ -83,6 +83,13 @@ class ChangeResult(Struct, kw_only=True, omit_defaults=True):
     serial: int | UnsetType = UNSET
 
 
+class ObjectOpResult(Struct, kw_only=True, omit_defaults=True):
+    """A live-object operation: its ``serial``, and the new ``object_id`` for a create."""
+
+    serial: int
+    object_id: str | UnsetType = UNSET
+
+
 class MessagePage(Struct, kw_only=True):
     """A page of history, oldest first; ``has_more`` says whether more lie beyond it."""
 
