@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from . import catchup, peers, publish
+from . import agents, catchup, peers, publish, stream
 
-BENCHMARKS: dict[str, ModuleType] = {"publish": publish, "catchup": catchup, "peers": peers}
+BENCHMARKS: dict[str, ModuleType] = {
+    "publish": publish,
+    "catchup": catchup,
+    "peers": peers,
+    "stream": stream,
+    "agents": agents,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,10 @@ hypothesis_settings.register_profile("ci", deadline=None, max_examples=50)
 hypothesis_settings.register_profile("dev", deadline=None)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+# Servers started by tests run no agents unless a test asks for them (tests/agents/): the
+# default agent would attach to every room:* channel and answer @assistant.
+os.environ["ROOMCAST_AGENTS"] = "none"
+
 # Settings the server tests depend on: short grace, no rate limits.
 TEST_ENV = {
     "ROOMCAST_PRESENCE_GRACE_S": "2",

@@ -246,6 +246,50 @@ def test_pub_json_name_and_id_then_history_oldest_first() -> None:
         assert bad.returncode != 0 and "not JSON" in bad.stderr
 
 
+def _newest_message(url: str, channel: str) -> dict[str, object]:
+    raw = run_cli("history", channel, "--json", "--server", url)
+    assert raw.returncode == 0, raw.stderr
+    message: dict[str, object] = json.loads(raw.stdout.splitlines()[-1])
+    return message
+
+
+def test_pub_stream_appends_each_line_of_stdin_as_it_comes() -> None:
+    with ServerProcess(env=CLIENT_TEST_ENV) as server:
+        cmd = [sys.executable, "-m", "roomcast", "pub", "room:live", "--stream"]
+        proc = subprocess.Popen(
+            [*cmd, "--server", server.url, "--client-id", "poet"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "1"  # the msg_serial, printed at once
+            proc.stdin.write("roses are red\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + 20
+            while (message := _newest_message(server.url, "room:live"))["data"] == "":
+                assert time.monotonic() < deadline, message
+                time.sleep(0.1)
+            # The first line is in before the input ends, and the message still streams.
+            assert message["data"] == "roses are red\n" and message["status"] == "streaming"
+            proc.stdin.write("violets are blue\n")
+            proc.stdin.close()
+            assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        message = _newest_message(server.url, "room:live")
+        assert message["data"] == "roses are red\nviolets are blue\n"
+        assert message["status"] == "complete" and message["client_id"] == "poet"
+        refused = run_cli("pub", "room:live", "text", "--stream", "--server", server.url)
+        assert refused.returncode != 0 and "--stream reads stdin" in refused.stderr
+
+
 def test_sub_with_rewind_and_from_serial() -> None:
     with ServerProcess(env=CLIENT_TEST_ENV) as server:
         for k in range(5):
@@ -350,3 +394,29 @@ def test_token_prints_a_token_offline() -> None:
         '{"*": ["subscribe"]}',
     )
     assert wider.returncode != 0 and "40300" in wider.stderr
+
+
+def test_objects_prints_the_tree_and_the_raw_snapshot() -> None:
+    import httpx
+
+    with ServerProcess(env=CLIENT_TEST_ENV) as server:
+        url = f"{server.url}/v1/channels/room:plan/objects"
+        ops = [
+            {"type": "counter.create", "value": 3},
+            {"type": "map.create", "entries": {"title": "Garden", "beds": 2}},
+            {"type": "map.set", "object_id": "root", "key": "score", "value": {"object_id": "counter-1"}},  # noqa: E501
+            {"type": "map.set", "object_id": "root", "key": "plan", "value": {"object_id": "map-2"}},  # noqa: E501
+            {"type": "counter.create", "value": 9},
+        ]  # fmt: skip
+        for op in ops:
+            assert httpx.post(url, json={"op": op}).status_code == 200
+        shown = run_cli("objects", "room:plan", "--server", server.url)
+        assert shown.returncode == 0, shown.stderr
+        first, rest = shown.stdout.split("\n", 1)
+        assert first == "room:plan as of serial 5"
+        tree, orphans = rest.split("not referenced from root:\n")
+        assert json.loads(tree) == {"score": 3, "plan": {"title": "Garden", "beds": 2}}
+        assert json.loads(orphans) == {"counter-5": 9}
+        raw = run_cli("objects", "room:plan", "--json", "--server", server.url)
+        snapshot = json.loads(raw.stdout)
+        assert snapshot["serial"] == 5 and snapshot["objects"]["map-2"]["entries"]["beds"] == 2

@@ -62,3 +62,35 @@ def test_the_sdk_guide_example_runs_against_a_server(tmp_path: Path) -> None:
         "history: 1 tacos?",
         "here: ['alice']",
     ]
+
+
+def test_the_sdk_guide_live_objects_examples_run_against_a_server(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+    import textwrap
+
+    from roomcast.testing import ServerProcess
+
+    guide = (ROOT / "docs" / "sdk.md").read_text()
+    section = guide.split("## Live objects", 1)[1].split("\n## ", 1)[0]
+    objects, polls = re.findall(r"```python\n(.*?)```", section, re.S)
+    with ServerProcess(store="memory://") as server:
+        body = objects.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+        body += textwrap.indent(polls, "    ")
+        script = tmp_path / "objects_example.py"
+        script.write_text(
+            "import asyncio\nfrom roomcast.client import connect\n\nasync def main():\n"
+            + textwrap.indent(body, "    ")
+            + "\nasyncio.run(main())\n"
+        )
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "2",
+        "{'soil': 'loam'}",
+        "{'opt-1': 0, 'opt-2': 1, 'opt-3': 0}",
+        "['tomatoes by the fence']",
+    ]

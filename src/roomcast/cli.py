@@ -156,7 +156,17 @@ def _uvicorn_server(app: Any, config: Any) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
+        listening = asyncio.Event()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.listening.set()
+
         async def shutdown(self, sockets: Any = None) -> None:
+            agents = getattr(app.state, "agents", None)
+            if agents is not None:  # running answers finish (5 s) while connections are up
+                await agents.aclose()
             app.state.event_streams.close_all()
             await super().shutdown(sockets)
 
@@ -179,7 +189,14 @@ def _print_banner(settings: Settings) -> None:
 
 
 async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int:
+    from roomcast.agents.hosting import HostedAgents
+
     node = app.state.node
+    try:
+        agents = HostedAgents(node, settings)
+    except Exception as exc:  # a bad agents file, a missing provider package
+        console.print(f"[red]cannot start the agents:[/red] {exc}")
+        return 2
     try:
         await node.start()
     except Exception as exc:
@@ -187,8 +204,19 @@ async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int
         return 3
     _print_banner(settings)
     try:
-        await server.serve()
+        serving = asyncio.ensure_future(server.serve())
+        listening = asyncio.ensure_future(server.listening.wait())
+        await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        if server.started and not serving.done():
+            app.state.agents = agents
+            try:
+                await agents.start()
+            except Exception:
+                logging.getLogger("roomcast.agents").exception("the agents could not start")
+        await serving
     finally:
+        await agents.aclose(0)
         await node.stop()
     return 0 if server.started else 3
 
@@ -277,7 +305,10 @@ def _message_line(message: Any) -> str:
 @app.command()
 def pub(
     channel: Annotated[str, typer.Argument(help="The channel, e.g. room:lunch.")],
-    text: Annotated[str, typer.Argument(help="The message (text, or JSON with --json).")],
+    text: Annotated[
+        Optional[str],  # noqa: UP045 - typer reads it
+        typer.Argument(help="The message (text, or JSON with --json); not with --stream."),
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
     client_id: ClientIdOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Send TEXT parsed as JSON data.")] = False,
@@ -289,8 +320,26 @@ def pub(
         Optional[str],  # noqa: UP045 - typer reads it
         typer.Option("--id", help="An idempotency key: a repeat is stored once."),
     ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Stream stdin as one message: each line is an append; it ends complete at EOF.",
+        ),
+    ] = False,
 ) -> None:
-    """Publish one message and print its serial."""
+    """Publish one message and print its serial.
+
+    With --stream, publish a streaming message, print its serial at once, append each line
+    of stdin to it as it is read, and end it complete at end of input (exit 1 if someone
+    cancelled it)."""
+    if stream:
+        if text is not None or as_json:
+            raise typer.BadParameter("--stream reads stdin: give no TEXT and no --json")
+        _run_client(_publish_stream(channel, server, client_id, name, id), server)
+        return
+    if text is None:
+        raise typer.BadParameter("missing TEXT (or use --stream to read stdin)")
     data: Any = text
     if as_json:
         try:
@@ -307,6 +356,24 @@ def pub(
         return 0
 
     _run_client(publish(), server)
+
+
+async def _publish_stream(
+    channel: str, server: str, client_id: str | None, name: str | None, id: str | None
+) -> int:
+    from roomcast.client import connect
+
+    loop = asyncio.get_running_loop()
+    async with connect(server, client_id=client_id) as client:
+        async with client.channels.get(channel).stream(name=name or "text", id=id) as message:
+            print(message.msg_serial, flush=True)
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                await message.append(line)
+    if message.status == "cancelled":
+        who = f" by {message.cancelled_by}" if message.cancelled_by else ""
+        console.print(f"cancelled{who}", markup=False)
+        return 1
+    return 0
 
 
 @app.command()
@@ -423,6 +490,56 @@ def history(
 
 
 @app.command()
+def objects(
+    channel: Annotated[str, typer.Argument(help="The channel, e.g. room:lunch.")],
+    server: ServerOption = DEFAULT_SERVER,
+    client_id: ClientIdOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a channel's live objects: the root map with its references expanded
+    (--json: the raw snapshot, {serial, objects})."""
+
+    async def read() -> int:
+        from roomcast.client import connect
+
+        async with connect(server, client_id=client_id) as client:
+            live_objects = client.channels.get(channel).objects
+            await live_objects.sync()
+            snapshot = live_objects.snapshot()
+        if as_json:
+            print(_json_line(snapshot))
+            return 0
+        print(f"{channel} as of serial {snapshot.serial}")
+        states = msgspec.to_builtins(snapshot.objects)
+        shown: set[str] = set()
+        tree = _expand_object(states, "root", shown)
+        print(json.dumps(tree, indent=2, ensure_ascii=False))
+        rest = {oid: _expand_object(states, oid, shown) for oid in states if oid not in shown}
+        if rest:
+            print("not referenced from root:")
+            print(json.dumps(rest, indent=2, ensure_ascii=False))
+        return 0
+
+    _run_client(read(), server)
+
+
+def _expand_object(states: dict[str, Any], object_id: str, shown: set[str]) -> Any:
+    """An object with the references in it replaced by what they name (each object once)."""
+    shown.add(object_id)
+    state = states[object_id]
+    if state["type"] == "counter":
+        return state.get("value", 0)
+    out: dict[str, Any] = {}
+    for key, value in state.get("entries", {}).items():
+        target = value.get("object_id") if isinstance(value, dict) and len(value) == 1 else None
+        if isinstance(target, str) and target in states and target not in shown:
+            out[key] = _expand_object(states, target, shown)
+        else:
+            out[key] = value
+    return out
+
+
+@app.command()
 def channels(
     server: ServerOption = DEFAULT_SERVER,
     prefix: Annotated[str, typer.Option("--prefix", help="Only names starting with it.")] = "",
@@ -485,6 +602,65 @@ def token(
         console.print(f"error {exc.code}: {exc.message}", markup=False)
         raise typer.Exit(1) from None
     print(issued.token)
+
+
+@app.command("agents")
+def agents_command(
+    agents_file: Annotated[
+        str, typer.Option("--agents", help="The agents file (TOML, [[agents]] entries).")
+    ],
+    server: ServerOption = DEFAULT_SERVER,
+    key: Annotated[
+        str,
+        typer.Option(
+            "--key",
+            envvar="ROOMCAST_AGENT_KEY",
+            help="An API key NAME:SECRET of the server (env ROOMCAST_AGENT_KEY).",
+        ),
+    ] = "",
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds running answers get at shutdown.")
+    ] = 5.0,
+) -> None:
+    """Run agents as a worker of a server: answer in its rooms until Ctrl-C or SIGTERM.
+
+    Any number of workers may run, on any machine: each trigger is claimed, so exactly one
+    of them answers it.
+    """
+    from roomcast.agents.config import AgentConfigError, load_agents
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    if not key:
+        raise typer.BadParameter(
+            "workers connect with an API key of the server", param_hint="--key"
+        )
+    try:
+        agents = load_agents(agents_file)
+    except AgentConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--agents") from None
+    if not agents:
+        raise typer.BadParameter(f"{agents_file} has no [[agents]]", param_hint="--agents")
+    _run_client(_run_agents(server, agents, key, grace), server)
+
+
+async def _run_agents(server: str, agents: list[Any], key: str, grace: float) -> int:
+    from roomcast.agents.runtime import AgentRuntime
+
+    runtime = AgentRuntime(server, agents, key=key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    _note(f"agents {', '.join(a.name for a in agents)} answering on {server}; Ctrl-C stops")
+    try:
+        await stop.wait()
+    finally:
+        _note("stopping: running answers get a few seconds to finish")
+        await runtime.aclose(grace)
+    return 0
 
 
 def main() -> None:

@@ -67,6 +67,13 @@ class Settings:
             "# comments skipped), added to --key and ROOMCAST_KEYS."
         ),
     )
+    agents: str = _field(
+        default="",
+        metadata=_spec(
+            "An agents file (TOML, [[agents]] entries) whose agents run in this process; "
+            "default: one agent, `assistant`, in room:* (see docs/agents.md); `none`: no agents."
+        ),
+    )
     allow_anonymous: bool | None = _field(
         default=None,
         metadata=_spec(
@@ -174,6 +181,20 @@ class Settings:
         default=2000,
         metadata=_spec("Presence members one channel may have (a further enter gets 42900)."),
     )
+    max_connections: int = _field(
+        default=10000,
+        metadata=_spec(
+            "WebSocket connections and SSE streams this server process holds at once; one more "
+            "WebSocket is closed with 1013, and /v1 HTTP routes answer 503 while it is full."
+        ),
+    )
+    max_pending_writes: int = _field(
+        default=50000,
+        metadata=_spec(
+            "Writes waiting for the store in this process; over it, a write is refused with "
+            "50300 (HTTP 503) and /v1 HTTP routes answer 503 until the backlog drains."
+        ),
+    )
     retention: str = _field(
         default="0",
         metadata=_spec("How long events and messages are kept, e.g. 30d, 12h; 0 keeps all."),
@@ -184,6 +205,13 @@ class Settings:
             "Comma-separated web origins (https://chat.example.com) whose pages may use the "
             "WebSocket and the HTTP API; * allows any. The server's own origin and clients "
             "that send no Origin (SDK, CLI, curl) are always allowed."
+        ),
+    )
+    auth_url: str = _field(
+        default="",
+        metadata=_spec(
+            "Where the web UI gets a token: it POSTs {client_id} there and connects with the "
+            "{token} it gets back (empty: the UI connects anonymously)."
         ),
     )
     log_level: str = _field(default="info", metadata=_spec("debug, info, warning or error."))
@@ -276,6 +304,8 @@ class Settings:
             "max_channels_per_connection",
             "max_connections_per_client",
             "max_presence_members",
+            "max_connections",
+            "max_pending_writes",
             "max_objects_bytes",
             "max_history_limit",
         )

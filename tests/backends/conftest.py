@@ -1,8 +1,15 @@
-"""Fixtures shared by the backend tests: a store per backend URL, opened and closed per test."""
+"""Fixtures shared by the backend tests: a store per backend URL, opened and closed per test.
+
+The ``redis`` backend uses the Redis at ``REDIS_URL`` (default redis://127.0.0.1:6379/0), with
+a key prefix of its own per test, deleted after the test. If that Redis is not reachable,
+those tests fail (they never skip): start it with ``redis-server --save "" --appendonly no``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,57 @@ from roomcast.backends.measured import MeasuredStore
 
 MakeStore = Callable[..., Awaitable[Store]]
 MEASURED = "measured+"  # a URL prefix meaning: that store, wrapped in a MeasuredStore
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis(url: str = REDIS_URL) -> None:
+    """Fail (never skip) with a clear message when the test Redis is not there."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"the Redis tests need a Redis at {url} ({exc}); start one with "
+            "`redis-server --save '' --appendonly no` or set REDIS_URL",
+            pytrace=False,
+        )
+    finally:
+        client.close()
+
+
+def drop_redis_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete every key of a test's prefix."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_check() -> Callable[[str], None]:
+    """:func:`require_redis`, for the tests of that check."""
+    return require_redis
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique key prefix on the test Redis, whose keys are deleted after the test."""
+    require_redis()
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    drop_redis_prefix(prefix)
 
 
 class TimingSink:
@@ -24,10 +82,13 @@ class TimingSink:
         assert seconds >= 0, (op, seconds)
 
 
-@pytest.fixture(params=["memory", "sqlite", "measured"])
+@pytest.fixture(params=["memory", "sqlite", "measured", "redis"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "measured":
         return MEASURED + f"sqlite:///{tmp_path}/x.db"
+    if request.param == "redis":
+        prefix: str = request.getfixturevalue("redis_prefix")
+        return f"{REDIS_URL}?prefix={prefix}"
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/x.db"
 
 

@@ -58,6 +58,16 @@ def test_duplicate_key_names_are_refused() -> None:
         KeyRing.parse(["a:1", "a:2"])
 
 
+def test_a_key_added_at_run_time_authenticates_and_signs() -> None:
+    ring = KeyRing.parse(["a:1"])
+    ring.add(ApiKey("internal", SECRET, ALL))
+    assert ring.authenticate(f"internal:{SECRET}").name == "internal"
+    token = issue_token(ring.get("internal"), "bot", None, 60).token  # type: ignore[arg-type]
+    assert ring.verify(token).client_id == "bot"
+    with pytest.raises(KeySpecError, match="twice"):
+        ring.add(ApiKey("a", "2", ALL))
+
+
 def test_settings_take_keys_from_the_environment_one_per_line_and_mask_them() -> None:
     env = {"ROOMCAST_KEYS": f'ops:{SECRET}\n\nbot:hush:{{"room:*": ["*"]}}\n'}
     settings = Settings.load(env)

@@ -34,6 +34,8 @@ def capability_with(operation: str) -> dict[str, list[str]]:
     """Only what the probe below needs: attach/publish to set up, and ``operation``."""
     ops = {"subscribe", "publish"}
     ops |= {f"{operation}-own"} if operation in OWN_ANY else {operation}
+    if operation == "agent-admin":  # root.agents is a live object: writing it is also that
+        ops.add("object-publish")
     return {"room:*": sorted(ops)}
 
 
@@ -78,13 +80,24 @@ def ws_probe(operation: str, channel: str, plain: int, stream: int) -> dict[str,
         "delete": {"action": "delete", "channel": channel, "msg_serial": plain},
         "signal": {"action": "signal", "channel": channel, "name": "typing"},
         "claim": {"action": "claim", "channel": channel, "key": "k", "ttl_s": 5},
+        "object-publish": {
+            "action": "object",
+            "channel": channel,
+            "op": {"type": "counter.create", "value": 1},
+        },
+        "object-subscribe": {"action": "attach", "channel": channel},
+        "agent-admin": {"action": "object", "channel": channel, "op": AGENTS_OP},
     }[operation]
+
+
+AGENTS_OP = {"type": "map.set", "object_id": "root", "key": "agents", "value": {}}
 
 
 WS_OPERATIONS = [
     "publish", "subscribe", "presence", "history", "annotate", "cancel", "update", "delete",
-    "signal", "claim",
+    "signal", "claim", "object-publish", "object-subscribe", "agent-admin",
 ]  # fmt: skip
+WRITES = {"publish", "annotate", "cancel", "update", "delete", "object-publish", "agent-admin"}
 
 
 async def latest_serial(admin: WireClient, channel: str) -> int:
@@ -106,6 +119,10 @@ async def test_websocket_operation(keyed: ServerProcess, operation: str, allowed
     if operation == "signal" and allowed:
         signal = await admin.next(lambda m: m["action"] == "signal")
         assert signal["client_id"] == "alice"
+    elif operation == "object-subscribe":  # without it, `attached.objects` is left out
+        reply = await client.next(lambda m: m.get("ref") == ref)
+        assert reply["action"] == "attached"
+        assert ("objects" in reply) is allowed, reply
     else:
         reply = await client.next(lambda m: m.get("ref") == ref)
         if allowed:
@@ -113,8 +130,7 @@ async def test_websocket_operation(keyed: ServerProcess, operation: str, allowed
         else:
             assert reply["action"] == "error" and reply["code"] == 40300, reply
     after = await latest_serial(admin, channel)
-    writes = {"publish", "annotate", "cancel", "update", "delete"}
-    if not allowed or operation not in writes:
+    if not allowed or operation not in WRITES:
         assert after == before  # a refusal (or a read) changes nothing
     else:
         assert after == before + 1
@@ -135,6 +151,9 @@ async def test_websocket_operation(keyed: ServerProcess, operation: str, allowed
         ("delete", "DELETE", "/messages/{plain}", None),
         ("cancel", "POST", "/messages/{stream}/cancel", {}),
         ("annotate", "POST", "/messages/{plain}/annotations", {"kind": "reaction", "name": "x", "op": "add"}),  # noqa: E501
+        ("object-publish", "POST", "/objects", {"op": {"type": "counter.create", "value": 1}}),
+        ("object-subscribe", "GET", "/objects", None),
+        ("agent-admin", "POST", "/objects", {"op": AGENTS_OP}),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("allowed", [True, False])
@@ -165,6 +184,8 @@ async def test_rest_operation(
     after = await latest_serial(admin, channel)
     if not allowed or method == "GET":
         assert after == before
+    else:
+        assert after == before + 1
     await admin.close()
 
 

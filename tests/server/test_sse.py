@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -113,8 +114,12 @@ class Subscription:
         await self._cm.__aexit__(None, None, None)
 
 
-async def publish(http: httpx.AsyncClient, channel: str, data: list[Any]) -> list[int]:
-    response = await http.post(f"/v1/channels/{channel}/messages", json=[{"data": d} for d in data])
+async def publish(
+    http: httpx.AsyncClient, channel: str, data: list[Any], headers: dict[str, str] | None = None
+) -> list[int]:
+    response = await http.post(
+        f"/v1/channels/{channel}/messages", json=[{"data": d} for d in data], headers=headers
+    )
     serials: list[int] = response.json()["msg_serials"]
     return serials
 
@@ -291,3 +296,56 @@ async def test_slow_stream_is_ended_and_counted(tight_server: ServerProcess) -> 
         assert metric(text, "roomcast_connections", transport="sse") == 0
         assert metric(text, "roomcast_slow_consumers_dropped_total") >= 1
     writer.close()
+
+
+SSE_KEY = "ops:" + "e" * 32
+
+
+@pytest.fixture(scope="module")
+def keyed_server(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    with ServerProcess(env={**test_env, "ROOMCAST_KEYS": SSE_KEY}) as proc:
+        yield proc
+
+
+async def test_stream_ends_with_an_error_when_its_token_expires(
+    keyed_server: ServerProcess,
+) -> None:
+    """Live events flow until the token's exp (+1 s leeway); then `event: error` 40100 and
+    the end of the stream. A key's stream has no expiry."""
+    channel = room()
+    path = f"/v1/channels/{channel}/events"
+    auth = {"Authorization": f"Bearer {SSE_KEY}"}
+    async with httpx.AsyncClient(base_url=keyed_server.url, timeout=30) as http:
+        issued = await http.post(
+            "/v1/tokens", json={"client_id": "viewer", "ttl_s": 2}, headers=auth
+        )
+        token = issued.json()["token"]
+        expires_at = issued.json()["expires_at"] / 1000
+        async with (
+            Subscription(http, path, params={"token": token}) as stream,
+            Subscription(http, path, headers=auth) as by_key,
+        ):
+            assert (await stream.next()).event == "attached"
+            assert (await by_key.next()).event == "attached"
+            await publish(http, channel, ["before expiry"], headers=auth)
+            assert (await stream.next()).data["data"] == "before expiry"
+            error = await stream.next(within=10)
+            loop = asyncio.get_running_loop()
+            ended_at = loop.time()
+            assert error.event == "error"
+            assert error.data["error"]["code"] == 40100
+            assert error.data["error"]["message"] == "token expired"
+            assert len(error.data["error"]["correlation_id"]) == 16
+            assert time.time() >= expires_at  # not before exp
+            with pytest.raises(EOFError):
+                await stream.next(within=5)
+            assert loop.time() - ended_at < 5
+            # The key's stream goes on.
+            await publish(http, channel, ["after expiry"], headers=auth)
+            event = await by_key.next()
+            while event.data.get("data") != "after expiry":
+                event = await by_key.next()
+        # Coming back with the expired token is refused.
+        response = await http.get(path, params={"token": token})
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == 40100

@@ -426,3 +426,25 @@ async def test_frames_of_every_header_size_arrive_intact(server: ServerProcess) 
     assert min(sizes) < 126 and max(sizes) > 65_535
     assert any(126 <= n <= 65_535 for n in sizes)
     await writer.close()
+
+
+async def test_a_claim_belongs_to_one_connection_until_its_ttl(server: ServerProcess) -> None:
+    channel = room()
+    # Two workers of one agent share a client_id: the claim still goes to exactly one.
+    first = await WireClient.connect(server.ws_url, client_id="worker")
+    second = await WireClient.connect(server.ws_url, client_id="worker")
+
+    async def claim(client: WireClient, key: str = "answer:17") -> bool:
+        reply = await client.request("claim", channel=channel, key=key, ttl_s=1)
+        assert reply["action"] == "ok", reply
+        granted: bool = reply["granted"]
+        return granted
+
+    assert await claim(first) is True
+    assert await claim(second) is False
+    assert await claim(first) is True  # the holder may renew it
+    assert await claim(second, "answer:18") is True  # other keys are free
+    await asyncio.sleep(1.2)
+    assert await claim(second) is True  # the ttl passed
+    await first.close()
+    await second.close()

@@ -1,4 +1,5 @@
-"""Backends, chosen by URL: ``memory://`` and ``sqlite:///path`` (see ``base`` for the contract).
+"""Backends, chosen by URL: ``memory://``, ``sqlite:///path`` and ``redis://host:port/db``
+(see ``base`` for the contract).
 
 Drivers are imported lazily, so a backend's dependencies are needed only when it is used.
 """
@@ -40,7 +41,16 @@ def open_backend(url: str, options: StoreOptions | None = None) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url), LocalBus(), options)
-    raise BackendURLError(f"unknown store URL {url!r}: use memory:// or sqlite:///path")
+    if scheme in ("redis", "rediss"):
+        from .redis_store import RedisStore
+
+        try:
+            return RedisStore(url, options)
+        except ValueError as exc:
+            raise BackendURLError(str(exc)) from None
+    raise BackendURLError(
+        f"unknown store URL {url!r}: use memory://, sqlite:///path or redis://host:port/db"
+    )
 
 
 __all__ = ["BackendURLError", "Bus", "Store", "StoreOptions", "open_backend", "sqlite_path"]

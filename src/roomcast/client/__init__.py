@@ -36,12 +36,16 @@ from roomcast.protocol.http import ChannelSummary
 from roomcast.protocol.messages import Attached, Event, Message, PresenceMember
 
 from .backoff import Backoff
+from .boards import Board, BoardItem, Boards
 from .channel import Channel, Channels, HistoryPage
 from .client import Client, connect
-from .errors import AuthError, ClientClosed, Discontinuity
+from .errors import AuthError, Cancelled, ClientClosed, Discontinuity
+from .objects import LiveCounter, LiveMap, LiveObjects
+from .polls import Poll, Polls
 from .presence import Presence
 from .rest import list_channels
 from .state import State, StateChange, StateEvent
+from .stream import MessageStream
 from .subscription import Subscription
 
 __all__ = [
@@ -49,6 +53,10 @@ __all__ = [
     "AuthError",
     "Backoff",
     "BadRequest",
+    "Board",
+    "BoardItem",
+    "Boards",
+    "Cancelled",
     "Channel",
     "ChannelSummary",
     "Channels",
@@ -59,8 +67,14 @@ __all__ = [
     "Event",
     "Forbidden",
     "HistoryPage",
+    "LiveCounter",
+    "LiveMap",
+    "LiveObjects",
     "Message",
+    "MessageStream",
     "NotFound",
+    "Poll",
+    "Polls",
     "Presence",
     "PresenceMember",
     "RateLimited",

@@ -16,11 +16,17 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from msgspec import UNSET
+
 from roomcast.protocol import messages as m
 from roomcast.protocol.errors import BadRequest
 
+from .boards import Boards
 from .errors import ClientClosed, Discontinuity, error_from_reply
+from .objects import LiveObjects
+from .polls import Polls
 from .presence import Presence
+from .stream import MessageStream
 from .subscription import DiscontinuityCallback, EventCallback, Subscription
 
 if TYPE_CHECKING:
@@ -63,6 +69,10 @@ class Channel:
         epoch: The epoch of the channel's log, as of the latest ``attached``.
         attached: The latest ``attached`` reply (``messages`` holds a ``rewind``).
         presence: Who is here: :class:`~roomcast.client.Presence`.
+        objects: The channel's live objects, kept current:
+            :class:`~roomcast.client.LiveObjects` (``await channel.objects.root()``).
+        polls: Polls on those objects: :class:`~roomcast.client.Polls`.
+        boards: Boards on those objects: :class:`~roomcast.client.Boards`.
     """
 
     def __init__(self, client: Client, name: str) -> None:
@@ -72,6 +82,9 @@ class Channel:
         self.epoch: str | None = None
         self.attached: m.Attached | None = None
         self.presence = Presence(self, client)
+        self.objects = LiveObjects(self, client)
+        self.polls = Polls(self.objects, client)
+        self.boards = Boards(self.objects, client)
         self._client = client
         self._subscriptions: list[Subscription] = []
         self._waiters: list[asyncio.Future[m.Attached]] = []
@@ -90,6 +103,7 @@ class Channel:
         name: str | None = None,
         id: str | None = None,
         extras: dict[str, Any] | None = None,
+        streaming: bool = False,
     ) -> int:
         """Publish a message and return its serial once the server stored it.
 
@@ -104,6 +118,8 @@ class Channel:
             id: Your idempotency key; a repeat within the dedup window returns the first
                 serial and stores nothing.
             extras: An object of extras (``reply_to``, ...).
+            streaming: Start a streamed message (``data`` a string) that grows by
+                :meth:`append` until an :meth:`update` ends it; :meth:`stream` does it all.
 
         Returns:
             The message's serial (its ``msg_serial``).
@@ -118,11 +134,130 @@ class Channel:
             id=id if id is not None else new_publish_id(),
             name=name if name is not None else "text",
             extras=extras,
+            streaming=streaming,
         )
         reply = await self._client.call(request)
         if not isinstance(reply, m.Ok) or not isinstance(reply.serial, int):
             raise BadRequest(f"unexpected reply to publish: {reply!r}")
         return reply.serial
+
+    def stream(
+        self,
+        *,
+        name: str = "text",
+        extras: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> MessageStream:
+        """A streamed message, for ``async with`` (see :class:`MessageStream`)::
+
+            async with channel.stream(extras={"reply_to": question}) as answer:
+                for token in tokens:
+                    await answer.append(token)
+
+        It ends ``complete``, ``failed`` (``extras.failure`` holds the error) if the block
+        raised, or ``cancelled`` after a ``cancel``: then ``answer.cancelled`` is set and
+        ``answer.append`` raises :class:`~roomcast.client.Cancelled` (the block swallows it).
+        """
+        return MessageStream(self, name=name, extras=extras, id=id)
+
+    async def append(self, msg_serial: int, data: str) -> int | None:
+        """Append a fragment to your streamed message; returns the serial of the event that
+        holds it (appends that arrive together may share one).
+
+        An append in flight when the connection drops is sent again after the reconnect, so
+        it may apply twice; :meth:`stream` is the usual way to stream.
+
+        Raises:
+            Conflict: Not yours, not streaming any more, or cancelled (40900).
+            TooLarge: The text would pass the server's ``max_stream_bytes``.
+        """
+        return await self._change(m.Append(channel=self.name, msg_serial=msg_serial, data=data))
+
+    def send_append(self, msg_serial: int, data: str) -> asyncio.Future[int | None]:
+        """:meth:`append` without waiting: the request goes out now (in call order) and the
+        future resolves with its ``ok`` (or the error). Streams pipeline their appends this
+        way, so the server can merge those that arrive within its rollup window."""
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+        def on_reply(reply: m.ServerMessage) -> None:
+            if future.done():
+                return
+            if isinstance(reply, m.ErrorReply):
+                future.set_exception(error_from_reply(reply))
+            elif isinstance(reply, m.Ok):
+                future.set_result(reply.serial if isinstance(reply.serial, int) else None)
+            else:
+                future.set_exception(BadRequest(f"unexpected reply to append: {reply!r}"))
+
+        def on_fail(error: BaseException) -> None:
+            if not future.done():
+                future.set_exception(error)
+
+        request = m.Append(channel=self.name, msg_serial=msg_serial, data=data)
+        self._client.submit(request, on_reply, on_fail)
+        return future
+
+    async def update(
+        self,
+        msg_serial: int,
+        *,
+        data: Any = UNSET,
+        extras: dict[str, Any] | None = None,
+        status: m.Status | None = None,
+    ) -> int | None:
+        """Replace ``data``, merge ``extras`` (a ``None`` value removes a key) or set
+        ``status`` (``complete``, ``cancelled``, ``failed`` end a stream for good).
+
+        Returns:
+            The event's serial, or ``None`` when nothing changed (a repeated final status).
+        """
+        request = m.Update(
+            channel=self.name,
+            msg_serial=msg_serial,
+            data=data,
+            extras=UNSET if extras is None else extras,
+            status=UNSET if status is None else status,
+        )
+        return await self._change(request)
+
+    async def delete(self, msg_serial: int) -> int | None:
+        """Delete a message (its data becomes ``null``); ``None`` if it was deleted already."""
+        return await self._change(m.Delete(channel=self.name, msg_serial=msg_serial))
+
+    async def cancel(self, msg_serial: int, reason: str | None = None) -> int | None:
+        """Ask the author of a streaming message to stop (a durable ``cancel`` event).
+
+        Returns:
+            The event's serial, or ``None`` if it was cancelled already.
+
+        Raises:
+            Conflict: The message is not streaming.
+        """
+        return await self._change(m.Cancel(channel=self.name, msg_serial=msg_serial, reason=reason))
+
+    async def annotate(
+        self, msg_serial: int, name: str, op: Literal["add", "remove"] = "add"
+    ) -> int | None:
+        """Add or remove your reaction ``name`` (an emoji or a short word) on a message.
+
+        Returns:
+            The event's serial, or ``None`` for a no-op (adding a reaction you already
+            gave, removing one you did not).
+        """
+        request = m.Annotate(
+            channel=self.name, msg_serial=msg_serial, kind="reaction", name=name, op=op
+        )
+        return await self._change(request)
+
+    async def react(self, msg_serial: int, name: str, *, remove: bool = False) -> int | None:
+        """:meth:`annotate` with a reaction: add it, or remove it with ``remove=True``."""
+        return await self.annotate(msg_serial, name, "remove" if remove else "add")
+
+    async def _change(self, request: m.Request) -> int | None:
+        reply = await self._client.call(request)
+        if not isinstance(reply, m.Ok):
+            raise BadRequest(f"unexpected reply to {type(request).__name__}: {reply!r}")
+        return reply.serial if isinstance(reply.serial, int) else None
 
     # ------------------------------------------------------------------ attach
 
@@ -289,6 +424,7 @@ class Channel:
             if self.serial is not None and message.serial <= self.serial:
                 return  # already delivered (a replay overlapping a reconnect)
             self.serial = message.serial
+            self.objects.on_event(message)
             for subscription in self._subscriptions:
                 subscription.push(message)
         elif isinstance(message, m.PresenceEvent):
@@ -315,6 +451,7 @@ class Channel:
             self._rewind = None
             self.state = "attached"
             self.presence.on_attached(reply.presence)
+            self.objects.on_attached(reply)
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -335,6 +472,11 @@ class Channel:
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             subscription.finish(subscription_error)
+
+    @property
+    def has_subscriptions(self) -> bool:
+        """Whether any subscription is open on this channel."""
+        return bool(self._subscriptions)
 
     def remove(self, subscription: Subscription) -> None:
         """Forget a subscription (it was closed); the channel stays attached."""

@@ -4,15 +4,23 @@ A :class:`Client` keeps what must outlive a socket: the resume key, the channels
 positions, and the requests still waiting for a reply. When the socket drops it reconnects
 with backoff, resumes (``?resume=``), re-attaches every channel from the last serial it
 delivered, and re-sends the unanswered requests in their original order.
+
+It also keeps the credentials fresh: with an ``auth_callback``, a token that expires is
+renewed on the open connection (the ``auth`` action) before it does, and a reconnect uses
+the newest token, so a connection outlives any one token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import inspect
+import json
 import logging
-from collections.abc import Callable, Generator
+import time
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -40,6 +48,35 @@ TERMINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, CLOSE_AUTH})
 # A connection that stayed up this long resets the backoff, so a server that accepts and
 # then drops at once is not hammered at the initial delay.
 STABLE_AFTER_S = 1.0
+# Renewal starts at 2/3 of a token's remaining lifetime or 30 s before it expires, whichever
+# is sooner, but never before half of it (a short token would otherwise renew at once).
+RENEW_BEFORE_S = 30.0
+# A token closer than this to its expiry is replaced before a (re)connect uses it.
+FRESH_FOR_S = 5.0
+
+AuthCallback = Callable[[], str | Awaitable[str]]
+
+
+def token_expiry(token: str) -> float | None:
+    """A token's ``exp`` (seconds since the epoch), read without verifying it (only the
+    server can); None if it has none or is not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def renew_delay(remaining: float) -> float:
+    """Seconds from now until a token with ``remaining`` seconds of life should be renewed."""
+    if remaining <= 0:
+        return 0.0
+    return min(remaining * 2 / 3, max(remaining - RENEW_BEFORE_S, remaining / 2))
 
 
 @dataclass(slots=True)
@@ -71,15 +108,22 @@ class Client:
         client_id: str | None = None,
         token: str | None = None,
         key: str | None = None,
+        auth_callback: AuthCallback | None = None,
         format: Format = "json",
         backoff: Backoff | None = None,
         timeout: float = 10.0,
     ) -> None:
+        if key is not None and (token is not None or auth_callback is not None):
+            raise ValueError("give either key= or token=/auth_callback=, not both")
         self.url = url
         self._ws_url = websocket_url(url)
         self.client_id = client_id
         self._token = token
         self._key = key
+        self._auth_callback = auth_callback
+        self._token_changed = asyncio.Event()
+        self._token_lock = asyncio.Lock()
+        self._renewer: asyncio.Task[None] | None = None
         self._format: Format = format
         self._encode = request_encoder(format)
         self._backoff = backoff if backoff is not None else Backoff()
@@ -105,6 +149,12 @@ class Client:
     def connection_id(self) -> str | None:
         """The server's id for this connection; kept across a resumed reconnect."""
         return self.connected.connection_id if self.connected is not None else None
+
+    @property
+    def token(self) -> str | None:
+        """The token in use: the one given, or the latest from ``auth_callback`` (each
+        renewal replaces it)."""
+        return self._token
 
     def on(self, event: StateEvent, callback: StateCallback) -> Callable[[], None]:
         """Call ``callback(StateChange)`` on each ``event``.
@@ -156,10 +206,11 @@ class Client:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(flush_timeout):
                     await self._idle.wait()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        for task in (self._supervisor, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -277,7 +328,15 @@ class Client:
     async def start(self) -> None:
         """Make the first connection (no retry: an unreachable server raises at once)."""
         try:
-            link = await Link.open(self._query_url(), self._format, self._timeout)
+            fetched = await self._fresh_token()
+            try:
+                link = await Link.open(self._query_url(), self._format, self._timeout)
+            except AuthError:
+                if self._auth_callback is None or fetched:
+                    raise
+                # The token given with it was refused: one more try with the callback's.
+                await self._fresh_token(force=True)
+                link = await Link.open(self._query_url(), self._format, self._timeout)
         except WebSocketException as exc:  # e.g. HTTP 404: not a roomcast server at that URL
             self.state = "failed"
             self._error = ConnectionError(f"no roomcast WebSocket at {self._ws_url}: {exc}")
@@ -288,6 +347,8 @@ class Client:
             raise
         self._link_up(link)
         self._supervisor = asyncio.create_task(self._supervise(), name="roomcast-client")
+        if self._auth_callback is not None:
+            self._renewer = asyncio.create_task(self._renew_loop(), name="roomcast-client-auth")
 
     def _link_up(self, link: Link) -> None:
         connected = link.connected
@@ -324,31 +385,45 @@ class Client:
             assert link is not None
             await link.done.wait()
             error = self._terminal_error(link)
-            if error is not None:
+            expired = isinstance(error, AuthError) and self._auth_callback is not None
+            if error is not None and not expired:
                 self._fail(error)
                 return
             if loop.time() - self._link_since >= STABLE_AFTER_S:
                 self._backoff.reset()
             self._link_down(link)
-            new = await self._reconnect()
+            # A token that ran out (4001): reconnect with a fresh one from the callback.
+            new = await self._reconnect(token_refused=expired)
             if new is None:
                 return
             self._link_up(new)
 
-    async def _reconnect(self) -> Link | None:
+    async def _reconnect(self, token_refused: bool = False) -> Link | None:
         while True:
             delay = self._backoff.next_delay()
             log.info("roomcast client: reconnecting in %.2fs", delay)
             await asyncio.sleep(delay)
             try:
+                fetched = await self._fresh_token(force=token_refused)
+            except Unauthorized as exc:  # the callback says: no more tokens for us
+                self._fail(exc if isinstance(exc, AuthError) else AuthError(exc.message))
+                return None
+            except Exception as exc:  # its backend may be down for a moment: retry
+                log.warning("roomcast client: auth_callback failed: %r", exc)
+                continue
+            try:
                 return await Link.open(self._query_url(), self._format, self._timeout)
             except RoomcastError as exc:
+                if exc.code == Unauthorized.code and self._auth_callback and not fetched:
+                    token_refused = True  # try once more with a token fresh from the callback
+                    continue
                 if exc.code < 50000:  # refused (bad credentials, bad client_id): final
                     self._fail(exc)
                     return None
                 log.info("roomcast client: server refused the connection: %s", exc)
             except (OSError, TimeoutError, WebSocketException) as exc:
                 log.info("roomcast client: reconnect failed: %r", exc)
+            token_refused = False
 
     @staticmethod
     def _terminal_error(link: Link) -> BaseException | None:
@@ -361,11 +436,84 @@ class Client:
             return ClientClosed(f"the server closed the connection: {link.close_reason}")
         return None
 
+    # ------------------------------------------------------------------ tokens
+
+    def _set_token(self, token: str) -> None:
+        if token != self._token:
+            self._token = token
+            self._token_changed.set()
+
+    async def _call_auth_callback(self) -> str:
+        callback = self._auth_callback
+        assert callback is not None
+        result = callback()
+        token = await result if inspect.isawaitable(result) else result
+        if not isinstance(token, str) or not token:
+            raise TypeError(f"auth_callback must return a token string, not {token!r}")
+        return token
+
+    async def _fresh_token(self, *, force: bool = False) -> bool:
+        """Make sure the token a connect will use is not expired or about to: ask
+        ``auth_callback`` for one if needed (or if ``force``). True if it did."""
+        if self._auth_callback is None:
+            return False
+        async with self._token_lock:
+            token = self._token
+            exp = token_expiry(token) if token is not None else None
+            if not force and token is not None and (exp is None or exp - time.time() > FRESH_FOR_S):
+                return False
+            self._set_token(await self._call_auth_callback())
+            return True
+
+    async def _renew_loop(self) -> None:
+        """Renew the token before it expires, on the open connection (``auth``)."""
+        while True:
+            self._token_changed.clear()
+            exp = token_expiry(self._token) if self._token is not None else None
+            if exp is None:
+                await self._token_changed.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._token_changed.wait(), renew_delay(exp - time.time()))
+                continue  # a reconnect brought a newer token: start over from it
+            except TimeoutError:
+                pass
+            if not await self._renew():
+                # Try again a little later (until the server closes the connection with 4001).
+                remaining = exp - time.time()
+                await asyncio.sleep(min(5.0, max(0.5, remaining / 4)))
+
+    async def _renew(self) -> bool:
+        try:
+            async with self._token_lock:
+                token = await self._call_auth_callback()
+        except Exception as exc:
+            self._renewal_failed(f"auth_callback failed: {exc!r}", exc)
+            return False
+        if self.state == "connected":
+            try:
+                await self.call(m.Auth(token=token))
+            except RoomcastError as exc:  # 40100: the server keeps the current token
+                self._renewal_failed(f"the server refused the new token: {exc.message}", exc)
+                return False
+            except Exception:  # closed, or failed for good: nothing to renew
+                return False
+        self._set_token(token)
+        log.debug("roomcast client: token renewed")
+        self._emit("renewed")
+        return True
+
+    def _renewal_failed(self, reason: str, error: BaseException) -> None:
+        log.warning("roomcast client: token renewal failed: %s", reason)
+        self._emit("renewal_failed", reason=reason, error=error)
+
     def _fail(self, error: BaseException) -> None:
         log.error("roomcast client: giving up: %s", error)
         self.state = "failed"
         self._error = error
         self._link = None
+        if self._renewer is not None and self._renewer is not asyncio.current_task():
+            self._renewer.cancel()
         self._end_all(error)
         self._emit("failed", reason=str(error), error=error)
 
@@ -443,6 +591,7 @@ def connect(
     client_id: str | None = None,
     token: str | None = None,
     key: str | None = None,
+    auth_callback: AuthCallback | None = None,
     format: Format = "json",
     backoff: Backoff | None = None,
     timeout: float = 10.0,
@@ -461,8 +610,16 @@ def connect(
             is derived) or its WebSocket URL (``ws://host:port/v1/ws``).
         client_id: Who you are, where anonymous access is on. The server picks one if not
             given; reconnects keep it.
-        token: A signed token (PROTOCOL.md §6).
-        key: An API key ``name:secret`` (server-side callers only).
+        token: A signed token (PROTOCOL.md §6). Without ``auth_callback`` the client
+            fails with :class:`AuthError` when it expires.
+        key: An API key ``name:secret`` (server-side callers only; they may add
+            ``client_id``). Not with ``token`` or ``auth_callback``.
+        auth_callback: A function (plain or async) that returns a fresh token, e.g. from
+            your backend's ``POST /v1/tokens``. Called to connect when no ``token`` is
+            given, to renew the token on the open connection before it expires (at 2/3 of
+            its remaining lifetime or 30 s before, whichever is sooner), and before a
+            reconnect when the token held is expired or about to be. If it raises
+            :class:`Unauthorized` the client fails; other errors are retried.
         format: ``json`` or ``msgpack`` on the wire.
         backoff: The reconnect policy (default: :class:`Backoff` with 0.1 s initial and
             10 s maximum, full jitter).
@@ -483,6 +640,7 @@ def connect(
             client_id=client_id,
             token=token,
             key=key,
+            auth_callback=auth_callback,
             format=format,
             backoff=backoff,
             timeout=timeout,

@@ -7,6 +7,7 @@ The tree::
     │   └── AuthError                          40100, as the SDK raises it
     └── ...                                    BadRequest, Forbidden, TooLarge, RateLimited, ...
     ClientClosed                               the client was closed (or failed) first
+    Cancelled                                  a streamed message was cancelled
     Discontinuity                              a subscription could not continue gap-free
 
 An ``error`` reply to a request is raised from the call that made it, as the class of its
@@ -53,6 +54,27 @@ class Discontinuity(Exception):
         self.serial = serial
 
 
+class Cancelled(Exception):
+    """The streamed message was cancelled (PROTOCOL.md §3 "Streams"): stop producing it.
+
+    Raised by :meth:`MessageStream.append <roomcast.client.MessageStream.append>`; the
+    ``async with channel.stream()`` block that raised it ends the message ``cancelled`` and
+    swallows it.
+
+    Attributes:
+        channel: The channel's name.
+        msg_serial: The message's serial.
+        cancelled_by: The ``client_id`` that cancelled it (``None`` if unknown).
+    """
+
+    def __init__(self, channel: str, msg_serial: int, cancelled_by: str | None) -> None:
+        by = f" by {cancelled_by}" if cancelled_by else ""
+        super().__init__(f"{channel} #{msg_serial} was cancelled{by}")
+        self.channel = channel
+        self.msg_serial = msg_serial
+        self.cancelled_by = cancelled_by
+
+
 def error_from_reply(reply: ErrorReply) -> RoomcastError:
     """The exception for an ``error`` reply (40100 becomes :class:`AuthError`)."""
     if reply.code == Unauthorized.code:
@@ -60,4 +82,4 @@ def error_from_reply(reply: ErrorReply) -> RoomcastError:
     return error_for_code(reply.code, reply.message)
 
 
-__all__ = ["AuthError", "ClientClosed", "Discontinuity", "error_from_reply"]
+__all__ = ["AuthError", "Cancelled", "ClientClosed", "Discontinuity", "error_from_reply"]

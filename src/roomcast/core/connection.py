@@ -65,6 +65,7 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_append_bucket",
+        "_appends",
         "_bucket",
         "_drain",
         "_expiry",
@@ -76,6 +77,7 @@ class Connection:
         "_reply_space",
         "_reply_task",
         "_send_task",
+        "_waiting_on",
         "close_code",
         "closed",
         "codec",
@@ -120,6 +122,10 @@ class Connection:
         self._send_task: asyncio.Task[None] | None = None
         self._drain: asyncio.Event | None = None
         self._replies: deque[Pending] | None = None
+        # Appends queued for a reply, by id of their future → (channel, msg_serial); and the
+        # append whose ok the reply loop waits for now.
+        self._appends: dict[int, tuple[str, int]] = {}
+        self._waiting_on: tuple[str, int] | None = None
         self._reply_task: asyncio.Task[None] | None = None
         self._reply_space: asyncio.Event | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -309,6 +315,12 @@ class Connection:
             self._enqueue(self._dispatch(item, size))
 
     def _enqueue(self, pending: Pending) -> None:
+        waiting = self._waiting_on
+        if waiting is not None and self._appends.get(id(pending[2])) != waiting:
+            # A request queued behind an append that waits for its rollup window: store the
+            # merge now rather than keep this request waiting for the window (replies go in
+            # order, so it would).
+            self.node.rollup.flush_now(*waiting)
         replies = self._replies
         if replies is None:
             replies = self._replies = deque()
@@ -397,7 +409,9 @@ class Connection:
             raise RateLimited(f"append rate limit: {bucket.rate:g}/s, burst {bucket.burst:g}")
         if size > self._max_bytes:
             self._check_size(req.data, None)
-        return self._change(req)
+        future = self._change(req)
+        self._appends[id(future)] = (req.channel, req.msg_serial)
+        return future
 
     def _on_cancel(self, req: m.Cancel, size: int) -> Awaitable[Any]:
         return self._change(req)
@@ -412,7 +426,9 @@ class Connection:
 
     def _on_claim(self, req: m.Claim, size: int) -> Awaitable[Any]:
         return asyncio.ensure_future(
-            self.node.claim(self.principal, req.channel, req.key, req.ttl_s)
+            self.node.claim(
+                self.principal, req.channel, req.key, req.ttl_s, self.session.connection_id
+            )
         )
 
     def _on_auth(self, req: m.Auth, size: int) -> m.Reply:
@@ -427,8 +443,11 @@ class Connection:
         self.expire_at(claims.exp)
         return m.Ok(ref=m.ref_of(req.ref))
 
-    def _on_object(self, req: m.ObjectRequest, size: int) -> None:
-        raise BadRequest("live objects are not enabled on this server yet")
+    def _on_object(self, req: m.ObjectRequest, size: int) -> Awaitable[Any]:
+        self._check_rate()
+        if size > self._max_bytes:
+            self._check_size(req.op, None)
+        return asyncio.ensure_future(self.node.object_op(self.principal, req.channel, req.op))
 
     def _check_rate(self) -> None:
         if not self._bucket.take(time.monotonic()):
@@ -450,7 +469,17 @@ class Connection:
                 ref, channel, item = replies.popleft()
                 if self._reply_space is not None:
                     self._reply_space.set()
-                await self._answer(ref, channel, item)
+                key = self._appends.pop(id(item), None) if self._appends else None
+                if key is None:
+                    await self._answer(ref, channel, item)
+                    continue
+                if replies and self._appends.get(id(replies[0][2])) != key:
+                    self.node.rollup.flush_now(*key)
+                self._waiting_on = key
+                try:
+                    await self._answer(ref, channel, item)
+                finally:
+                    self._waiting_on = None
         finally:
             self._reply_task = None
             if not replies:

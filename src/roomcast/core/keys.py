@@ -127,6 +127,12 @@ class KeyRing:
     def parse(cls, specs: Sequence[str]) -> KeyRing:
         return cls(ApiKey.parse(spec) for spec in specs if spec.strip())
 
+    def add(self, key: ApiKey) -> None:
+        """Add a key at run time (the server's own key for its in-process agents)."""
+        if key.name in self._keys:
+            raise KeySpecError(f"key {key.name!r} is configured twice")
+        self._keys[key.name] = key
+
     def __len__(self) -> int:
         return len(self._keys)
 

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET
 
 from roomcast.backends.base import REPLAY_PAGE, Appended, ResumeSession, Store
+from roomcast.protocol import objects as live
 from roomcast.protocol.codec import Codec
 from roomcast.protocol.errors import (
     BadRequest,
@@ -29,7 +30,7 @@ from roomcast.protocol.errors import (
     RateLimited,
     TooLarge,
 )
-from roomcast.protocol.http import MAX_BATCH, ChannelSummary
+from roomcast.protocol.http import MAX_BATCH, AgentInfo, ChannelSummary
 from roomcast.protocol.messages import (
     Append,
     Attach,
@@ -39,7 +40,11 @@ from roomcast.protocol.messages import (
     Event,
     History,
     HistoryReply,
+    MapRemove,
+    MapSet,
     Message,
+    ObjectOp,
+    ObjectsSnapshot,
     Ok,
     PresenceEvent,
     PresenceMember,
@@ -53,6 +58,7 @@ from roomcast.protocol.messages import (
 from roomcast.settings import Settings
 
 from .authz import Principal, authorize
+from .streams import AppendRollup, StreamSweeper
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -120,6 +126,11 @@ class Node:
         self._announced: set[str] = set()
         self._ticker: asyncio.Task[None] | None = None
         self.stats = NodeStats()
+        # The agents configured on this server: their names are not for anonymous clients.
+        self.agent_names: frozenset[str] = frozenset()
+        self.agents: list[AgentInfo] = []
+        self.rollup = AppendRollup(store, settings)  # streams: appends merged per window
+        self.sweeper = StreamSweeper(store, settings, self.node_id, self.rollup)
         store.bus.bind(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -129,6 +140,7 @@ class Node:
         await self.store.open()
         await self.store.node_heartbeat(self.node_id, self._node_ttl)
         self._ticker = asyncio.create_task(self._tick(), name="roomcast-node-ticker")
+        self.sweeper.start()
 
     async def stop(self) -> None:
         """Close every connection (clients resume elsewhere), then flush the store."""
@@ -142,6 +154,8 @@ class Node:
             handle.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sweeper.aclose()
+        await self.rollup.aclose()
         await self.store.aclose()
         await self.store.bus.aclose()
 
@@ -253,6 +267,14 @@ class Node:
                 }
                 key = principal.client_id + "\0" + session.connection_id
                 kept = {ch: d for ch, d in session.presence.items() if key in present}
+                for channel, data in kept.items():  # held by this node from now on
+                    member = PresenceMember(
+                        client_id=principal.client_id,
+                        connection_id=session.connection_id,
+                        data=data,
+                        timestamp=now_ms(),
+                    )
+                    await self.store.presence_set(channel, member, self.node_id)
                 return session.connection_id, kept, True
         return "c-" + secrets.token_urlsafe(9), {}, False
 
@@ -289,7 +311,10 @@ class Node:
             return
         session = conn.session
         presence = dict(session.presence)
-        expires = time.time() + self.settings.resume_window_s
+        # The session outlives the grace, so that the grace's end can tell a resume on
+        # another node (which takes it) from no resume at all.
+        window = max(self.settings.resume_window_s, self.settings.presence_grace_s + 5)
+        expires = time.time() + window
         if clean:
             await self._leave_all(session.client_id, session.connection_id, presence)
             presence = {}
@@ -298,6 +323,7 @@ class Node:
             self._grace[session.connection_id] = loop.call_later(
                 self.settings.presence_grace_s,
                 self._grace_expired,
+                conn.resume_key,
                 session.client_id,
                 session.connection_id,
                 presence,
@@ -307,9 +333,22 @@ class Node:
             ResumeSession(session.client_id, session.connection_id, presence, expires),
         )
 
-    def _grace_expired(self, client_id: str, connection_id: str, presence: dict[str, Any]) -> None:
+    def _grace_expired(
+        self, resume_key: str, client_id: str, connection_id: str, presence: dict[str, Any]
+    ) -> None:
         self._grace.pop(connection_id, None)
-        self.spawn(self._leave_all(client_id, connection_id, presence))
+        self.spawn(self._leave_unless_resumed(resume_key, client_id, connection_id, presence))
+
+    async def _leave_unless_resumed(
+        self, resume_key: str, client_id: str, connection_id: str, presence: dict[str, Any]
+    ) -> None:
+        """The grace is over: leave, unless the client resumed on another node (which took
+        the session, and holds the memberships now)."""
+        session = await self.store.take_session(resume_key)
+        if session is None:
+            return
+        await self._leave_all(client_id, connection_id, presence)
+        await self.store.save_session(resume_key, msgspec.structs.replace(session, presence={}))
 
     async def _leave_all(
         self, client_id: str, connection_id: str, presence: dict[str, Any]
@@ -347,7 +386,10 @@ class Node:
         event can fall between the snapshot and the live stream)."""
         await self.store.bus.subscribe(req.channel)
         snap = await self.store.snapshot(
-            req.channel, from_serial=req.from_serial, rewind=req.rewind or 0
+            req.channel,
+            from_serial=req.from_serial,
+            rewind=req.rewind or 0,
+            objects=principal.capability.allows("object-subscribe", req.channel),
         )
         members = await self.store.presence_members(req.channel)
         reason: str | None = None
@@ -375,6 +417,7 @@ class Node:
             resumed=req.from_serial is not None and reason is None,
             messages=snap.messages if req.rewind else UNSET,
             presence=members,
+            objects=UNSET if snap.objects is None else snap.objects,
         )
         return AttachResult(attached, replay, reason)
 
@@ -511,18 +554,32 @@ class Node:
     async def change_message(
         self, principal: Principal, channel: str, msg_serial: int, verb: str, **fields: Any
     ) -> Ok:
-        """``update``, ``delete``, ``cancel`` (own/any rules) and ``append`` (author only)."""
-        message = await self.store.get_message(channel, msg_serial)
+        """``update``, ``delete``, ``cancel`` (own/any rules) and ``append`` (author only).
+
+        Appends go through the rollup (merged per ``rollup_ms`` window, in submission order:
+        nothing is awaited before they are queued); any other change first sequences the
+        appends still pending for the message.
+        """
         if verb == "append":
             authorize(principal, "publish", channel)
-        elif not principal.capability.allows(f"{verb}-any", channel):
+            data = fields["data"]
+            stored = await self.rollup.submit(principal.client_id, channel, msg_serial, data)
+            return self.acknowledge(channel, stored)
+        message = await self.store.get_message(channel, msg_serial)
+        if not principal.capability.allows(f"{verb}-any", channel):
             authorize(principal, f"{verb}-own", channel)  # type: ignore[arg-type]
             if message is not None and not await self._is_own(principal, channel, message, verb):
                 raise Forbidden(f"message {msg_serial} is not yours to {verb}")
         if message is None:
             raise NotFound(f"no message {msg_serial} on {channel}")
         event = self.new_event(channel, verb, principal.client_id, msg_serial=msg_serial, **fields)
-        return await self.append(event)
+        await self.rollup.settle(channel, msg_serial)
+        result = await self.store.append(event)
+        if result.event is not None:
+            self.rollup.observe(result.event)
+            if verb == "cancel":
+                self.sweeper.cancelled(channel, msg_serial)
+        return self.acknowledge(channel, result)
 
     async def _is_own(
         self, principal: Principal, channel: str, message: Message, verb: str
@@ -550,6 +607,30 @@ class Node:
             op=op,
         )
         return await self.append(event)
+
+    async def object_op(self, principal: Principal, channel: str, op: ObjectOp) -> Ok:
+        """A live-object operation (PROTOCOL.md §5): ``ok`` with its serial, and the new
+        ``object_id`` for a create. Changing ``root.agents`` also needs ``agent-admin``."""
+        authorize(principal, "object-publish", channel)
+        if isinstance(op, MapSet | MapRemove) and await self._touches_agents(channel, op):
+            authorize(principal, "agent-admin", channel)
+        event = self.new_event(channel, "object", principal.client_id, op=op)
+        result = await self.store.append(event)
+        ok = self.acknowledge(channel, result)
+        if result.event is not None and isinstance(result.event.object_id, str):
+            ok = msgspec.structs.replace(ok, object_id=result.event.object_id)
+        return ok
+
+    async def _touches_agents(self, channel: str, op: MapSet | MapRemove) -> bool:
+        if op.object_id == live.ROOT:
+            return op.key == live.AGENTS_KEY
+        root = await self.store.get_object(channel, live.ROOT)
+        return live.touches_agents(op, lambda oid: root if oid == live.ROOT else None)
+
+    async def objects(self, principal: Principal, channel: str) -> ObjectsSnapshot:
+        """The channel's live objects as of its latest serial (needs ``object-subscribe``)."""
+        authorize(principal, "object-subscribe", channel)
+        return await self.store.objects(channel)
 
     # ------------------------------------------------------------------ reads
 
@@ -653,9 +734,14 @@ class Node:
             )
         )
 
-    async def claim(self, principal: Principal, channel: str, key: str, ttl_s: float) -> Ok:
+    async def claim(
+        self, principal: Principal, channel: str, key: str, ttl_s: float, owner: str
+    ) -> Ok:
+        """Grant ``key`` to one ``owner`` (a connection id) until ``ttl_s`` passes; the
+        same owner may claim it again (renew). Workers of one agent share a client_id, so
+        the owner is the connection, not the client."""
         authorize(principal, "claim", channel)
-        granted = await self.store.claim(f"{channel}\0{key}", principal.client_id, ttl_s)
+        granted = await self.store.claim(f"{channel}\0{key}", owner, ttl_s)
         return Ok(granted=granted)
 
 

@@ -90,6 +90,21 @@ class ObjectOpResult(Struct, kw_only=True, omit_defaults=True):
     object_id: str | UnsetType = UNSET
 
 
+class AgentInfo(Struct, kw_only=True):
+    """One configured agent, as ``GET /v1/agents`` lists it."""
+
+    name: str
+    provider: str
+    model: str
+    policy: str
+    rooms: list[str]
+    tools: list[str] = []
+
+
+class AgentList(Struct, kw_only=True):
+    items: list[AgentInfo]
+
+
 class MessagePage(Struct, kw_only=True):
     """A page of history, oldest first; ``has_more`` says whether more lie beyond it."""
 

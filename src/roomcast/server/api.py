@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,11 +24,12 @@ from roomcast.core.node import Node
 from roomcast.protocol.errors import BadRequest, RoomcastError, TooLarge
 from roomcast.protocol.http import ENVELOPE, describe_validation_error
 
-from .auth import request_principal
+from .auth import Identity, request_identity
 from .errors import error_response, internal_error_response, json_response
 
 T = TypeVar("T")
 Handler = Callable[["Call"], Awaitable[msgspec.Struct | Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,26 +90,31 @@ class Operation:
 class Call:
     """One HTTP request, as a handler sees it."""
 
-    def __init__(
-        self, request: Request, node: Node, principal: Principal | None, where: Any
-    ) -> None:
+    def __init__(self, request: Request, node: Node, identity: Identity | None, where: Any) -> None:
         self.request = request
         self.node = node
-        self._principal = principal
+        self._identity = identity
         self.where = where  # the validated path parameters (the operation's path_params)
 
     @property
     def principal(self) -> Principal:
-        assert self._principal is not None, "the operation is not authenticated"
-        return self._principal
+        assert self._identity is not None, "the operation is not authenticated"
+        return self._identity.principal
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the caller's token expires (seconds since the epoch); None for a key or
+        anonymous access."""
+        return self._identity.expires_at if self._identity is not None else None
 
     def query(self, type_: type[T], **fixed: Any) -> T:
-        """The query string decoded into ``type_`` (strings converted to numbers); empty
-        values count as absent, and ``fixed`` (path parameters) win over the query."""
+        """The query string decoded into ``type_`` (strings converted to numbers); ``fixed``
+        (path parameters) win over the query. An empty value is a value: ``?limit=`` is not
+        a number (40000), as the document says."""
         raw = {
             k: v
             for k, v in self.request.query_params.items()
-            if v != "" and k not in fixed and k not in ENVELOPE
+            if k not in fixed and k not in ENVELOPE
         }
         return convert({**raw, **fixed}, type_, where="query", strict=False)
 
@@ -132,8 +139,39 @@ class Call:
         if not isinstance(raw, dict):
             what = "the body" if index is None else f"item {index} of the body"
             raise BadRequest(f"{what} must be a JSON object")
-        fields = {k: v for k, v in raw.items() if k not in ENVELOPE}
+        integers = _integer_fields(type_)
+        fields = {
+            # JSON has one number type: 2.0 is the integer 2 (as JSON Schema says), so an
+            # integer field takes it; data and extras keep their numbers as they are.
+            k: int(v) if k in integers and isinstance(v, float) and v.is_integer() else v
+            for k, v in raw.items()
+            if k not in ENVELOPE
+        }
         return convert({**fields, **fixed}, type_, where="body", index=index)
+
+
+_INTEGER_FIELDS: dict[type[Any], frozenset[str]] = {}
+
+
+def _integer_fields(type_: type[Any]) -> frozenset[str]:
+    """The fields of a Struct that hold an integer (possibly also null)."""
+    known = _INTEGER_FIELDS.get(type_)
+    if known is None:
+        known = _INTEGER_FIELDS[type_] = _find_integer_fields(type_)
+    return known
+
+
+def _find_integer_fields(type_: type[Any]) -> frozenset[str]:
+    info = msgspec.inspect.type_info(type_)
+    if not isinstance(info, msgspec.inspect.StructType):
+        return frozenset()
+    out = set()
+    for field_info in info.fields:
+        kinds = field_info.type
+        members = kinds.types if isinstance(kinds, msgspec.inspect.UnionType) else (kinds,)
+        if any(isinstance(t, msgspec.inspect.IntType) for t in members):
+            out.add(field_info.name)
+    return frozenset(out)
 
 
 def convert(
@@ -178,14 +216,28 @@ class Api:
         self.operations.append(Operation(method, path, None, **spec))
 
     def routes(self) -> list[Route]:
-        return [
-            Route(op.path, endpoint(op), methods=[op.method], name=op.operation_id)
-            for op in self.operations
-            if op.handler is not None
-        ]
+        """One route per path, serving each of its methods: a request with another method
+        gets 405 with every method of the path in ``Allow``."""
+        by_path: dict[str, dict[str, Endpoint]] = {}
+        for op in self.operations:
+            if op.handler is not None:
+                by_path.setdefault(op.path, {})[op.method] = endpoint(op)
+        return [_route(path, endpoints) for path, endpoints in by_path.items()]
 
 
-def endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
+def _route(path: str, endpoints: dict[str, Endpoint]) -> Route:
+    if len(endpoints) == 1:
+        [(method, only)] = endpoints.items()
+        return Route(path, only, methods=[method], name=only.__name__)
+
+    async def by_method(request: Request) -> Response:
+        return await endpoints["GET" if request.method == "HEAD" else request.method](request)
+
+    name = "_or_".join(e.__name__ for e in endpoints.values())
+    return Route(path, by_method, methods=list(endpoints), name=name)
+
+
+def endpoint(op: Operation) -> Endpoint:
     """The Starlette endpoint of ``op``: identity, path, the handler, errors."""
     handler = op.handler
     assert handler is not None
@@ -193,11 +245,11 @@ def endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         node: Node = request.app.state.node
         try:
-            principal = request_principal(node, request) if op.authenticated else None
+            identity = request_identity(node, request) if op.authenticated else None
             where = None
             if op.path_params is not None:
                 where = convert(request.path_params, op.path_params, where="path", strict=False)
-            result = await handler(Call(request, node, principal, where))
+            result = await handler(Call(request, node, identity, where))
         except RoomcastError as exc:
             return error_response(request, exc)
         except Exception as exc:

@@ -17,16 +17,17 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from roomcast.backends import StoreOptions, open_backend
-from roomcast.backends.measured import MeasuredStore
 from roomcast.core.node import Node
-from roomcast.protocol.errors import Forbidden
+from roomcast.protocol.errors import Forbidden, Unavailable
 from roomcast.protocol.http import HealthStatus
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
+from . import agents as agent_routes
 from . import metrics as metrics_routes
+from . import objects as object_routes
 from . import openapi as openapi_routes
-from . import rest, sse
+from . import rest, sse, web
 from .api import Api, Call, Param, Returns
 from .auth import CLIENT_ID_HEADER
 from .errors import (
@@ -36,10 +37,14 @@ from .errors import (
     unhandled_exception_handler,
 )
 from .metrics import Metrics, RequestMetrics
+from .overload import Overload, SheddingStore
 from .sse import EventStreams
 from .websocket import websocket_endpoint
 
 log = logging.getLogger("roomcast.server")
+
+# Only the API is shed under overload: probes, metrics, the API document and the UI answer.
+SHED_PREFIX = "/v1/"
 
 system = Api()
 
@@ -118,6 +123,19 @@ class RoomcastApp(Starlette):
             scope["app"] = self
             await websocket_endpoint(WebSocket(scope, receive, send))
             return
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith(SHED_PREFIX)
+            and scope["method"] != "OPTIONS"
+        ):
+            overload: Overload = self.state.overload
+            shed = overload.reason()
+            if shed is not None:
+                message, retry_after = shed
+                response = error_response(Request(scope), Unavailable(message))
+                response.headers["Retry-After"] = str(retry_after)
+                await response(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             # CORS headers only stop a page from reading the answer; a write from a page of
             # another origin is refused before it runs.
@@ -139,18 +157,21 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     """
     settings = settings or Settings.load()
     metrics = Metrics()
-    store = MeasuredStore(
+    streams = EventStreams()
+    overload = Overload(settings, streams)
+    store = SheddingStore(
         open_backend(
             settings.store_url,
             StoreOptions(
                 dedup_window_s=settings.dedup_window_s,
                 max_stream_bytes=settings.max_stream_bytes,
+                max_objects_bytes=settings.max_objects_bytes,
             ),
         ),
         metrics,
+        overload,
     )
     node = Node(store, settings)
-    streams = EventStreams()
     metrics.watch(node, streams)
 
     @contextlib.asynccontextmanager
@@ -170,13 +191,26 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     operations = [
         *system.operations,
         *rest.api.operations,
+        *object_routes.api.operations,
+        *agent_routes.api.operations,
         *sse.api.operations,
         *metrics_routes.api.operations,
         *openapi_routes.api.operations,
+        *web.api.operations,
     ]
     routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]
-    for table in (system, rest.api, sse.api, metrics_routes.api, openapi_routes.api):
+    tables = (
+        system,
+        rest.api,
+        object_routes.api,
+        agent_routes.api,
+        sse.api,
+        metrics_routes.api,
+        openapi_routes.api,
+    )
+    for table in tables:
         routes.extend(table.routes())
+    routes.extend(web.routes(settings.auth_url))  # the UI: `/` and `/static/...` only
     app = RoomcastApp(
         routes=routes,
         middleware=[
@@ -199,5 +233,6 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.event_streams = streams
+    app.state.overload = overload
     app.state.operations = operations
     return app

@@ -35,6 +35,14 @@ def _check_client_id(client_id: str) -> None:
         raise BadRequest("client_id must be 1-200 characters of A-Z a-z 0-9 _ . : -")
 
 
+def _check_not_an_agent(node: Node, client_id: str) -> None:
+    """Only API-key holders (agent workers) may speak as a configured agent (§6)."""
+    if client_id in node.agent_names:
+        raise Unauthorized(
+            f"{client_id!r} is the name of an agent of this server: pick another client_id"
+        )
+
+
 def anonymous_principal(node: Node, client_id: str | None) -> Principal:
     """Who an anonymous caller is (§6): the client_id it picked, or a new one."""
     settings = node.settings
@@ -43,6 +51,7 @@ def anonymous_principal(node: Node, client_id: str | None) -> Principal:
     if client_id is None or client_id == "":
         client_id = "anon-" + secrets.token_hex(4)
     _check_client_id(client_id)
+    _check_not_an_agent(node, client_id)
     return Principal(client_id, Capability.parse(settings.anonymous_capability))
 
 
@@ -51,6 +60,7 @@ def token_identity(node: Node, token: str, client_id: str | None = None) -> Iden
     claims = node.settings.key_ring.verify(token)
     if client_id and client_id != claims.client_id:
         raise Unauthorized(f"client_id {client_id!r} is not the token's client_id")
+    _check_not_an_agent(node, claims.client_id)
     return Identity(Principal(claims.client_id, claims.capability, "token"), claims.exp)
 
 
@@ -83,21 +93,29 @@ def bearer(request: Request) -> str | None:
     return value.strip()
 
 
-def request_principal(node: Node, request: Request) -> Principal:
+def request_identity(node: Node, request: Request) -> Identity:
     """The caller of an HTTP request: ``Authorization: Bearer <token or NAME:SECRET>`` (or
     ``?token=``), else anonymous, with ``X-Roomcast-Client-Id`` (or ``?client_id=``)
     picking the client id."""
-    client_id = request.headers.get(CLIENT_ID_HEADER) or request.query_params.get("client_id")
+    header = request.headers.get(CLIENT_ID_HEADER)
+    query = request.query_params.get("client_id")
+    for given in (header, query):
+        if given is not None:  # given, then well formed (an empty one is not "absent")
+            _check_client_id(given)
+    client_id = header or query
     if "key" in request.query_params:
         raise Unauthorized("pass an API key as `Authorization: Bearer NAME:SECRET`, not in the URL")
     credential = bearer(request)
     if credential is None:
-        return resolve(
-            node, token=request.query_params.get("token"), key=None, client_id=client_id
-        ).principal
+        return resolve(node, token=request.query_params.get("token"), key=None, client_id=client_id)
     if ":" in credential:  # a JWT never holds ':'
-        return key_identity(node, credential, client_id).principal
-    return token_identity(node, credential, client_id).principal
+        return key_identity(node, credential, client_id)
+    return token_identity(node, credential, client_id)
+
+
+def request_principal(node: Node, request: Request) -> Principal:
+    """The principal of :func:`request_identity`."""
+    return request_identity(node, request).principal
 
 
 _CREDENTIAL_IN_URL = re.compile(r"([?&](?:key|token)=)[^&\s\"]*")
@@ -125,6 +143,7 @@ __all__ = [
     "anonymous_principal",
     "bearer",
     "key_identity",
+    "request_identity",
     "request_principal",
     "resolve",
     "token_identity",

@@ -15,12 +15,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from roomcast.protocol.errors import BadRequest, NotFound, RoomcastError
+from roomcast.protocol.errors import BadRequest, NotFound, RoomcastError, Unavailable
 from roomcast.protocol.http import ErrorBody, ErrorDetail
 
 log = logging.getLogger("roomcast.http")
 
 CORRELATION_HEADER = "X-Correlation-Id"
+# 50300 (the server sheds load, or the store takes no writes) says when to come back.
+RETRY_AFTER_S = 1
 
 
 class MethodNotAllowed(RoomcastError):
@@ -68,6 +70,8 @@ def _render(code: int, message: str, correlation_id: str) -> Response:
     body = ErrorBody(error=ErrorDetail(code=code, message=message, correlation_id=correlation_id))
     response = json_response(body, status=code // 100)
     response.headers[CORRELATION_HEADER] = correlation_id
+    if code == Unavailable.code:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
 

@@ -18,14 +18,17 @@ import msgspec
 from starlette.responses import Response
 
 from roomcast import __version__
-from roomcast.protocol.http import ENVELOPE, MAX_BATCH, ErrorBody
+from roomcast.core.authz import OPERATIONS
+from roomcast.protocol.http import ENVELOPE, MAX_BATCH, ErrorBody, TokenRequest
 from roomcast.protocol.messages import (
     CHANNEL_PATTERN,
     Attached,
     Discontinuity,
     Event,
     PresenceEvent,
+    Publish,
     SignalEvent,
+    Update,
 )
 
 from .api import Api, Call, Operation, Returns
@@ -62,6 +65,29 @@ Errors are `{"error": {"code", "message", "correlation_id"}}` with HTTP status `
 """
 
 
+# Rules of a body that its type cannot state and the handler enforces (40000 otherwise), as
+# JSON Schema, so that what the document calls valid is what the server accepts.
+BODY_RULES: dict[type[msgspec.Struct], dict[str, Any]] = {
+    Update: {
+        "anyOf": [{"required": ["data"]}, {"required": ["extras"]}, {"required": ["status"]}],
+    },
+    Publish: {
+        "if": {"properties": {"streaming": {"const": True}}, "required": ["streaming"]},
+        "then": {"properties": {"data": {"type": "string"}}},
+    },
+}
+
+# A capability: channel patterns (`*` only as a whole last segment) → known operations.
+CAPABILITY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"pattern": r"^([^*]*|[^*]*:\*|\*)$"},
+    "additionalProperties": {
+        "type": "array",
+        "items": {"enum": sorted(OPERATIONS | {"*"})},
+    },
+}
+
+
 def ref(name: str) -> dict[str, Any]:
     return {"$ref": REF.format(name=name)}
 
@@ -93,11 +119,24 @@ def struct_schema(type_: type[msgspec.Struct]) -> dict[str, Any]:
 def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
     response_types = {t for op in operations for r in op.returns for t in r.types}
     response_types |= {ErrorBody, *STREAM_TYPES}
-    ordered = sorted(response_types, key=lambda t: t.__name__)
+    bodies = sorted({op.body for op in operations if op.body is not None}, key=lambda t: t.__name__)
+    # The bodies' own types go in too: a body refers to the types of its fields.
+    ordered = sorted(response_types | set(bodies), key=lambda t: t.__name__)
     _, components = msgspec.json.schema_components(ordered, ref_template=REF)
-    bodies = {op.body for op in operations if op.body is not None}
-    for body in sorted(bodies, key=lambda t: t.__name__):
-        components[body_name(body)] = without_envelope(struct_schema(body), body_name(body))
+    for body in bodies:
+        schema = without_envelope(components[body.__name__], body_name(body))
+        schema.update(copy.deepcopy(BODY_RULES.get(body, {})))
+        if body is TokenRequest:
+            schema["properties"]["capability"] = {
+                **schema["properties"]["capability"],
+                **CAPABILITY_SCHEMA,
+            }
+        components[body_name(body)] = schema
+    for body in bodies:  # a request type itself stays only where something refers to it
+        if body not in response_types:
+            own = components.pop(body.__name__)
+            if REF.format(name=body.__name__).encode() in msgspec.json.encode(components):
+                components[body.__name__] = own
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)

@@ -13,7 +13,11 @@ nothing is missed or sent twice. What goes out:
 - every channel event as ``id: <serial>`` and ``data: <the WebSocket event JSON>`` (the
   default SSE event type, ``message``);
 - ``event: presence`` and ``event: signal``, without an ``id``;
-- ``: keep-alive`` comment lines after ``heartbeat_s`` idle seconds.
+- ``: keep-alive`` comment lines after ``heartbeat_s`` idle seconds;
+- ``event: error`` with ``{"error": {"code": 40100, "message": "token expired",
+  "correlation_id"}}`` when the caller's token expires (``exp``, with the same leeway as
+  the WebSocket), and then the end of the stream: reconnect with a fresh token and
+  ``Last-Event-ID``.
 
 ``Last-Event-ID`` (sent by browsers when they reconnect) or ``?from_serial=`` resumes as
 attach's ``from_serial`` does; ``?epoch=`` names the epoch it belongs to. A stream whose
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,14 +39,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from roomcast.core.authz import authorize
+from roomcast.core.keys import LEEWAY_S
 from roomcast.core.node import AttachResult, Node
 from roomcast.protocol.codec import codec_for
 from roomcast.protocol.errors import BadRequest, RoomcastError
-from roomcast.protocol.http import ChannelPath
+from roomcast.protocol.http import ChannelPath, ErrorBody, ErrorDetail
 from roomcast.protocol.messages import Attach, Discontinuity, Event
 from roomcast.protocol.session import Attachment
 
 from .api import Api, Call, Param, Returns
+from .errors import new_correlation_id
 
 log = logging.getLogger("roomcast.sse")
 
@@ -184,7 +191,13 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, stream: EventStream, result: AttachResult, from_serial: int | None):
+    def __init__(
+        self,
+        stream: EventStream,
+        result: AttachResult,
+        from_serial: int | None,
+        expires_at: float | None = None,
+    ):
         # Not Response.__init__: it would add a Content-Length to an endless body.
         self.status_code = 200
         self.background = None
@@ -193,6 +206,8 @@ class EventStreamResponse(Response):
         self.stream = stream
         self.result = result
         self.from_serial = from_serial
+        # The stream ends (after `event: error` 40100) once the caller's token expires.
+        self.deadline = None if expires_at is None else expires_at + LEEWAY_S
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self.stream
@@ -250,9 +265,30 @@ class EventStreamResponse(Response):
                 break
         stream.go_live(until)
         heartbeat = node.settings.heartbeat_s
+        deadline = self.deadline
         while not stream.ended.is_set():
-            chunk = await stream.next_chunks(heartbeat)
-            await body(KEEP_ALIVE if chunk is None else chunk)
+            wait = heartbeat
+            if deadline is not None:
+                left = deadline - time.time()
+                if left <= 0:
+                    await body(self._expired())
+                    return
+                wait = min(wait, left)
+            chunk = await stream.next_chunks(wait)
+            if chunk is not None:
+                await body(chunk)
+            elif wait == heartbeat:
+                await body(KEEP_ALIVE)
+
+    def _expired(self) -> bytes:
+        correlation_id = new_correlation_id()
+        log.info(
+            "ending SSE stream on %s: token expired (correlation id %s)",
+            self.stream.channel,
+            correlation_id,
+        )
+        detail = ErrorDetail(code=40100, message="token expired", correlation_id=correlation_id)
+        return named_chunk("error", msgspec.json.encode(ErrorBody(error=detail)))
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -269,7 +305,9 @@ async def _disconnected(receive: Receive) -> None:
         "Then each channel event comes as `id: <serial>` and `data: <the WebSocket event "
         "JSON>`; presence and signals as `event: presence` and `event: signal`; "
         "`event: discontinuity` when `from_serial` cannot be honoured (reload from "
-        "history); `: keep-alive` comments after `heartbeat_s` idle seconds. "
+        "history); `: keep-alive` comments after `heartbeat_s` idle seconds. When the "
+        "caller's token expires, `event: error` with the error body (code 40100) ends the "
+        "stream; reconnect with a fresh token and `Last-Event-ID`. "
         "`Last-Event-ID` (or `from_serial`) resumes with every event after it, "
         "without gap or duplicate."
     ),
@@ -313,7 +351,7 @@ async def channel_events(call: Call) -> Response:
     except BaseException:
         stream.close()
         raise
-    return EventStreamResponse(stream, result, req.from_serial)
+    return EventStreamResponse(stream, result, req.from_serial, call.expires_at)
 
 
 __all__ = ["EventStream", "EventStreamResponse", "EventStreams", "api"]

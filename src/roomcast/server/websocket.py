@@ -16,10 +16,12 @@ from roomcast.protocol.errors import (
     CLOSE_UNSUPPORTED_DATA,
     ProtocolViolation,
     RoomcastError,
+    Unavailable,
 )
 from roomcast.protocol.messages import ErrorReply
 
 from .auth import resolve
+from .overload import OVERLOADED, Overload
 from .protocol import DIRECT_SEND
 
 log = logging.getLogger("roomcast.ws")
@@ -52,13 +54,14 @@ async def _refuse(websocket: WebSocket, exc: RoomcastError) -> None:
     """An ``error`` (always JSON: the format may be what was wrong), then the close."""
     error = ErrorReply(code=exc.code, message=exc.message)
     await websocket.send_text(codec_for("json").encode(error).decode())
-    code = {40100: CLOSE_AUTH, 42900: CLOSE_TRY_AGAIN_LATER}.get(exc.code, CLOSE_UNSUPPORTED_DATA)
+    code = {40100: CLOSE_AUTH, 42900: CLOSE_TRY_AGAIN_LATER, 50300: CLOSE_TRY_AGAIN_LATER}.get(
+        exc.code, CLOSE_UNSUPPORTED_DATA
+    )
     await websocket.close(code, exc.message)
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
-    params = websocket.query_params
     scheme = "https" if websocket.url.scheme == "wss" else "http"
     origin = websocket.headers.get("origin")
     if not node.settings.origin_allowed(origin, websocket.headers.get("host"), scheme):
@@ -66,6 +69,21 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=1008)  # before accept: an HTTP 403
         return
     await websocket.accept()
+    overload: Overload = websocket.app.state.overload
+    if overload.full:  # shed before any work: no token check, no store access
+        if overload.should_warn():
+            log.warning("shedding WebSockets: %d connections open", overload.connections)
+        await _refuse(websocket, Unavailable(OVERLOADED))
+        return
+    overload.websockets += 1
+    try:
+        await _serve(websocket, node)
+    finally:
+        overload.websockets -= 1
+
+
+async def _serve(websocket: WebSocket, node: Node) -> None:
+    params = websocket.query_params
     try:
         codec = codec_for(params.get("format", "json"))
         identity = resolve(

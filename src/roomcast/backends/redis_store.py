@@ -1,0 +1,724 @@
+"""The Store of the ``redis://`` backend (how it writes: see ``redis``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import UNSET, structs
+
+from roomcast.protocol import objects as live
+from roomcast.protocol.errors import BadRequest, RoomcastError, Unavailable
+from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState, PresenceMember
+from roomcast.protocol.rollup import admit, apply_event, message_from_create
+
+from .base import (
+    REPLAY_PAGE,
+    Appended,
+    ChannelInfo,
+    ResumeSession,
+    Snapshot,
+    Store,
+    StoreOptions,
+)
+from .local import new_epoch, now_ms
+from .redis import (
+    CLAIM,
+    COMMIT,
+    COUNTER,
+    PURGE,
+    READ_EVENTS,
+    SNAPSHOT,
+    Keys,
+    parse_redis_url,
+)
+from .redis_bus import RedisBus, bus_channel, describe
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 1000  # queued writes taken at once
+_MAX_ATTEMPTS = 50  # compare-and-set attempts per channel group before giving up
+_CHUNK = 500  # fields per HMGET/HDEL
+
+_encode = msgspec.json.Encoder().encode
+_event = msgspec.json.Decoder(Event).decode
+_message = msgspec.json.Decoder(Message).decode
+_object = msgspec.json.Decoder(ObjectState).decode
+_session = msgspec.json.Decoder(ResumeSession).decode
+_held = msgspec.json.Decoder(tuple[str, PresenceMember]).decode
+_pair = msgspec.json.Decoder(tuple[str, int]).decode
+_triple = msgspec.json.Decoder(tuple[str, str, str]).decode
+
+
+class _Stamp(msgspec.Struct):
+    timestamp: int
+
+
+_stamp = msgspec.json.Decoder(_Stamp).decode
+
+
+@dataclass(slots=True, eq=False)
+class _Work:
+    events: Sequence[Event]
+    keys: Sequence[str | None]
+    future: asyncio.Future[Any]
+    batch: bool
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    """One channel's state as read, and the writes computed on it (one attempt)."""
+
+    channel: str
+    epoch: str | None
+    serial: int
+    first: int
+    obytes: int
+    messages: dict[int, Message | None]
+    keys: dict[str, int | None]
+    objects: dict[str, ObjectState]
+    base_serial: int = 0
+    events: list[tuple[Event, bytes]] = field(default_factory=list)
+    dirty: dict[int, tuple[Message, bool]] = field(default_factory=dict)
+    dirty_objects: dict[str, ObjectState] = field(default_factory=dict)
+    new_keys: dict[str, int] = field(default_factory=dict)
+
+    def checkpoint(self) -> tuple[Any, ...]:
+        return (
+            self.serial,
+            self.obytes,
+            len(self.events),
+            dict(self.messages),
+            dict(self.keys),
+            dict(self.objects),
+            dict(self.dirty),
+            dict(self.dirty_objects),
+            dict(self.new_keys),
+        )
+
+    def rollback(self, saved: tuple[Any, ...]) -> None:
+        self.serial, self.obytes, count = saved[0], saved[1], saved[2]
+        del self.events[count:]
+        self.messages, self.keys, self.objects = saved[3], saved[4], saved[5]
+        self.dirty, self.dirty_objects, self.new_keys = saved[6], saved[7], saved[8]
+
+
+def _needs(works: list[_Work]) -> tuple[list[int], list[str], bool]:
+    """What a group must read: the messages and idempotency keys its events name, and
+    whether it has object operations (then it reads the channel's objects)."""
+    msg_serials: set[int] = set()
+    keys: set[str] = set()
+    any_objects = False
+    for work in works:
+        for event, key in zip(work.events, work.keys, strict=True):
+            if event.msg_serial is not UNSET:
+                msg_serials.add(event.msg_serial)
+            if key is not None:
+                keys.add(key)
+            any_objects = any_objects or event.type == "object"
+    return sorted(msg_serials), sorted(keys), any_objects
+
+
+def _int(value: bytes | None, default: int) -> int:
+    return default if value is None else int(value)
+
+
+class RedisStore(Store):
+    """The Store in Redis, shared by every node (see the module docstring).
+
+    Args:
+        url: ``redis://host:port/db``, with an optional ``?prefix=name`` (default
+            ``roomcast``) that every key and pub/sub channel starts with.
+        options: Dedup window and size limits.
+    """
+
+    bus: RedisBus
+
+    def __init__(self, url: str, options: StoreOptions | None = None) -> None:
+        import redis.asyncio
+
+        self.url, prefix = parse_redis_url(url)
+        self.options = options or StoreOptions()
+        self.k = Keys(prefix)
+        self.redis: Any = redis.asyncio.from_url(
+            self.url, socket_connect_timeout=5, health_check_interval=10
+        )
+        self.bus = RedisBus(self.redis, prefix)
+        self.bus.read_log = self.read_events
+        self.bus.read_head = self._head
+        self._commit = self.redis.register_script(COMMIT)
+        self._snapshot = self.redis.register_script(SNAPSHOT)
+        self._read_events = self.redis.register_script(READ_EVENTS)
+        self._purge = self.redis.register_script(PURGE)
+        self._claim = self.redis.register_script(CLAIM)
+        self._counter = self.redis.register_script(COUNTER)
+        self._queue: list[_Work] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._where = urlsplit(self.url).netloc
+
+    # ------------------------------------------------------------ lifecycle
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Redis errors become 50300, with where and what."""
+        from redis.exceptions import RedisError
+
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"the Redis store at {self._where} failed: {describe(exc)}") from exc
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        await self.ping()
+        self._wake = asyncio.Event()
+        self._accepting = True
+        self._writer = asyncio.create_task(self._write_loop(), name="roomcast-redis-writer")
+
+    async def aclose(self) -> None:
+        writer, self._writer = self._writer, None
+        self._accepting = False
+        if writer is not None:
+            assert self._wake is not None
+            self._wake.set()  # the writer drains what was accepted, then stops
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        await self.bus.aclose()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    async def ping(self) -> None:
+        with self._errors():
+            await self.redis.ping()
+
+    # ------------------------------------------------------------ writes
+
+    def submit(
+        self, event: Event, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[Appended]:
+        return self._submit([event], [idempotency_key], batch=False)
+
+    def _submit(
+        self, events: Sequence[Event], keys: Sequence[str | None], *, batch: bool
+    ) -> asyncio.Future[Any]:
+        if not self._accepting or self._wake is None:
+            raise Unavailable(f"the Redis store at {self._where} is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Work(events, keys, future, batch))
+        self._wake.set()
+        return future
+
+    async def append(self, event: Event, *, idempotency_key: str | None = None) -> Appended:
+        result: Appended = await self.submit(event, idempotency_key=idempotency_key)
+        return result
+
+    async def append_batch(
+        self, events: Sequence[Event], keys: Sequence[str | None]
+    ) -> list[Appended]:
+        if len({e.channel for e in events}) > 1:
+            raise BadRequest("a batch must be for one channel")
+        if len(events) != len(keys):
+            raise BadRequest("a batch needs one idempotency key (or None) per event")
+        if not events:
+            return []
+        results: list[Appended] = await self._submit(list(events), list(keys), batch=True)
+        return results
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        while self._accepting or self._queue:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+                groups: dict[str, list[_Work]] = {}
+                for work in batch:
+                    groups.setdefault(work.events[0].channel, []).append(work)
+                await asyncio.gather(*(self._write_group(ch, ws) for ch, ws in groups.items()))
+
+    async def _write_group(self, channel: str, works: list[_Work]) -> None:
+        """Compute and commit one channel's writes, retrying when another node wrote first."""
+        try:
+            for attempt in range(_MAX_ATTEMPTS):
+                with self._errors():
+                    group = await self._load(channel, works)
+                    self._compute(group, works)
+                    if not group.events:
+                        epoch = group.epoch or ""
+                        break
+                    committed = await self._commit_group(group)
+                if committed is not None:
+                    epoch = committed
+                    await self._update_indexes(group)
+                    break
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            else:
+                raise Unavailable(f"too much contention on {channel!r}: try again")
+        except Exception as exc:
+            failure = exc if isinstance(exc, RoomcastError) else Unavailable(repr(exc))
+            for work in works:
+                if not work.future.done():
+                    work.future.set_exception(failure)
+            return
+        self.bus.deliver_local(channel, epoch, [event for event, _ in group.events])
+        for work in works:
+            if work.future.done():
+                continue
+            if work.error is not None:
+                work.future.set_exception(work.error)
+            else:
+                work.future.set_result(work.result)
+
+    async def _load(self, channel: str, works: list[_Work]) -> _Group:
+        head, _, messages_key, _, objects_key = self.k.channel(channel)
+        serial_list, key_list, any_objects = _needs(works)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(head, "epoch", "serial", "first", "obytes")
+            if serial_list:
+                pipe.hmget(messages_key, *serial_list)
+            if key_list:
+                pipe.mget([self.k.idempotency(channel, k) for k in key_list])
+            if any_objects:
+                pipe.hgetall(objects_key)
+            replies = list(await pipe.execute())
+        epoch, serial, first, obytes = replies.pop(0)
+        messages: dict[int, Message | None] = {}
+        if serial_list:
+            for s, body in zip(serial_list, replies.pop(0), strict=True):
+                messages[s] = None if body is None else _message(body)
+        found: dict[str, int | None] = {}
+        if key_list:
+            for k, value in zip(key_list, replies.pop(0), strict=True):
+                found[k] = None if value is None else int(value)
+        objects: dict[str, ObjectState] = {}
+        if any_objects:
+            objects = {oid.decode(): _object(body) for oid, body in replies.pop(0).items()}
+        group = _Group(
+            channel,
+            None if epoch is None else epoch.decode(),
+            _int(serial, 0),
+            _int(first, 1),
+            _int(obytes, 0),
+            messages,
+            found,
+            objects,
+        )
+        group.base_serial = group.serial
+        return group
+
+    def _compute(self, group: _Group, works: list[_Work]) -> None:
+        now = now_ms()
+        for work in works:
+            work.result, work.error = None, None
+            if not work.batch:
+                # One event changes the group only after every check has passed.
+                try:
+                    work.result = self._apply(group, work.events[0], work.keys[0], now)
+                except Exception as exc:
+                    work.error = exc
+                continue
+            saved = group.checkpoint()
+            try:
+                pairs = zip(work.events, work.keys, strict=True)
+                work.result = [self._apply(group, e, k, now) for e, k in pairs]
+            except Exception as exc:
+                group.rollback(saved)
+                work.result, work.error = None, exc
+
+    def _apply(self, group: _Group, event: Event, key: str | None, now: int) -> Appended:
+        """MemoryStore._apply, against the group's state."""
+        if key is not None:
+            seen = group.keys.get(key)
+            if seen is not None:
+                return Appended(serial=seen, duplicate=True)
+        message = None if event.msg_serial is UNSET else group.messages.get(event.msg_serial)
+        if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
+            return Appended(serial=None)
+        serial = group.serial + 1
+        change = None
+        if event.type == "object":
+            change = live.plan(
+                live.as_op(event.op),
+                serial,
+                group.objects.get,
+                total_bytes=group.obytes,
+                max_bytes=self.options.max_objects_bytes,
+            )
+            if change.created:
+                event = structs.replace(event, object_id=change.object_id)
+        event = structs.replace(event, serial=serial, timestamp=now)
+        try:  # here, so that an event that cannot be stored fails alone
+            body = _encode(event)
+        except (TypeError, OverflowError, msgspec.EncodeError) as exc:
+            raise BadRequest(f"the event cannot be stored: {exc}") from None
+        if change is not None:
+            group.objects[change.object_id] = change.state
+            group.dirty_objects[change.object_id] = change.state
+            group.obytes += change.size_delta
+        elif event.type == "create":
+            created = message_from_create(event)
+            group.messages[serial] = created
+            group.dirty[serial] = (created, True)
+        elif message is not None:
+            changed = apply_event(message, event)
+            group.messages[message.msg_serial] = changed
+            is_new = group.dirty.get(message.msg_serial, (message, False))[1]
+            group.dirty[message.msg_serial] = (changed, is_new)
+        group.serial = serial
+        group.events.append((event, body))
+        if key is not None:
+            group.keys[key] = serial
+            group.new_keys[key] = serial
+        return Appended(serial=serial, event=event)
+
+    async def _commit_group(self, group: _Group) -> str | None:
+        """Run the commit script; the channel's epoch, or None if another node wrote first."""
+        channel = group.channel
+        args: list[Any] = [
+            group.base_serial,
+            group.first,
+            new_epoch(),
+            group.serial,
+            now_ms(),
+            group.obytes,
+            len(group.events),
+            len(group.dirty),
+            len(group.dirty_objects),
+            len(group.new_keys),
+            max(1, int(self.options.dedup_window_s * 1000)),
+            bus_channel(self.k.prefix, channel),
+        ]
+        args += [body for _, body in group.events]
+        for msg_serial, (message, is_new) in group.dirty.items():
+            args += [msg_serial, _encode(message), "1" if is_new else "0"]
+        for object_id, state in group.dirty_objects.items():
+            args += [object_id, _encode(state)]
+        args += list(group.new_keys.values())
+        keys = self.k.channel(channel) + [self.k.idempotency(channel, k) for k in group.new_keys]
+        reply = await self._commit(keys=keys, args=args)
+        if int(reply[0]) != 1:
+            return None
+        return str(reply[1].decode())
+
+    async def _update_indexes(self, group: _Group) -> None:
+        """The global indexes (other hash slots): channel names and streaming messages."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(self.k.channels, {group.channel: 0})
+                for msg_serial, (message, _) in group.dirty.items():
+                    member = _encode((group.channel, msg_serial))
+                    if message.status == "streaming":
+                        pipe.zadd(self.k.streaming, {member: message.updated_at})
+                    else:
+                        pipe.zrem(self.k.streaming, member)
+                await pipe.execute()
+        except Exception as exc:  # the events are stored; the indexes catch up later
+            log.warning("could not update the indexes of %s: %r", group.channel, exc)
+
+    # ------------------------------------------------------------ reads
+
+    async def _head(self, channel: str) -> tuple[str | None, int]:
+        with self._errors():
+            epoch, serial = await self.redis.hmget(self.k.channel(channel)[0], "epoch", "serial")
+        return (None if epoch is None else epoch.decode()), _int(serial, 0)
+
+    async def snapshot(
+        self,
+        channel: str,
+        *,
+        from_serial: int | None,
+        rewind: int,
+        replay_limit: int = REPLAY_PAGE,
+        objects: bool = False,
+    ) -> Snapshot:
+        args: list[str | int] = [
+            new_epoch(),
+            -1 if from_serial is None else from_serial,
+            max(0, rewind),
+            replay_limit,
+            "1" if objects else "0",
+        ]
+        with self._errors():
+            reply = await self._snapshot(keys=self.k.channel(channel), args=args)
+        epoch, serial, first, messages, has_events, events, found = reply
+        snap_objects = None
+        if objects:
+            pairs = iter(found)
+            states = {oid.decode(): _object(body) for oid, body in zip(pairs, pairs, strict=True)}
+            snap_objects = ObjectsSnapshot(serial=int(serial), objects=live.with_root(states))
+        return Snapshot(
+            epoch=epoch.decode(),
+            serial=int(serial),
+            first_serial=int(first),
+            messages=[_message(body) for body in reversed(messages) if body is not None],
+            events=[_event(body) for body in events if body is not None] if has_events else None,
+            objects=snap_objects,
+        )
+
+    async def read_events(self, channel: str, after: int, limit: int) -> list[Event]:
+        if limit <= 0:
+            return []
+        with self._errors():
+            bodies = await self._read_events(
+                keys=self.k.channel(channel)[:2], args=[max(0, after), limit]
+            )
+        return [_event(body) for body in bodies if body is not None]
+
+    async def history(
+        self, channel: str, *, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        _, _, messages_key, index, _ = self.k.channel(channel)
+        with self._errors():
+            if after is not None:
+                ids = await self.redis.zrangebyscore(
+                    index, f"({after}", "+inf", start=0, num=limit + 1
+                )
+                chosen = ids[:limit]
+            else:
+                top = "+inf" if before is None else f"({before}"
+                ids = await self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1)
+                chosen = ids[:limit][::-1]
+            bodies = await self.redis.hmget(messages_key, chosen) if chosen else []
+        return [_message(b) for b in bodies if b is not None], len(ids) > limit
+
+    async def get_message(self, channel: str, msg_serial: int) -> Message | None:
+        with self._errors():
+            body = await self.redis.hget(self.k.channel(channel)[2], str(msg_serial))
+        return None if body is None else _message(body)
+
+    async def get_object(self, channel: str, object_id: str) -> ObjectState | None:
+        with self._errors():
+            body = await self.redis.hget(self.k.channel(channel)[4], object_id)
+        return None if body is None else _object(body)
+
+    async def objects(self, channel: str) -> ObjectsSnapshot:
+        head, _, _, _, objects_key = self.k.channel(channel)
+        with self._errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hget(head, "serial")
+                pipe.hgetall(objects_key)
+                serial, found = await pipe.execute()
+        states = {oid.decode(): _object(body) for oid, body in found.items()}
+        return ObjectsSnapshot(serial=_int(serial, 0), objects=live.with_root(states))
+
+    async def _infos(self, names: list[str]) -> list[ChannelInfo]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(self.k.channel(name)[0], "epoch", "serial", "updated")
+            rows = await pipe.execute()
+        return [
+            ChannelInfo(name, epoch.decode(), int(serial), _int(updated, 0))
+            for name, (epoch, serial, updated) in zip(names, rows, strict=True)
+            if epoch is not None and _int(serial, 0) > 0
+        ]
+
+    async def channel_info(self, channel: str) -> ChannelInfo | None:
+        with self._errors():
+            found = await self._infos([channel])
+        return found[0] if found else None
+
+    async def list_channels(self, prefix: str, limit: int) -> list[ChannelInfo]:
+        # Channel names are UTF-8, which never holds the byte 0xff: the range's end.
+        low = b"[" + prefix.encode()
+        high = b"(" + prefix.encode() + b"\xff"
+        with self._errors():
+            names = await self.redis.zrangebylex(self.k.channels, low, high, start=0, num=limit)
+            return await self._infos([n.decode() for n in names])
+
+    async def streaming_messages(self, idle_since_ms: int, limit: int) -> list[tuple[str, Message]]:
+        found: list[tuple[str, Message]] = []
+        offset = 0
+        page = max(limit, 100)
+        with self._errors():
+            while len(found) < limit:
+                members = await self.redis.zrangebyscore(
+                    self.k.streaming, "-inf", f"({idle_since_ms}", start=offset, num=page
+                )
+                if not members:
+                    break
+                offset += len(members)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pairs = [_pair(member) for member in members]
+                    for channel, msg_serial in pairs:
+                        pipe.hget(self.k.channel(channel)[2], str(msg_serial))
+                    bodies = await pipe.execute()
+                stale: list[bytes] = []
+                for member, (channel, _), body in zip(members, pairs, bodies, strict=True):
+                    message = None if body is None else _message(body)
+                    if message is None or message.status != "streaming":
+                        stale.append(member)
+                    elif message.updated_at < idle_since_ms:
+                        found.append((channel, message))
+                if stale:  # the index heals: entries a commit could not remove
+                    await self.redis.zrem(self.k.streaming, *stale)
+                    offset -= len(stale)
+        found.sort(key=lambda item: item[1].updated_at)
+        return found[:limit]
+
+    async def purge(self, now_ms: int, retention_ms: int) -> int:
+        """Idempotency keys expire by their TTL; retention drops old events and messages."""
+        if retention_ms <= 0:
+            return 0
+        cutoff = now_ms - retention_ms
+        dropped = 0
+        with self._errors():
+            names = [n.decode() for n in await self.redis.zrange(self.k.channels, 0, -1)]
+            for name in names:
+                dropped += await self._purge_channel(name, cutoff)
+        return dropped
+
+    async def _purge_channel(self, channel: str, cutoff: int) -> int:
+        head, log_key, messages_key, index, _ = self.k.channel(channel)
+        for _ in range(_MAX_ATTEMPTS):
+            serial_raw, first_raw = await self.redis.hmget(head, "serial", "first")
+            serial, first = _int(serial_raw, 0), _int(first_raw, 1)
+            new_first = first
+            while new_first <= serial:  # the first event young enough to keep
+                hi = min(serial, new_first + _CHUNK - 1)
+                bodies = await self.redis.hmget(log_key, list(range(new_first, hi + 1)))
+                young = [
+                    i for i, body in enumerate(bodies) if body and _stamp(body).timestamp >= cutoff
+                ]
+                if young:
+                    new_first += young[0]
+                    break
+                new_first = hi + 1
+            if new_first <= first:
+                return 0
+            ids = await self.redis.zrangebyscore(index, "-inf", f"({new_first}")
+            old: list[bytes] = []
+            if ids:
+                bodies = await self.redis.hmget(messages_key, ids)
+                old = [
+                    i
+                    for i, body in zip(ids, bodies, strict=True)
+                    if body is None or _stamp(body).timestamp < cutoff
+                ]
+            args: list[bytes | int] = [first, new_first, *old]
+            count = await self._purge(keys=[head, log_key, messages_key, index], args=args)
+            if int(count) >= 0:
+                return int(count)
+        return 0
+
+    # ------------------------------------------------------------ presence and nodes
+
+    async def presence_set(self, channel: str, member: PresenceMember, node_id: str) -> None:
+        field_name = member.client_id + "\0" + member.connection_id
+        held = _encode((channel, member.client_id, member.connection_id))
+        with self._errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self.k.presence(channel), field_name, _encode((node_id, member)))
+                pipe.sadd(self.k.held_by(node_id), held)
+                await pipe.execute()
+
+    async def presence_remove(self, channel: str, client_id: str, connection_id: str) -> bool:
+        key = self.k.presence(channel)
+        field_name = client_id + "\0" + connection_id
+        with self._errors():
+            body = await self.redis.hget(key, field_name)
+            if body is None or not await self.redis.hdel(key, field_name):
+                return False
+            node_id, _ = _held(body)
+            await self.redis.srem(
+                self.k.held_by(node_id), _encode((channel, client_id, connection_id))
+            )
+        return True
+
+    async def presence_members(self, channel: str) -> list[PresenceMember]:
+        with self._errors():
+            rows = await self.redis.hvals(self.k.presence(channel))
+        return [_held(body)[1] for body in rows]
+
+    async def _redis_ms(self) -> int:
+        """Redis's clock: node liveness must not depend on the nodes' clocks agreeing."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def node_heartbeat(self, node_id: str, ttl_s: float) -> None:
+        with self._errors():
+            until = await self._redis_ms() + int(ttl_s * 1000)
+            await self.redis.zadd(self.k.nodes, {node_id: until})
+
+    async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
+        reaped: list[tuple[str, PresenceMember]] = []
+        with self._errors():
+            now = await self._redis_ms()
+            dead = await self.redis.zrangebyscore(self.k.nodes, "-inf", f"({now}")
+            for raw in dead:
+                if not await self.redis.zrem(self.k.nodes, raw):
+                    continue  # another node is reaping it
+                reaped += await self._reap(raw.decode())
+        return reaped
+
+    async def _reap(self, node_id: str) -> list[tuple[str, PresenceMember]]:
+        reaped: list[tuple[str, PresenceMember]] = []
+        held_key = self.k.held_by(node_id)
+        for raw in await self.redis.smembers(held_key):
+            channel, client_id, connection_id = _triple(raw)
+            key, field_name = self.k.presence(channel), client_id + "\0" + connection_id
+            body = await self.redis.hget(key, field_name)
+            if body is None:
+                continue
+            holder, member = _held(body)
+            if holder == node_id and await self.redis.hdel(key, field_name):
+                reaped.append((channel, member))
+        await self.redis.delete(held_key)
+        return reaped
+
+    # ------------------------------------------------------------ claims, counters, sessions
+
+    async def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        with self._errors():
+            won = await self._claim(
+                keys=[self.k.claim(key)], args=[owner, max(1, int(ttl_s * 1000))]
+            )
+        return bool(int(won))
+
+    async def incr_counter(self, key: str, amount: float, ttl_s: float) -> float:
+        with self._errors():
+            total = await self._counter(
+                keys=[self.k.counter(key)], args=[repr(float(amount)), max(1, int(ttl_s * 1000))]
+            )
+        return float(total)
+
+    async def save_session(self, key: str, session: ResumeSession) -> None:
+        ttl_ms = int((session.expires_at - time.time()) * 1000)
+        with self._errors():
+            if ttl_ms <= 0:
+                await self.redis.delete(self.k.session(key))
+                return
+            await self.redis.set(self.k.session(key), _encode(session), px=ttl_ms)
+
+    async def take_session(self, key: str) -> ResumeSession | None:
+        with self._errors():
+            body = await self.redis.getdel(self.k.session(key))
+        if body is None:
+            return None
+        session = _session(body)
+        return session if session.expires_at > time.time() else None
+
+    # ------------------------------------------------------------ tests
+
+    async def drop_prefix(self) -> int:
+        """Delete every key under this store's prefix (for tests); returns how many."""
+        dropped = 0
+        with self._errors():
+            async for key in self.redis.scan_iter(match=f"{self.k.prefix}:*", count=1000):
+                dropped += await self.redis.delete(key)
+        return dropped
+
+
+__all__ = ["RedisStore", "parse_redis_url"]

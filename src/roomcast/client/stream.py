@@ -1,0 +1,227 @@
+"""Streaming answers: one message that grows by appends (PROTOCOL.md §3 "Streams").
+
+:meth:`Channel.stream <roomcast.client.Channel.stream>` returns a :class:`MessageStream`::
+
+    async with channel.stream(name="text", extras={"reply_to": 12}) as answer:
+        async for token in model.tokens():
+            await answer.append(token)
+
+Entering publishes a ``streaming`` message; leaving ends it ``complete``, or ``failed`` (with
+``extras.failure``) if the block raised, or ``cancelled`` if someone cancelled it. The stream
+listens for ``cancel`` events on its message (it attaches the channel itself if nobody did),
+so an agent stops within one token: :attr:`MessageStream.cancelled` is set, and the next
+:meth:`MessageStream.append` raises :class:`~roomcast.client.Cancelled`, which the ``async
+with`` block swallows after ending the message ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from roomcast.protocol.errors import Conflict, Forbidden
+from roomcast.protocol.messages import Event, Status
+
+from .errors import Cancelled
+
+if TYPE_CHECKING:
+    from .channel import Channel
+    from .subscription import Subscription
+
+MAX_IN_FLIGHT = 256  # fragments sent and not yet acknowledged, at most
+
+_CANCELLED_BY = "was cancelled by "  # the server's 40900 text for an append after a cancel
+
+
+class MessageStream:
+    """One streamed message; made by :meth:`Channel.stream`, used with ``async with``.
+
+    Attributes:
+        channel: The channel it is published on.
+        msg_serial: The message's serial (``None`` until the block is entered).
+        cancelled: Set when a ``cancel`` of this message arrives.
+        cancelled_by: The ``client_id`` that cancelled it, if one did.
+        text: What the server stored of this stream's fragments so far.
+        status: How it ended (``complete``, ``failed``, ``cancelled``), or ``streaming``.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        name: str = "text",
+        extras: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> None:
+        self.channel = channel
+        self.name = name
+        self.extras = dict(extras or {})
+        self.id = id
+        self.msg_serial: int | None = None
+        self.cancelled = asyncio.Event()
+        self.cancelled_by: str | None = None
+        self.text = ""
+        self.status: Status = "streaming"
+        self._subscription: Subscription | None = None
+        self._in_flight: deque[tuple[asyncio.Future[int | None], str]] = deque()
+        self._failure: BaseException | None = None
+        self._attached_here = False
+
+    def __repr__(self) -> str:
+        return f"<MessageStream {self.channel.name} #{self.msg_serial} {self.status}>"
+
+    async def __aenter__(self) -> MessageStream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None and self.msg_serial is not None:
+            try:
+                await self.flush()  # a fragment refused late fails the block here
+            except Cancelled:
+                pass
+            except Exception as late:
+                await self.__aexit__(type(late), late, late.__traceback__)
+                raise
+        own_cancel = isinstance(exc, Cancelled) and exc.msg_serial == self.msg_serial
+        if self.cancelled.is_set() or own_cancel:
+            await self.end("cancelled")
+        elif exc is None:
+            await self.end("complete")
+        else:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(exc, asyncio.CancelledError):
+                reason = "the task was cancelled"
+            await self.end("failed", extras={"failure": reason})
+        return own_cancel
+
+    async def start(self) -> int:
+        """Listen for cancels, then publish the ``streaming`` message; returns its serial.
+
+        ``async with`` calls it for you.
+        """
+        channel = self.channel
+        self._attached_here = channel.state not in ("attached", "attaching")
+        self._subscription = channel.subscribe(self._on_event)
+        try:
+            try:
+                await self._subscription  # attached: a cancel can no longer slip by
+            except Forbidden:
+                # No `subscribe` here: a cancel is then learned from the refused append.
+                await self._stop_listening()
+            self.msg_serial = await channel.publish(
+                "", name=self.name, id=self.id, extras=self.extras, streaming=True
+            )
+        except BaseException:
+            await self._stop_listening()
+            raise
+        return self.msg_serial
+
+    async def append(self, text: str) -> None:
+        """Append a fragment. It is sent at once and not waited for (so fragments stream at
+        the model's pace and the server can merge those that arrive together); an error
+        comes out of a later :meth:`append` or of :meth:`flush` / the end of the block.
+        At most ``MAX_IN_FLIGHT`` fragments wait for their ``ok`` at a time.
+
+        Raises:
+            Cancelled: The message was cancelled; stop producing and leave the block.
+            RoomcastError: The server refused an earlier fragment (``TooLarge`` past
+                ``max_stream_bytes``, ...).
+        """
+        msg_serial = self._started()
+        self._check(msg_serial)
+        while len(self._in_flight) >= MAX_IN_FLIGHT:
+            await asyncio.wait({self._in_flight[0][0]})
+            self._check(msg_serial)
+        self._in_flight.append((self.channel.send_append(msg_serial, text), text))
+
+    async def flush(self) -> None:
+        """Wait until every fragment sent is stored; raise the first refusal if any.
+
+        Raises:
+            Cancelled: The message was cancelled.
+            RoomcastError: The server refused a fragment.
+        """
+        msg_serial = self._started()
+        if self._in_flight:
+            await asyncio.wait({future for future, _ in self._in_flight})
+        self._check(msg_serial)
+
+    def _collect(self) -> None:
+        """Take finished appends off the queue, noting the first failure."""
+        while self._in_flight and self._in_flight[0][0].done():
+            done, text = self._in_flight.popleft()
+            error = done.exception() if not done.cancelled() else None
+            if error is None:
+                self.text += text
+                continue
+            if self._failure is not None:
+                continue
+            if isinstance(error, Conflict) and _CANCELLED_BY in error.message:
+                who = error.message.rsplit(_CANCELLED_BY, 1)[1] or None
+                self._mark_cancelled(self.cancelled_by or who)
+            else:
+                self._failure = error
+
+    def _check(self, msg_serial: int) -> None:
+        self._collect()
+        if self.cancelled.is_set():
+            raise Cancelled(self.channel.name, msg_serial, self.cancelled_by)
+        if self._failure is not None:
+            raise self._failure
+
+    async def end(
+        self, status: Status = "complete", *, extras: dict[str, Any] | None = None
+    ) -> None:
+        """End the message with ``status`` (and an ``extras`` patch); ``async with`` calls
+        it for you. A message the server already ended stays as it is."""
+        msg_serial = self._started()
+        try:
+            if self._in_flight:  # every fragment is stored before the end
+                await asyncio.wait({future for future, _ in self._in_flight})
+                self._collect()
+            if self.status == "streaming":
+                with contextlib.suppress(Conflict):  # the server ended it first
+                    await self.channel.update(msg_serial, status=status, extras=extras)
+                self.status = status
+        finally:
+            await self._stop_listening()
+
+    def _started(self) -> int:
+        if self.msg_serial is None:
+            raise RuntimeError("the stream is not started: use `async with channel.stream()`")
+        return self.msg_serial
+
+    def _on_event(self, event: Event) -> None:
+        if event.msg_serial != self.msg_serial or self.msg_serial is None:
+            return
+        if event.type == "cancel":
+            self._mark_cancelled(event.client_id)
+        elif event.type == "update" and event.status == "cancelled":
+            self._mark_cancelled(self.cancelled_by)
+
+    def _mark_cancelled(self, who: str | None) -> None:
+        if self.cancelled_by is None:
+            self.cancelled_by = who
+        self.cancelled.set()
+
+    async def _stop_listening(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is None:
+            return
+        await subscription.aclose()
+        channel = self.channel
+        if self._attached_here and not channel.has_subscriptions:
+            with contextlib.suppress(Exception):
+                await channel.detach()
+
+
+__all__ = ["MessageStream"]

@@ -1,0 +1,139 @@
+"""The web UI: ``/`` serves the page and ``/static/...`` its ES modules and CSS.
+
+The files live in the package (``roomcast/web``), so there is no build step: the browser
+loads them as they are. They are read once, at start-up, and served with an ``ETag`` and
+``Cache-Control: no-cache``, so a browser revalidates each load (a 304 is cheap) and always
+runs the files of the server it talks to, never a stale copy after an upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from dataclasses import dataclass
+from importlib import resources
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from roomcast.protocol.errors import NotFound
+
+from .api import Api, Returns
+from .errors import error_response
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
+
+# The page's settings go in a <meta> tag, so the page needs no second request to start.
+AUTH_URL_MARK = "{{auth_url}}"
+
+
+class StaticName(msgspec.Struct, frozen=True):
+    """The path parameter of ``/static/{name}``."""
+
+    name: str
+
+
+# The UI's routes in the OpenAPI document (they are served by :func:`routes`).
+api = Api()
+api.document(
+    "GET",
+    "/",
+    summary="The web UI (docs/web.md)",
+    tag="web",
+    authenticated=False,
+    returns=(
+        Returns("200", "The page.", media_type="text/html", schema={"type": "string"}),
+        Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
+    ),
+)
+api.document(
+    "GET",
+    "/static/{name}",
+    summary="A file of the web UI: its ES modules (`roomcast.js`, ...) and `style.css`",
+    tag="web",
+    authenticated=False,
+    path_params=StaticName,
+    returns=(
+        Returns(
+            "200",
+            "The file (`text/javascript`; `text/css` for `style.css`).",
+            media_type="text/javascript",
+            schema={"type": "string"},
+        ),
+        Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
+        Returns("404", "No such file (error 40400)."),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def _load(name: str, body: bytes) -> StaticFile:
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    content_type = CONTENT_TYPES.get(suffix, "application/octet-stream")
+    etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+    return StaticFile(body, content_type, etag)
+
+
+def load_files() -> dict[str, StaticFile]:
+    """Every file of ``roomcast/web`` by name (no subdirectories)."""
+    files: dict[str, StaticFile] = {}
+    for entry in (resources.files("roomcast") / "web").iterdir():
+        if entry.is_file() and not entry.name.startswith((".", "_")):
+            files[entry.name] = _load(entry.name, entry.read_bytes())
+    return files
+
+
+def _respond(request: Request, found: StaticFile) -> Response:
+    headers = {
+        "ETag": found.etag,
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if request.headers.get("if-none-match") == found.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(found.body, media_type=found.content_type, headers=headers)
+
+
+def routes(auth_url: str = "") -> list[BaseRoute]:
+    """The UI's routes: ``GET /`` (the page) and ``GET /static/{name}``.
+
+    Args:
+        auth_url: Where the page gets a token (empty: it connects anonymously).
+    """
+    files = load_files()
+    page = files.pop("index.html")
+    text = page.body.decode().replace(AUTH_URL_MARK, html.escape(auth_url, quote=True))
+    index = _load("index.html", text.encode())
+
+    async def index_page(request: Request) -> Response:
+        response = _respond(request, index)
+        # The page must not be framed by another site (clickjacking).
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    async def static(request: Request) -> Response:
+        found = files.get(request.path_params["name"])
+        if found is None:
+            return error_response(request, NotFound(f"no static file {request.url.path}"))
+        return _respond(request, found)
+
+    return [
+        Route("/", index_page, methods=["GET", "HEAD"]),
+        Route("/static/{name}", static, methods=["GET", "HEAD"]),
+    ]

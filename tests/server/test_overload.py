@@ -1,0 +1,178 @@
+"""Load shedding (PROTOCOL.md §8): over `max_connections` a WebSocket gets 50300 and the
+close 1013 and the HTTP API answers 503 with Retry-After; over `max_pending_writes` a write
+is refused with 50300 while its connection stays usable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+
+from roomcast.client import Unavailable, connect
+from roomcast.server.overload import Overload
+from roomcast.settings import Settings
+from roomcast.testing import ServerProcess, WireClient
+
+
+def room() -> str:
+    return f"room:{uuid.uuid4().hex[:10]}"
+
+
+async def refused(url: str) -> tuple[dict[str, Any], int | None, str]:
+    """The error, close code and close reason of a WebSocket refused right after the upgrade."""
+    async with ws_connect(url) as ws:
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        await ws.wait_closed()
+        return error, ws.close_code, ws.close_reason or ""
+
+
+async def eventually_status(http: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
+    async with asyncio.timeout(10):
+        while True:
+            response = await http.get(path)
+            if response.status_code == status:
+                return response
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def small(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    # No in-process agents: each would hold one of the three connections.
+    env = {**test_env, "ROOMCAST_MAX_CONNECTIONS": "3", "ROOMCAST_AGENTS": "none"}
+    with ServerProcess(env=env) as proc:
+        yield proc
+
+
+@pytest.fixture
+async def http(small: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=small.url, timeout=30) as client:
+        yield client
+
+
+def assert_shed(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
+    error = response.json()["error"]
+    assert error["code"] == 50300
+    assert "overloaded" in error["message"]
+    assert error["correlation_id"] == response.headers["X-Correlation-Id"]
+
+
+async def test_a_connection_over_max_connections_is_closed_1013_and_http_answers_503(
+    small: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    channel = room()
+    assert (await http.get("/v1/channels")).status_code == 200
+    clients = [await WireClient.connect(small.ws_url, client_id=f"c{i}") for i in range(3)]
+    try:
+        error, code, reason = await refused(small.ws_url + "?client_id=late")
+        assert error["action"] == "error" and error["code"] == 50300
+        assert code == 1013
+        assert reason == "server overloaded, retry later"
+        with pytest.raises(Unavailable):  # the SDK's first connect raises it; reconnects retry
+            await connect(small.url, client_id="late")
+
+        assert_shed(await http.get("/v1/channels"))
+        assert_shed(await http.post(f"/v1/channels/{channel}/messages", json={"data": 1}))
+        assert_shed(await http.get(f"/v1/channels/{channel}/events"))
+        for probe in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            assert (await http.get(probe)).status_code == 200, probe
+
+        # The connections already open are served as before.
+        reply = await clients[0].request("publish", channel=channel, data="still served")
+        assert reply["action"] == "ok" and reply["serial"] == 1
+    finally:
+        await clients[0].close()
+
+    # One slot free: the API answers again, and a new connection gets in.
+    await eventually_status(http, "/v1/channels", 200)
+    late = await WireClient.connect(small.ws_url, client_id="late")
+    try:
+        assert late.connected["action"] == "connected"
+    finally:
+        for client in (late, *clients[1:]):
+            await client.close()
+    await eventually_status(http, "/v1/channels", 200)
+
+
+async def test_sse_streams_count_as_connections(
+    small: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    await eventually_status(http, "/v1/channels", 200)
+    clients = [await WireClient.connect(small.ws_url, client_id=f"s{i}") for i in range(2)]
+    try:
+        async with http.stream("GET", f"/v1/channels/{room()}/events") as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            assert (await asyncio.wait_for(anext(lines), 10)).startswith("event: attached")
+            _, code, _ = await refused(small.ws_url)
+            assert code == 1013
+    finally:
+        for client in clients:
+            await client.close()
+    await eventually_status(http, "/v1/channels", 200)
+
+
+@pytest.fixture(scope="module")
+def backlogged(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    with ServerProcess(env={**test_env, "ROOMCAST_MAX_PENDING_WRITES": "20"}) as proc:
+        yield proc
+
+
+async def test_writes_over_the_backlog_bound_get_50300_and_the_connection_stays_usable(
+    backlogged: ServerProcess,
+) -> None:
+    """500 publishes in one frame reach the store before its writer can commit any: the
+    first 20 are queued, the rest are refused at once, and nothing refused is stored."""
+    channel = room()
+    async with await WireClient.connect(backlogged.ws_url, client_id="flood") as ws:
+        await ws.send(
+            [{"action": "publish", "ref": i, "channel": channel, "data": i} for i in range(1, 501)]
+        )
+        replies = [
+            await ws.next(lambda m, i=i: m.get("ref") == i, timeout=20) for i in range(1, 501)
+        ]
+        ok = [r for r in replies if r["action"] == "ok"]
+        shed = [r for r in replies if r["action"] == "error"]
+        assert len(ok) + len(shed) == 500
+        assert 1 <= len(ok) <= 20
+        assert len(shed) >= 480
+        assert {r["code"] for r in shed} == {50300}
+        assert all(r["channel"] == channel for r in shed)
+        assert sorted(r["serial"] for r in ok) == list(range(1, len(ok) + 1))
+
+        # Not closed: the next publish goes through once the backlog has drained.
+        after = await ws.request("publish", channel=channel, data="after")
+        assert after["action"] == "ok" and after["serial"] == len(ok) + 1
+        assert (await ws.request("ping"))["action"] == "pong"
+        history = await ws.request("history", channel=channel, limit=1000)
+        assert [m["data"] for m in history["messages"]] == [r["ref"] for r in ok] + ["after"]
+
+
+def test_overload_is_either_bound() -> None:
+    overload = Overload(Settings(max_connections=2, max_pending_writes=3), [object()])
+    assert overload.reason() is None
+    overload.websockets = 1
+    assert overload.full and overload.reason() is not None  # 1 WebSocket + 1 SSE stream
+    overload.websockets = 0
+    overload.take_writes(3)
+    shed = overload.reason()
+    assert shed is not None and "writes" in shed[0] and shed[1] >= 1
+    with pytest.raises(Exception, match="retry later"):
+        overload.take_writes(1)
+    overload.release_writes(3)
+    overload.take_writes(10)  # one batch larger than the bound still goes when nothing waits
+    assert overload.pending_writes == 10
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        Settings.load({}, max_connections=0)
+    with pytest.raises(ValueError, match="max_pending_writes"):
+        Settings.load({"ROOMCAST_MAX_PENDING_WRITES": "-1"})
