@@ -36,3 +36,5 @@ bench: install-test peers-env
 	$(PYTHON) -m bench publish
 	$(PYTHON) -m bench catchup
 	$(PYTHON) -m bench peers
+	$(PYTHON) -m bench stream
+	$(PYTHON) -m bench agents

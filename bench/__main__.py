@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from . import agents, catchup, peers, publish, stream
+from . import agents, catchup, peers, publish, scale, stream
 
 BENCHMARKS: dict[str, ModuleType] = {
     "publish": publish,
@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "peers": peers,
     "stream": stream,
     "agents": agents,
+    "scale": scale,
 }
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 
 from roomcast.settings import Settings
+from roomcast.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,45 +23,34 @@ def test_every_setting_is_in_the_configuration_doc() -> None:
         assert f"| {f.name} | `{flag}` | `{env}` |" in text, f"{f.name} is not documented"
 
 
-def test_the_readme_example_runs_against_a_server(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, re.S)
 
-    from roomcast.testing import ServerProcess
 
-    readme = (ROOT / "README.md").read_text()
-    [snippet] = re.findall(r"```python\n(.*?)```", readme, re.S)
+def run_against_a_server(code: str, script: Path) -> str:
+    """Run ``code`` as ``script`` against a fresh server (the docs' 127.0.0.1:8000 becomes
+    its address); its output, once it has exited cleanly."""
     with ServerProcess(store="memory://") as server:
-        code = snippet.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
-        script = tmp_path / "example.py"
-        script.write_text(code)
+        script.write_text(code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"))
         result = subprocess.run(
             [sys.executable, str(script)], capture_output=True, text=True, timeout=30
         )
     assert result.returncode == 0, result.stderr
-    assert '"action":"connected"' in result.stdout
-    assert '"action":"attached"' in result.stdout
-    assert '"action":"event"' in result.stdout and '"tacos?"' in result.stdout
+    return result.stdout
+
+
+def test_the_readme_example_runs_against_a_server(tmp_path: Path) -> None:
+    [snippet] = python_blocks((ROOT / "README.md").read_text())
+    output = run_against_a_server(snippet, tmp_path / "example.py")
+    assert '"action":"connected"' in output
+    assert '"action":"attached"' in output
+    assert '"action":"event"' in output and '"tacos?"' in output
 
 
 def test_the_sdk_guide_example_runs_against_a_server(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
-
-    from roomcast.testing import ServerProcess
-
-    guide = (ROOT / "docs" / "sdk.md").read_text()
-    snippet = re.findall(r"```python\n(.*?)```", guide, re.S)[0]
-    with ServerProcess(store="memory://") as server:
-        script = tmp_path / "sdk_example.py"
-        script.write_text(snippet.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"))
-        result = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, timeout=30
-        )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    snippet = python_blocks((ROOT / "docs" / "sdk.md").read_text())[0]
+    output = run_against_a_server(snippet, tmp_path / "sdk_example.py")
+    assert output.splitlines() == [
         "published 1",
         "1 alice tacos?",
         "history: 1 tacos?",
@@ -65,30 +59,17 @@ def test_the_sdk_guide_example_runs_against_a_server(tmp_path: Path) -> None:
 
 
 def test_the_sdk_guide_live_objects_examples_run_against_a_server(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
-    import textwrap
-
-    from roomcast.testing import ServerProcess
-
     guide = (ROOT / "docs" / "sdk.md").read_text()
     section = guide.split("## Live objects", 1)[1].split("\n## ", 1)[0]
-    objects, polls = re.findall(r"```python\n(.*?)```", section, re.S)
-    with ServerProcess(store="memory://") as server:
-        body = objects.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
-        body += textwrap.indent(polls, "    ")
-        script = tmp_path / "objects_example.py"
-        script.write_text(
-            "import asyncio\nfrom roomcast.client import connect\n\nasync def main():\n"
-            + textwrap.indent(body, "    ")
-            + "\nasyncio.run(main())\n"
-        )
-        result = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, timeout=30
-        )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    objects, polls = python_blocks(section)
+    body = objects + textwrap.indent(polls, "    ")
+    code = (
+        "import asyncio\nfrom roomcast.client import connect\n\nasync def main():\n"
+        + textwrap.indent(body, "    ")
+        + "\nasyncio.run(main())\n"
+    )
+    output = run_against_a_server(code, tmp_path / "objects_example.py")
+    assert output.splitlines() == [
         "2",
         "{'soil': 'loam'}",
         "{'opt-1': 0, 'opt-2': 1, 'opt-3': 0}",

@@ -4,7 +4,8 @@
 loop. Each request gets the next queued :class:`Reply` (the last one repeats); every request is
 recorded, and a client that goes away in the middle of a streamed reply is noticed
 (:attr:`FakeLLMServer.disconnected`). The builders below make OpenAI chat-completions chunks and
-Anthropic Messages events as the real services send them.
+Anthropic Messages events as the real services send them; :func:`collect` reads a
+provider's whole answer, and :data:`FAST_RETRY` keeps retries short.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+
+from roomcast.agents.providers import Provider, ProviderEvent, ProviderRequest, RetryPolicy
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests"}
 
@@ -316,3 +319,12 @@ def anthropic_text(
 
 def anthropic_error(message: str, kind: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
+
+
+async def collect(provider: Provider, request: ProviderRequest) -> list[ProviderEvent]:
+    """Every event of one answer; the stream is closed after."""
+    async with contextlib.aclosing(provider.stream(request)) as events:
+        return [event async for event in events]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 from fake_llm import (
+    FAST_RETRY,
     FakeLLMServer,
     Reply,
     anthropic_end,
@@ -17,13 +17,13 @@ from fake_llm import (
     anthropic_text,
     anthropic_text_block,
     anthropic_tool_block,
+    collect,
 )
 
 from roomcast.agents.providers import (
     ProviderError,
     ProviderEvent,
     ProviderRequest,
-    RetryPolicy,
     TextDelta,
     ToolCall,
     ToolResult,
@@ -33,8 +33,6 @@ from roomcast.agents.providers import (
     Usage,
 )
 from roomcast.agents.providers.anthropic import AnthropicProvider
-
-FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
 
 LOOKUP = ToolSpec(
     name="search_history",
@@ -73,11 +71,6 @@ async def provider_for(
         yield provider
     finally:
         await provider.aclose()
-
-
-async def collect(provider: AnthropicProvider, request: ProviderRequest) -> list[ProviderEvent]:
-    async with contextlib.aclosing(provider.stream(request)) as events:
-        return [event async for event in events]
 
 
 async def test_text_stream_and_the_request_sent() -> None:
@@ -286,45 +279,6 @@ async def test_a_stream_without_message_stop_is_a_provider_error() -> None:
     async with FakeLLMServer([Reply(events=events)]) as server, provider_for(server) as provider:
         with pytest.raises(ProviderError, match="before message_stop"):
             await collect(provider, REQUEST)
-
-
-async def test_a_silent_service_times_out() -> None:
-    async with (
-        FakeLLMServer([Reply(stall_s=5, events=anthropic_text(["late"]))]) as server,
-        provider_for(server, timeout_s=0.3) as provider,
-    ):
-        with pytest.raises(ProviderError) as caught:
-            await collect(provider, REQUEST)
-    assert "no answer within 0.3 s" in caught.value.message
-    assert caught.value.retryable is True
-
-
-async def test_closing_the_iterator_closes_the_http_stream() -> None:
-    held = Reply(events=[anthropic_start(), *anthropic_text_block(0, ["Hel"])[:2]], hold=True)
-    async with FakeLLMServer([held]) as server, provider_for(server) as provider:
-        stream = provider.stream(REQUEST)
-        assert await anext(stream) == TextDelta("Hel")
-        await stream.aclose()
-        await asyncio.wait_for(server.disconnected.wait(), timeout=5)
-    assert server.completed == 0
-
-
-async def test_cancelling_the_consumer_closes_the_http_stream() -> None:
-    held = Reply(events=[anthropic_start(), *anthropic_text_block(0, ["Hel"])[:2]], hold=True)
-    first = asyncio.Event()
-
-    async def consume(provider: AnthropicProvider) -> None:
-        async with contextlib.aclosing(provider.stream(REQUEST)) as events:
-            async for _ in events:
-                first.set()
-
-    async with FakeLLMServer([held]) as server, provider_for(server) as provider:
-        task = asyncio.create_task(consume(provider))
-        await asyncio.wait_for(first.wait(), timeout=5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.wait_for(server.disconnected.wait(), timeout=5)
 
 
 async def test_usage_counts_cached_input_and_the_last_cumulative_counts() -> None:

@@ -281,8 +281,20 @@ def test_the_python_example_in_the_agents_guide_runs(
 ) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ROOMCAST_MODEL"):
         monkeypatch.delenv(name, raising=False)
-    [code] = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    section = DOCS.read_text().split("## Providers from Python", 1)[1]
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     exec(compile(code, str(DOCS), "exec"), {"__name__": "docs_example"})
     out = capsys.readouterr().out
     assert out.startswith("[scripted] No language model is configured")
     assert "out, $0.000000)" in out
+
+
+def test_the_tool_example_in_the_agents_guide_defines_a_tool() -> None:
+    from roomcast.agents.tools import resolve_tools, schema_of
+
+    section = DOCS.read_text().split("### Tools", 1)[1].split("\n### ", 1)[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    names: dict[str, object] = {"__name__": "docs_tool_example"}
+    exec(compile(code, str(DOCS), "exec"), names)
+    assert schema_of(names["weather"])["required"] == ["city"]  # type: ignore[arg-type]
+    assert set(resolve_tools(("builtin",))) >= {"create_poll", "vote", "search_history"}

@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from room_messages import message
 
 from roomcast.agents.config import AgentConfig
 from roomcast.agents.context import build_request, objects_summary, reply_chain, select
 from roomcast.agents.providers.base import ToolSpec, Turn
 from roomcast.client import Board, BoardItem, Poll
-from roomcast.protocol.messages import Message
-
-
-def msg(serial: int, text: Any, by: str = "alice", **fields: Any) -> Message:
-    values: dict[str, Any] = {
-        "msg_serial": serial,
-        "id": None,
-        "client_id": by,
-        "name": "text",
-        "data": text,
-        "extras": {},
-        "timestamp": 0,
-        "updated_at": 0,
-        "status": "complete",
-    }
-    values.update(fields)
-    return Message(**values)
-
 
 AGENT = AgentConfig(name="helper", provider="scripted", model="scripted", system_prompt="Be kind.")
 
 
 def test_speakers_order_and_the_agents_own_turns() -> None:
     history = [
-        msg(1, "hi all"),
-        msg(2, "hello", by="bob"),
-        msg(3, "Hi! How can I help?", by="helper", extras={"agent": {"depth": 1}}),
-        msg(4, "@helper pick a place"),
+        message("hi all", serial=1),
+        message("hello", serial=2, by="bob"),
+        message("Hi! How can I help?", serial=3, by="helper", extras={"agent": {"depth": 1}}),
+        message("@helper pick a place", serial=4),
     ]
     request = build_request(AGENT, "room:lunch", history, history[-1], [], "", [])
     assert request.messages == (
@@ -51,19 +33,19 @@ def test_speakers_order_and_the_agents_own_turns() -> None:
 
 def test_deleted_streaming_and_later_messages_are_left_out() -> None:
     history = [
-        msg(1, "gone", deleted=True),
-        msg(2, "half", status="streaming"),
-        msg(3, "@helper now"),
-        msg(4, "after the trigger"),
-        msg(5, {"vote": "yes"}, name="vote"),
+        message("gone", serial=1, deleted=True),
+        message("half", serial=2, status="streaming"),
+        message("@helper now", serial=3),
+        message("after the trigger", serial=4),
+        message({"vote": "yes"}, serial=5, name="vote"),
     ]
     chosen = select(history, history[2], [], 1000)
     assert [m.msg_serial for m in chosen] == [3]
 
 
 def test_the_budget_keeps_the_newest_and_the_reply_chain() -> None:
-    history = [msg(i, f"message number {i} " * 20) for i in range(1, 40)]
-    trigger = msg(40, "@helper about #2", extras={"reply_to": 2})
+    history = [message(f"message number {i} " * 20, serial=i) for i in range(1, 40)]
+    trigger = message("@helper about #2", serial=40, extras={"reply_to": 2})
     lookup = {m.msg_serial: m for m in history}
     chain = reply_chain(trigger, lookup)
     assert [m.msg_serial for m in chain] == [2]
@@ -82,5 +64,7 @@ def test_the_objects_summary_names_polls_boards_and_values() -> None:
     assert "poll map-3 (open) 'Lunch?': opt-1 'Tacos': 0, opt-2 'Ramen': 1" in summary
     assert "board map-7 'Garden': [x] tomatoes" in summary
     assert "shared score = 3" in summary
-    request = build_request(AGENT, "room:x", [], msg(1, "hi"), [], summary, [ToolSpec("vote", "")])
+    request = build_request(
+        AGENT, "room:x", [], message("hi", serial=1), [], summary, [ToolSpec("vote", "")]
+    )
     assert "shared state now" in request.system_prompt and request.tools[0].name == "vote"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from fake_llm import (
+    FAST_RETRY,
     FakeLLMServer,
     Reply,
+    collect,
     openai_chunk,
     openai_error,
     openai_text,
@@ -32,8 +32,6 @@ from roomcast.agents.providers import (
     Usage,
 )
 from roomcast.agents.providers.openai import OpenAICompatibleProvider
-
-FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
 
 POLL = ToolSpec(
     name="create_poll",
@@ -78,13 +76,6 @@ async def provider_for(
         yield provider
     finally:
         await provider.aclose()
-
-
-async def collect(
-    provider: OpenAICompatibleProvider, request: ProviderRequest
-) -> list[ProviderEvent]:
-    async with contextlib.aclosing(provider.stream(request)) as events:
-        return [event async for event in events]
 
 
 async def test_text_stream_and_the_request_sent() -> None:
@@ -274,61 +265,6 @@ async def test_a_stream_that_ends_before_the_model_finished_is_a_provider_error(
     async with FakeLLMServer([Reply(events=events)]) as server, provider_for(server) as provider:
         with pytest.raises(ProviderError, match="ended before the model finished"):
             await collect(provider, REQUEST)
-
-
-async def test_a_silent_service_times_out() -> None:
-    async with (
-        FakeLLMServer([Reply(stall_s=5, events=openai_text(["late"]))]) as server,
-        provider_for(server, timeout_s=0.3) as provider,
-    ):
-        with pytest.raises(ProviderError) as caught:
-            await collect(provider, REQUEST)
-    assert "no answer within 0.3 s" in caught.value.message
-    assert caught.value.retryable is True
-
-
-async def test_an_unreachable_service_is_a_provider_error() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    provider = OpenAICompatibleProvider(
-        model="m", api_key="k", base_url=f"http://127.0.0.1:{port}/v1", retry=FAST_RETRY
-    )
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await collect(provider, REQUEST)
-    finally:
-        await provider.aclose()
-    assert "connection failed" in caught.value.message
-    assert caught.value.retryable is True
-
-
-async def test_closing_the_iterator_closes_the_http_stream() -> None:
-    held = Reply(events=[openai_chunk({"content": "Hel"})], hold=True)
-    async with FakeLLMServer([held]) as server, provider_for(server) as provider:
-        stream = provider.stream(REQUEST)
-        assert await anext(stream) == TextDelta("Hel")
-        await stream.aclose()
-        await asyncio.wait_for(server.disconnected.wait(), timeout=5)
-    assert server.completed == 0
-
-
-async def test_cancelling_the_consumer_closes_the_http_stream() -> None:
-    held = Reply(events=[openai_chunk({"content": "Hel"})], hold=True)
-    first = asyncio.Event()
-
-    async def consume(provider: OpenAICompatibleProvider) -> None:
-        async with contextlib.aclosing(provider.stream(REQUEST)) as events:
-            async for _ in events:
-                first.set()
-
-    async with FakeLLMServer([held]) as server, provider_for(server) as provider:
-        task = asyncio.create_task(consume(provider))
-        await asyncio.wait_for(first.wait(), timeout=5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.wait_for(server.disconnected.wait(), timeout=5)
 
 
 async def test_an_error_object_inside_the_stream_is_a_provider_error() -> None:

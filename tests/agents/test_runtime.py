@@ -194,6 +194,14 @@ AGENTS = """
     script = "{script}"
 
     [[agents]]
+    name = "impatient"
+    provider = "scripted"
+    model = "scripted"
+    rooms = ["rush:*"]
+    concurrency = "interrupt"
+    script = "{script}"
+
+    [[agents]]
     name = "echo1"
     provider = "scripted"
     model = "scripted"
@@ -324,7 +332,9 @@ async def test_tools_make_a_poll_and_vote_visibly(agents_server: ServerProcess) 
     assert [t.data["tool"] for t in tools] == ["create_poll", "vote"]
     assert all(t.client_id == "helper" and not t.data["error"] for t in tools)
     [answer] = answers(messages, "helper")
-    assert answer.data == "[scripted] Let me set up a poll.[scripted] The poll is open and I voted."
+    assert answer.data == (
+        "[scripted] Let me set up a poll.\n\n[scripted] The poll is open and I voted."
+    )
 
 
 # ----------------------------------------------------------------------------- workers
@@ -529,3 +539,21 @@ async def test_shutdown_lets_answers_finish_then_fails_the_rest(tmp_path: Path) 
         assert 0 < len(str(answer.data).split()) < 60
     finally:
         server.close()
+
+
+async def test_interrupt_cancels_the_running_answer_for_a_newer_message(
+    agents_server: ServerProcess,
+) -> None:
+    channel = room("rush")
+    async with connect(agents_server.url, client_id="alice") as alice:
+        rush = alice.channels.get(channel)
+        first = await rush.publish("@impatient a long answer please")
+        await wait_for(agents_server.url, channel, lambda ms: answers(ms))
+        second = await rush.publish("@impatient actually, something short")
+        messages = await wait_for(
+            agents_server.url, channel, lambda ms: len(answers(ms)) == 2 and finished(ms)
+        )
+    by_trigger = {a.extras["reply_to"]: a for a in answers(messages)}
+    assert by_trigger[first].status == "cancelled"
+    assert by_trigger[first].cancelled_by == "impatient"  # it stopped itself
+    assert by_trigger[second].status == "complete"

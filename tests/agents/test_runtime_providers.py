@@ -4,6 +4,7 @@ Anthropic's streaming formats: the answer is the model's stream, the request is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -57,10 +58,15 @@ def agent(
     return AgentConfig(**values)
 
 
-async def runtime_for(server: ServerProcess, config: AgentConfig) -> AgentRuntime:
+@contextlib.asynccontextmanager
+async def running(server: ServerProcess, config: AgentConfig) -> AsyncIterator[AgentRuntime]:
+    """An agent runtime for ``config`` on ``server``, closed after."""
     runtime = AgentRuntime(server.url, [config], key=KEY, environ=ENVIRON)
     await runtime.start()
-    return runtime
+    try:
+        yield runtime
+    finally:
+        await runtime.aclose()
 
 
 async def answers(url: str, channel: str) -> list[Message]:
@@ -113,12 +119,9 @@ async def test_a_mention_streams_the_models_answer_with_usage(
         else anthropic_text(pieces, input_tokens=120, output_tokens=5)
     )
     async with FakeLLMServer([Reply(events=events, pause_s=0.02)]) as fake:
-        runtime = await runtime_for(server, agent(fake, channel, provider))
-        try:
+        async with running(server, agent(fake, channel, provider)):
             trigger = await ask(server, channel, "@helper pick a place", earlier="I want tacos")
             [answer] = await settled(server.url, channel)
-        finally:
-            await runtime.aclose()
     assert answer.data == "".join(pieces) and answer.status == "complete"
     assert answer.extras["reply_to"] == trigger
     assert answer.extras["agent"] == {
@@ -143,8 +146,7 @@ async def test_cancel_closes_the_model_stream(server: ServerProcess, channel: st
         *(openai_chunk({"content": f"word{i} "}) for i in range(5)),
     ]
     async with FakeLLMServer([Reply(events=events, pause_s=0.05, hold=True)]) as fake:
-        runtime = await runtime_for(server, agent(fake, channel))
-        try:
+        async with running(server, agent(fake, channel)):
             async with connect(server.url, client_id="alice") as alice:
                 lunch = alice.channels.get(channel)
                 await lunch.publish("@helper talk to me")
@@ -156,8 +158,6 @@ async def test_cancel_closes_the_model_stream(server: ServerProcess, channel: st
                 await lunch.cancel(found[0].msg_serial, reason="stop")
                 await asyncio.wait_for(fake.disconnected.wait(), 5)
                 [answer] = await settled(server.url, channel)
-        finally:
-            await runtime.aclose()
     assert answer.status == "cancelled" and answer.cancelled_by == "alice"
     assert str(answer.data).startswith("word0")
 
@@ -167,12 +167,9 @@ async def test_a_401_fails_the_answer_with_a_readable_reason(
 ) -> None:
     body = openai_error("Incorrect API key provided", "invalid_request_error", "invalid_api_key")
     async with FakeLLMServer([Reply(status=401, body=body)]) as fake:
-        runtime = await runtime_for(server, agent(fake, channel))
-        try:
+        async with running(server, agent(fake, channel)):
             await ask(server, channel, "@helper hello?")
             [answer] = await settled(server.url, channel)
-        finally:
-            await runtime.aclose()
     assert answer.status == "failed"
     failure = answer.extras["failure"]
     assert "401" in failure or "API key" in failure, failure
@@ -186,12 +183,9 @@ async def test_a_429_is_retried_and_then_answers(server: ServerProcess, channel:
         headers={"retry-after": "0.1"},
     )
     async with FakeLLMServer([limited, Reply(events=openai_text(["Fine."]))]) as fake:
-        runtime = await runtime_for(server, agent(fake, channel))
-        try:
+        async with running(server, agent(fake, channel)):
             await ask(server, channel, "@helper hello?")
             [answer] = await settled(server.url, channel)
-        finally:
-            await runtime.aclose()
     assert answer.status == "complete" and answer.data == "Fine."
     assert len(fake.requests) == 2
 
@@ -205,16 +199,13 @@ async def test_auto_asks_the_judge_then_answers_or_stays_silent(
         Reply(events=openai_text(["NO, they are chatting among themselves"])),
     ]
     async with FakeLLMServer(replies) as fake:
-        runtime = await runtime_for(server, agent(fake, channel, policy="auto"))
-        try:
+        async with running(server, agent(fake, channel, policy="auto")):
             await ask(server, channel, "anyone know a good lunch place?")
             [answer] = await settled(server.url, channel)
             assert answer.data == "Try the ramen place."
             await ask(server, channel, "bob, see you at noon")
             await asyncio.sleep(1.5)
             assert len(await answers(server.url, channel)) == 1
-        finally:
-            await runtime.aclose()
     judge = fake.requests[0].body
     assert judge["max_tokens"] == 30 or judge.get("max_completion_tokens") == 30
     assert len(fake.requests) == 3  # judge, answer, judge

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_llm import collect
 
 from roomcast.agents.providers import (
     ProviderEvent,
@@ -47,11 +48,6 @@ def ask(text: str, *more: Turn | ToolRound) -> ProviderRequest:
     return ProviderRequest(
         agent_name="bot", system_prompt="You are bot.", messages=(Turn("alice", text), *more)
     )
-
-
-async def collect(provider: ScriptedProvider, request: ProviderRequest) -> list[ProviderEvent]:
-    async with contextlib.aclosing(provider.stream(request)) as events:
-        return [event async for event in events]
 
 
 def text_of(events: list[ProviderEvent]) -> str:

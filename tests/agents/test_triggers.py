@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from room_messages import message
 
 from roomcast.agents.triggers import (
     Decision,
@@ -15,22 +14,6 @@ from roomcast.agents.triggers import (
     parse_judgement,
 )
 from roomcast.protocol.messages import Message
-
-
-def message(text: Any = "hi", *, by: str = "alice", **fields: Any) -> Message:
-    values: dict[str, Any] = {
-        "msg_serial": 5,
-        "id": None,
-        "client_id": by,
-        "name": "text",
-        "data": text,
-        "extras": {},
-        "timestamp": 0,
-        "updated_at": 0,
-        "status": "complete",
-    }
-    values.update(fields)
-    return Message(**values)
 
 
 @pytest.mark.parametrize(

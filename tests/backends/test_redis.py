@@ -12,7 +12,7 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,11 +75,11 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 @pytest.fixture
-async def nodes(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[..., object]]:
-    """Opens stores ("nodes") on the shared test Redis, all with this test's prefix."""
+async def open_nodes() -> AsyncIterator[Callable[[str], Awaitable[RedisStore]]]:
+    """Opens stores ("nodes"), bus included, on a Redis URL; closes them after the test."""
     opened: list[RedisStore] = []
 
-    async def make(url: str = f"{redis_url}?prefix={redis_prefix}") -> RedisStore:
+    async def make(url: str) -> RedisStore:
         store = open_backend(url, StoreOptions())
         assert isinstance(store, RedisStore)
         await store.bus.open()
@@ -90,6 +90,18 @@ async def nodes(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[...
     yield make
     for store in reversed(opened):
         await store.aclose()
+
+
+@pytest.fixture
+def nodes(
+    redis_url: str, redis_prefix: str, open_nodes: Callable[[str], Awaitable[RedisStore]]
+) -> Callable[..., object]:
+    """Opens nodes on the shared test Redis, all with this test's prefix."""
+
+    async def make(url: str = f"{redis_url}?prefix={redis_prefix}") -> RedisStore:
+        return await open_nodes(url)
+
+    return make
 
 
 async def node(make: Callable[..., object], url: str | None = None) -> RedisStore:
@@ -309,66 +321,50 @@ async def test_resume_sessions_and_claims_work_across_nodes(nodes: Callable[...,
 # --------------------------------------------------------------------------- failures
 
 
-async def test_a_lost_bus_connection_is_caught_up_from_the_log(own_redis: OwnRedis) -> None:
-    a = open_backend(own_redis.url)
-    b = open_backend(own_redis.url)
-    assert isinstance(a, RedisStore) and isinstance(b, RedisStore)
-    try:
-        for store in (a, b):
-            await store.bus.open()
-            await store.open()
-        seen = attach(b)
-        await b.bus.subscribe(CH)
-        await a.append(create(CH, 0))
-        await eventually(lambda: len(seen.events) == 1, "the first event")
-        admin = redis.Redis(port=own_redis.port)
-        # Node b's pub/sub connection drops; events published meanwhile never reach it.
-        admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        admin.close()
-        await asyncio.gather(*(a.append(create(CH, i)) for i in range(1, 50)))
-        await eventually(lambda: len(seen.events) >= 50, "the events missed while away")
-        await a.append(create(CH, "last"))
-        await eventually(lambda: len(seen.events) >= 51, "the next live event")
-        await asyncio.sleep(0.1)
-        assert seen.serials(CH) == list(range(1, 52))
-    finally:
-        await a.aclose()
-        await b.aclose()
+async def test_a_lost_bus_connection_is_caught_up_from_the_log(
+    own_redis: OwnRedis, open_nodes: Callable[[str], Awaitable[RedisStore]]
+) -> None:
+    a, b = await open_nodes(own_redis.url), await open_nodes(own_redis.url)
+    seen = attach(b)
+    await b.bus.subscribe(CH)
+    await a.append(create(CH, 0))
+    await eventually(lambda: len(seen.events) == 1, "the first event")
+    admin = redis.Redis(port=own_redis.port)
+    # Node b's pub/sub connection drops; events published meanwhile never reach it.
+    admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    admin.close()
+    await asyncio.gather(*(a.append(create(CH, i)) for i in range(1, 50)))
+    await eventually(lambda: len(seen.events) >= 50, "the events missed while away")
+    await a.append(create(CH, "last"))
+    await eventually(lambda: len(seen.events) >= 51, "the next live event")
+    await asyncio.sleep(0.1)
+    assert seen.serials(CH) == list(range(1, 52))
 
 
 async def test_a_redis_restart_is_reported_then_survived_with_a_new_epoch(
-    own_redis: OwnRedis,
+    own_redis: OwnRedis, open_nodes: Callable[[str], Awaitable[RedisStore]]
 ) -> None:
-    a = open_backend(own_redis.url)
-    b = open_backend(own_redis.url)
-    assert isinstance(a, RedisStore) and isinstance(b, RedisStore)
-    try:
-        for store in (a, b):
-            await store.bus.open()
-            await store.open()
-        seen = attach(b)
-        await b.bus.subscribe(CH)
-        for i in range(3):
-            await a.append(create(CH, i))
-        before = await a.snapshot(CH, from_serial=None, rewind=0)
-        await eventually(lambda: len(seen.events) == 3, "the first events")
+    a, b = await open_nodes(own_redis.url), await open_nodes(own_redis.url)
+    seen = attach(b)
+    await b.bus.subscribe(CH)
+    for i in range(3):
+        await a.append(create(CH, i))
+    before = await a.snapshot(CH, from_serial=None, rewind=0)
+    await eventually(lambda: len(seen.events) == 3, "the first events")
 
-        own_redis.stop()  # no persistence: everything is lost
-        with pytest.raises(Unavailable, match=f"Redis store at 127.0.0.1:{own_redis.port}"):
-            await a.append(create(CH, "while down"))
-        with pytest.raises(Unavailable):
-            await a.ping()
-
-        own_redis.start()
+    own_redis.stop()  # no persistence: everything is lost
+    with pytest.raises(Unavailable, match=f"Redis store at 127.0.0.1:{own_redis.port}"):
+        await a.append(create(CH, "while down"))
+    with pytest.raises(Unavailable):
         await a.ping()
-        after = await a.append(create(CH, "after"))
-        assert after.serial == 1  # a new log...
-        snap = await a.snapshot(CH, from_serial=None, rewind=10)
-        assert snap.epoch != before.epoch  # ...under a new epoch, so clients reload
-        assert [m.data for m in snap.messages] == ["after"]
-        # Node b's bus reconnects and delivers the new epoch's events.
-        await eventually(lambda: len(seen.events) >= 4, "the event after the restart", 30)
-        assert seen.serials(CH) == [1, 2, 3, 1]
-    finally:
-        await a.aclose()
-        await b.aclose()
+
+    own_redis.start()
+    await a.ping()
+    after = await a.append(create(CH, "after"))
+    assert after.serial == 1  # a new log...
+    snap = await a.snapshot(CH, from_serial=None, rewind=10)
+    assert snap.epoch != before.epoch  # ...under a new epoch, so clients reload
+    assert [m.data for m in snap.messages] == ["after"]
+    # Node b's bus reconnects and delivers the new epoch's events.
+    await eventually(lambda: len(seen.events) >= 4, "the event after the restart", 30)
+    assert seen.serials(CH) == [1, 2, 3, 1]

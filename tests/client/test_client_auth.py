@@ -37,11 +37,6 @@ def keyed(test_env: dict[str, str]) -> Iterator[ServerProcess]:
         yield proc
 
 
-@pytest.fixture
-def room() -> str:
-    return f"room:{uuid.uuid4().hex[:10]}"
-
-
 class TokenBackend:
     """What an app's backend does for its browser: asks the server for short tokens with the
     API key. ``capability`` and ``broken`` change what the next call returns."""
@@ -98,7 +93,7 @@ def test_renewal_starts_at_two_thirds_or_30s_before_but_not_before_half() -> Non
 
 
 async def test_one_connection_outlives_several_short_tokens(
-    keyed: ServerProcess, backend: TokenBackend, room: str
+    keyed: ServerProcess, backend: TokenBackend, channel_name: str
 ) -> None:
     """3 s tokens for ~10 s: renewed with `auth`, never a reconnect, and the connection can
     still publish and receive at the end."""
@@ -107,7 +102,7 @@ async def test_one_connection_outlives_several_short_tokens(
         first_id = client.connection_id
         first_exp = token_expiry(client.token or "")
         assert first_exp is not None and first_exp - time.time() <= 3
-        channel = client.channels.get(room)
+        channel = client.channels.get(channel_name)
         subscription = await channel.subscribe()
         events = aiter(subscription)
         await asyncio.sleep(10)  # past three expiries of the first token
@@ -127,11 +122,11 @@ async def test_one_connection_outlives_several_short_tokens(
 
 
 async def test_a_narrower_renewed_token_takes_effect_without_reconnecting(
-    keyed: ServerProcess, backend: TokenBackend, room: str
+    keyed: ServerProcess, backend: TokenBackend, channel_name: str
 ) -> None:
     async with connect(keyed.url, auth_callback=backend) as client:
         changes = record(client)
-        channel = client.channels.get(room)
+        channel = client.channels.get(channel_name)
         await channel.publish("allowed")
         backend.capability = READ_ONLY
         await eventually(lambda: len(events_named(changes, "renewed")) >= 1)
@@ -144,7 +139,7 @@ async def test_a_narrower_renewed_token_takes_effect_without_reconnecting(
 
 
 async def test_a_refused_renewal_is_reported_and_an_expiry_reconnects_with_a_fresh_token(
-    keyed: ServerProcess, backend: TokenBackend, room: str
+    keyed: ServerProcess, backend: TokenBackend, channel_name: str
 ) -> None:
     """The callback fails until the token runs out: the server closes 4001, and the client
     reconnects (resuming its connection) with the callback's next token."""
@@ -161,7 +156,7 @@ async def test_a_refused_renewal_is_reported_and_an_expiry_reconnects_with_a_fre
         await eventually(lambda: client.state == "connected", within=10)
         assert events_named(changes, "resumed")
         assert client.connection_id == first_id
-        assert await client.channels.get(room).publish("back") == 1
+        assert await client.channels.get(channel_name).publish("back") == 1
 
 
 async def test_a_token_for_another_client_is_refused_as_a_renewal(
@@ -192,10 +187,12 @@ async def test_without_a_callback_an_expired_token_fails_with_auth_error(
         await client.close()
 
 
-async def test_a_key_connects_with_the_client_id_it_names(keyed: ServerProcess, room: str) -> None:
+async def test_a_key_connects_with_the_client_id_it_names(
+    keyed: ServerProcess, channel_name: str
+) -> None:
     async with connect(keyed.url, key=KEY, client_id="worker-1") as client:
         assert client.client_id == "worker-1"
-        assert await client.channels.get(room).publish("from a key") == 1
+        assert await client.channels.get(channel_name).publish("from a key") == 1
     async with connect(keyed.url, key=KEY) as client:
         assert client.client_id == "key:ops"
 

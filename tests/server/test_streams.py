@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,18 @@ def streams_server(
     proc = _start(request.param, tmp_path_factory.mktemp("streams"))
     yield proc
     proc.close()
+
+
+@pytest.fixture
+async def alice_and_bob(
+    streams_server: ServerProcess,
+) -> AsyncIterator[tuple[WireClient, WireClient]]:
+    """Alice and Bob connected to the streams server, closed after the test."""
+    async with (
+        await WireClient.connect(streams_server.ws_url, client_id="alice") as a,
+        await WireClient.connect(streams_server.ws_url, client_id="bob") as b,
+    ):
+        yield a, b
 
 
 def is_event(channel: str, type_: str | None = None, msg_serial: int | None = None) -> Any:
@@ -104,11 +116,10 @@ async def start_stream(client: WireClient, channel: str) -> int:
 
 
 async def test_live_fragments_then_late_joiner_gets_one_complete_message(
-    streams_server: ServerProcess,
+    streams_server: ServerProcess, alice_and_bob: tuple[WireClient, WireClient]
 ) -> None:
     channel = room()
-    a = await WireClient.connect(streams_server.ws_url, client_id="alice")
-    b = await WireClient.connect(streams_server.ws_url, client_id="bob")
+    a, b = alice_and_bob
     await b.request("attach", channel=channel)
     msg_serial = await start_stream(a, channel)
     fragments = [f"tok{i:03d} " for i in range(200)]
@@ -148,8 +159,7 @@ async def test_live_fragments_then_late_joiner_gets_one_complete_message(
     assert message["data"] == final and message["status"] == "complete"
     history = await c.request("history", channel=channel)
     assert history["messages"] == [message]
-    for client in (a, b, c):
-        await client.close()
+    await c.close()
 
 
 # ---------------------------------------------------------------------------- criterion 2
@@ -198,11 +208,10 @@ async def test_subscriber_dropped_mid_stream_resumes_with_exactly_the_text(
 
 
 async def test_cancel_is_durable_refuses_appends_and_an_ignoring_author_is_ended(
-    streams_server: ServerProcess,
+    alice_and_bob: tuple[WireClient, WireClient],
 ) -> None:
     channel = room()
-    a = await WireClient.connect(streams_server.ws_url, client_id="alice")
-    b = await WireClient.connect(streams_server.ws_url, client_id="bob")
+    a, b = alice_and_bob
     await b.request("attach", channel=channel)
     msg_serial = await start_stream(a, channel)
     await send_appends(a, channel, msg_serial, ["partial ", "answer"])
@@ -226,8 +235,6 @@ async def test_cancel_is_durable_refuses_appends_and_an_ignoring_author_is_ended
     [message] = history["messages"]
     assert message["status"] == "cancelled" and message["cancelled_by"] == "bob"
     assert message["data"] == "partial answer"
-    for client in (a, b):
-        await client.close()
 
 
 async def test_cancel_of_a_finished_message_is_409(streams_server: ServerProcess) -> None:
@@ -370,11 +377,10 @@ async def test_an_ignored_cancel_is_ended_after_a_restart(tmp_path: Path) -> Non
 
 
 async def test_reactions_round_trip_and_duplicates_are_no_ops(
-    streams_server: ServerProcess,
+    alice_and_bob: tuple[WireClient, WireClient],
 ) -> None:
     channel = room()
-    a = await WireClient.connect(streams_server.ws_url, client_id="alice")
-    b = await WireClient.connect(streams_server.ws_url, client_id="bob")
+    a, b = alice_and_bob
     await a.request("attach", channel=channel)
     msg_serial = (await a.request("publish", channel=channel, data="lunch?"))["serial"]
 
@@ -399,19 +405,16 @@ async def test_reactions_round_trip_and_duplicates_are_no_ops(
     assert history["messages"][0]["reactions"] == {"👍": ["alice"], "🌮": ["alice"]}
     info = await b.request("attach", channel=channel)
     assert info["serial"] == removed["serial"]  # the no-ops took no serial
-    for client in (a, b):
-        await client.close()
 
 
 # ---------------------------------------------------------------------------- criterion 7
 
 
 async def test_append_by_another_client_or_after_the_end_is_409_and_changes_nothing(
-    streams_server: ServerProcess,
+    alice_and_bob: tuple[WireClient, WireClient],
 ) -> None:
     channel = room()
-    a = await WireClient.connect(streams_server.ws_url, client_id="alice")
-    b = await WireClient.connect(streams_server.ws_url, client_id="bob")
+    a, b = alice_and_bob
     msg_serial = await start_stream(a, channel)
     await send_appends(a, channel, msg_serial, ["mine"])
     serial_before = (await b.request("attach", channel=channel))["serial"]
@@ -435,8 +438,6 @@ async def test_append_by_another_client_or_after_the_end_is_409_and_changes_noth
     assert [e["serial"] for e in events] == [serial_before + 1, serial_before + 2]
     missing = await a.request("append", channel=channel, msg_serial=9999, data="?")
     assert missing["action"] == "error" and missing["code"] == 40400
-    for client in (a, b):
-        await client.close()
 
 
 # ---------------------------------------------------------------------------- rollup

@@ -448,3 +448,25 @@ async def test_a_claim_belongs_to_one_connection_until_its_ttl(server: ServerPro
     assert await claim(second) is True  # the ttl passed
     await first.close()
     await second.close()
+
+
+async def test_the_largest_history_page_is_a_setting(test_env: dict[str, str]) -> None:
+    import httpx
+
+    env = {**test_env, "ROOMCAST_MAX_HISTORY_LIMIT": "50"}
+    with ServerProcess(store="memory://", env=env) as proc:
+        channel = room()
+        client = await WireClient.connect(proc.ws_url, client_id="alice")
+        assert client.connected["limits"]["history_limit"] == 50
+        for i in range(60):
+            await client.request("publish", channel=channel, data=i)
+        page = await client.request("history", channel=channel, limit=50)
+        assert len(page["messages"]) == 50 and page["has_more"] is True
+        refused = await client.request("history", channel=channel, limit=51)
+        assert refused["action"] == "error" and refused["code"] == 40000
+        assert "50" in refused["message"]
+        assert (await client.request("ping"))["action"] == "pong"  # still usable
+        async with httpx.AsyncClient(base_url=proc.url) as http:
+            response = await http.get(f"/v1/channels/{channel}/messages", params={"limit": 51})
+        assert response.status_code == 400 and response.json()["error"]["code"] == 40000
+        await client.close()

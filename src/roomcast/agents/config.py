@@ -323,6 +323,7 @@ def default_agents(environ: Mapping[str, str]) -> list[AgentConfig]:
         "system_prompt": default_system_prompt(DEFAULT_NAME),
         "policy": "mention",
         "rooms": ("room:*",),
+        "tools": ("builtin",),
     }
     if environ.get("OPENAI_API_KEY") or environ.get("OPENAI_BASE_URL"):
         agent = AgentConfig(

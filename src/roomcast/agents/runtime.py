@@ -229,6 +229,25 @@ class AgentWorker:
         self._spawn(self._trigger(room, message, decision.needs_judge), answer=True)
 
     async def _trigger(self, room: _Room, trigger: Message, judge: bool) -> None:
+        # The context is read while the claim is made: one round trip less before the
+        # first token.
+        history: asyncio.Future[list[Message]] = asyncio.ensure_future(
+            self._history(room.channel, 200)
+        )
+        try:
+            await self._claimed_trigger(room, trigger, judge, history)
+        finally:
+            history.cancel()
+            with contextlib.suppress(BaseException):
+                await history
+
+    async def _claimed_trigger(
+        self,
+        room: _Room,
+        trigger: Message,
+        judge: bool,
+        history: asyncio.Future[list[Message]] | None,
+    ) -> None:
         channel = room.channel
         key = f"answer:{self.name}:{trigger.msg_serial}"
         reply = await self._call(m.Claim(channel=channel.name, key=key, ttl_s=CLAIM_TTL_S))
@@ -256,10 +275,12 @@ class AgentWorker:
                     with contextlib.suppress(Exception):
                         await channel.cancel(running.msg_serial, reason="a newer message came")
         lock = room.queue if self.config.concurrency == "queue" else None
+        if judge or (lock is not None and lock.locked()):
+            history = None  # read again when the answer starts: the room moved on
         async with lock if lock is not None else contextlib.nullcontext():
             room.running[trigger.msg_serial] = None
             try:
-                await self.answer(room, trigger)
+                await self.answer(room, trigger, history)
             finally:
                 room.running.pop(trigger.msg_serial, None)
                 if not room.running and not self.stopping:
@@ -328,7 +349,12 @@ class AgentWorker:
 
     # ------------------------------------------------------------------ the answer
 
-    async def answer(self, room: _Room, trigger: Message) -> None:
+    async def answer(
+        self,
+        room: _Room,
+        trigger: Message,
+        history: asyncio.Future[list[Message]] | None = None,
+    ) -> None:
         """Answer ``trigger`` in ``room``: one streamed message (or a visible refusal when
         the budget is spent, or nothing for an empty or ``[skip]`` answer)."""
         channel = room.channel
@@ -350,7 +376,7 @@ class AgentWorker:
             )
             return
         self._show(channel, "thinking")
-        request = await self._request(channel, trigger)
+        request = await self._request(channel, trigger, history)
         answer = _Answer(channel, extras)
         room.running[trigger.msg_serial] = answer.stream
         usage = Usage(0, 0)
@@ -366,6 +392,7 @@ class AgentWorker:
                 for call in calls:
                     results.append(await self._run_tool(channel, call, extras))
                 request = _continue(request, round_text, results)
+                answer.next_round()
             await answer.finish(self._usage_extras(channel.name, usage))
         except ProviderError as exc:
             log.warning(
@@ -447,8 +474,13 @@ class AgentWorker:
         )
         return result
 
-    async def _request(self, channel: Channel, trigger: Message) -> ProviderRequest:
-        history = await self._history(channel, 200)
+    async def _request(
+        self,
+        channel: Channel,
+        trigger: Message,
+        prefetched: asyncio.Future[list[Message]] | None = None,
+    ) -> ProviderRequest:
+        history = await (prefetched if prefetched is not None else self._history(channel, 200))
         lookup = {message.msg_serial: message for message in history}
         lookup.setdefault(trigger.msg_serial, trigger)
         chain = reply_chain(trigger, lookup)
@@ -513,12 +545,23 @@ class _Answer:
         self.stream = channel.stream(name="text", extras=extras)
         self._held = ""
         self._open = False
+        self._separate = False
+        self._said = ""  # everything added, sent or held
 
     async def cancelled(self) -> None:
         await self.stream.cancelled.wait()
 
+    def next_round(self) -> None:
+        """What the model says after its tool calls starts a new paragraph."""
+        self._separate = True
+
     async def add(self, text: str) -> bool:
         """Append ``text``; True once the message is visible."""
+        if self._separate and text:
+            self._separate = False
+            if self._said and not self._said[-1].isspace():
+                text = "\n\n" + text
+        self._said += text
         if not self._open:
             self._held += text
             stripped = self._held.lstrip()

@@ -8,13 +8,13 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from msgspec import UNSET, structs
+from msgspec import UNSET
 
 from roomcast.protocol import objects as live
 from roomcast.protocol.errors import BadRequest
 from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState
-from roomcast.protocol.rollup import admit, apply_event, message_from_create
 
+from .apply import sequence
 from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
 from .local import LocalBus, LocalEphemeralState, new_epoch, now_ms
 
@@ -63,30 +63,26 @@ class MemoryStore(LocalEphemeralState, Store):
             seen = log.keys.get(key)
             if seen is not None and seen[1] > now:
                 return Appended(serial=seen[0], duplicate=True)
-        message = None if event.msg_serial is UNSET else log.messages.get(event.msg_serial)
-        if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
-            return Appended(serial=None)
         serial = log.serial + 1
-        change = None
-        if event.type == "object":
-            change = live.plan(
-                live.as_op(event.op),
-                serial,
-                log.objects.get,
-                total_bytes=log.objects_bytes,
-                max_bytes=self.options.max_objects_bytes,
-            )
-            if change.created:
-                event = structs.replace(event, object_id=change.object_id)
-        event = structs.replace(event, serial=serial, timestamp=now)
+        step = sequence(
+            event,
+            None if event.msg_serial is UNSET else log.messages.get(event.msg_serial),
+            serial=serial,
+            objects=log.objects.get,
+            objects_bytes=log.objects_bytes,
+            options=self.options,
+            now=now,
+        )
+        if step is None:
+            return Appended(serial=None)
+        event, message, change = step.event, step.message, step.change
         if change is not None:
             log.objects[change.object_id] = change.state
             log.objects_bytes += change.size_delta
-        elif event.type == "create":
-            log.messages[serial] = message_from_create(event)
-            log.order.append(serial)
         elif message is not None:
-            log.messages[message.msg_serial] = apply_event(message, event)
+            if event.type == "create":
+                log.order.append(serial)
+            log.messages[message.msg_serial] = message
         log.serial = serial
         log.updated_at = now
         log.events.append(event)

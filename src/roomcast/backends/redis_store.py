@@ -13,13 +13,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
-from msgspec import UNSET, structs
+from msgspec import UNSET
 
 from roomcast.protocol import objects as live
-from roomcast.protocol.errors import BadRequest, RoomcastError, Unavailable
+from roomcast.protocol.errors import RoomcastError, Unavailable
 from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState, PresenceMember
-from roomcast.protocol.rollup import admit, apply_event, message_from_create
 
+from .apply import check_batch, encode_event, sequence
 from .base import (
     REPLAY_PAGE,
     Appended,
@@ -228,10 +228,7 @@ class RedisStore(Store):
     async def append_batch(
         self, events: Sequence[Event], keys: Sequence[str | None]
     ) -> list[Appended]:
-        if len({e.channel for e in events}) > 1:
-            raise BadRequest("a batch must be for one channel")
-        if len(events) != len(keys):
-            raise BadRequest("a batch needs one idempotency key (or None) per event")
+        check_batch(events, keys)
         if not events:
             return []
         results: list[Appended] = await self._submit(list(events), list(keys), batch=True)
@@ -339,44 +336,34 @@ class RedisStore(Store):
                 work.result, work.error = None, exc
 
     def _apply(self, group: _Group, event: Event, key: str | None, now: int) -> Appended:
-        """MemoryStore._apply, against the group's state."""
+        """One event against the group's state (the rules are in ``apply.sequence``)."""
         if key is not None:
             seen = group.keys.get(key)
-            if seen is not None:
+            if seen is not None:  # the key expires in Redis: found, it is still valid
                 return Appended(serial=seen, duplicate=True)
-        message = None if event.msg_serial is UNSET else group.messages.get(event.msg_serial)
-        if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
-            return Appended(serial=None)
         serial = group.serial + 1
-        change = None
-        if event.type == "object":
-            change = live.plan(
-                live.as_op(event.op),
-                serial,
-                group.objects.get,
-                total_bytes=group.obytes,
-                max_bytes=self.options.max_objects_bytes,
-            )
-            if change.created:
-                event = structs.replace(event, object_id=change.object_id)
-        event = structs.replace(event, serial=serial, timestamp=now)
-        try:  # here, so that an event that cannot be stored fails alone
-            body = _encode(event)
-        except (TypeError, OverflowError, msgspec.EncodeError) as exc:
-            raise BadRequest(f"the event cannot be stored: {exc}") from None
+        step = sequence(
+            event,
+            None if event.msg_serial is UNSET else group.messages.get(event.msg_serial),
+            serial=serial,
+            objects=group.objects.get,
+            objects_bytes=group.obytes,
+            options=self.options,
+            now=now,
+        )
+        if step is None:
+            return Appended(serial=None)
+        event, message, change = step.event, step.message, step.change
+        body = encode_event(event)
         if change is not None:
             group.objects[change.object_id] = change.state
             group.dirty_objects[change.object_id] = change.state
             group.obytes += change.size_delta
-        elif event.type == "create":
-            created = message_from_create(event)
-            group.messages[serial] = created
-            group.dirty[serial] = (created, True)
         elif message is not None:
-            changed = apply_event(message, event)
-            group.messages[message.msg_serial] = changed
-            is_new = group.dirty.get(message.msg_serial, (message, False))[1]
-            group.dirty[message.msg_serial] = (changed, is_new)
+            group.messages[message.msg_serial] = message
+            earlier = group.dirty.get(message.msg_serial)  # created earlier in this group?
+            is_new = event.type == "create" or (earlier is not None and earlier[1])
+            group.dirty[message.msg_serial] = (message, is_new)
         group.serial = serial
         group.events.append((event, body))
         if key is not None:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
-from msgspec import UNSET, structs
+from msgspec import UNSET
 
 from roomcast.protocol import objects as live
-from roomcast.protocol.errors import BadRequest, Unavailable
+from roomcast.protocol.errors import Unavailable
 from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState
-from roomcast.protocol.rollup import admit, apply_event, message_from_create
 
+from .apply import check_batch, encode_event, sequence
 from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
 from .local import LocalBus, LocalEphemeralState, new_epoch, now_ms
 
@@ -393,47 +393,38 @@ class _Writer:
         stage.merge(child)
 
     def apply(self, stage: _Stage, event: Event, key: str | None, now: int) -> Appended:
-        """MemoryStore._apply, against the stage."""
-        chan = stage.chan(event.channel)
+        """One event against the stage (the rules are in ``apply.sequence``)."""
+        channel = event.channel
+        chan = stage.chan(channel)
         if key is not None:
-            seen = stage.key(event.channel, key)
+            seen = stage.key(channel, key)
             if seen is not None and seen[1] > now:
                 return Appended(serial=seen[0], duplicate=True)
-        message = (
-            None if event.msg_serial is UNSET else stage.message(event.channel, event.msg_serial)
-        )
-        if not admit(message, event, max_stream_bytes=self.options.max_stream_bytes):
-            return Appended(serial=None)
         serial = chan.serial + 1
-        change = None
-        if event.type == "object":
-            change = live.plan(
-                live.as_op(event.op),
-                serial,
-                lambda object_id: stage.object(event.channel, object_id),
-                total_bytes=chan.objects_bytes,
-                max_bytes=self.options.max_objects_bytes,
-            )
-            if change.created:
-                event = structs.replace(event, object_id=change.object_id)
-        event = structs.replace(event, serial=serial, timestamp=now)
-        try:  # here, so that an event that cannot be stored fails alone
-            body = _encode(event)
-        except (TypeError, OverflowError, msgspec.EncodeError) as exc:
-            raise BadRequest(f"the event cannot be stored: {exc}") from None
+        step = sequence(
+            event,
+            None if event.msg_serial is UNSET else stage.message(channel, event.msg_serial),
+            serial=serial,
+            objects=lambda object_id: stage.object(channel, object_id),
+            objects_bytes=chan.objects_bytes,
+            options=self.options,
+            now=now,
+        )
+        if step is None:
+            return Appended(serial=None)
+        event, message, change = step.event, step.message, step.change
+        body = encode_event(event)
         if change is not None:
-            stage.objects[(event.channel, change.object_id)] = change.state
+            stage.objects[(channel, change.object_id)] = change.state
             chan.objects_bytes += change.size_delta
-        elif event.type == "create":
-            stage.messages[(event.channel, serial)] = message_from_create(event)
         elif message is not None:
-            stage.messages[(event.channel, message.msg_serial)] = apply_event(message, event)
+            stage.messages[(channel, message.msg_serial)] = message
         chan.serial = serial
         chan.updated_at = now
         stage.events.append((event, body))
         if key is not None:
             expires = now + int(self.options.dedup_window_s * 1000)
-            stage.keys[(event.channel, key)] = (serial, expires)
+            stage.keys[(channel, key)] = (serial, expires)
         return Appended(serial=serial, event=event)
 
     def flush(self, stage: _Stage) -> None:
@@ -674,10 +665,7 @@ class SqliteStore(LocalEphemeralState, Store):
     async def append_batch(
         self, events: Sequence[Event], keys: Sequence[str | None]
     ) -> list[Appended]:
-        if len({e.channel for e in events}) > 1:
-            raise BadRequest("a batch must be for one channel")
-        if len(events) != len(keys):
-            raise BadRequest("a batch needs one idempotency key (or None) per event")
+        check_batch(events, keys)
         if not events:
             return []
         work = _Work("batch", self._future(), events=list(events), keys=list(keys))

@@ -30,6 +30,7 @@ from msgspec import UNSET
 from roomcast.backends.base import Appended, Store
 from roomcast.protocol.errors import Conflict, NotFound, RoomcastError, TooLarge
 from roomcast.protocol.messages import Event, Status
+from roomcast.protocol.rollup import append_refusal
 from roomcast.settings import Settings
 
 log = logging.getLogger("roomcast.streams")
@@ -191,17 +192,15 @@ class AppendRollup:
 
     def _check(self, stream: _Stream, item: _Item) -> RoomcastError | None:
         """The error the store would give this append, as far as this node can tell."""
-        what = f"message {stream.msg_serial}"
-        if stream.status != "streaming":
-            return Conflict(f"{what} is not streaming")
-        if stream.cancelled_by is not None:
-            return Conflict(f"{what} was cancelled by {stream.cancelled_by}")
-        if item.client_id != stream.author:
-            return Conflict(f"{what} is not yours to append to")
-        size = stream.size + _size(item.data)
-        if size > self.max_stream_bytes:
-            return TooLarge(f"stream would be {size} bytes, over the {self.max_stream_bytes} limit")
-        return None
+        return append_refusal(
+            stream.msg_serial,
+            status=stream.status,
+            cancelled_by=stream.cancelled_by,
+            author=stream.author,
+            appender=item.client_id,
+            size=stream.size + _size(item.data),
+            max_stream_bytes=self.max_stream_bytes,
+        )
 
     def _take_queue(self, stream: _Stream) -> None:
         """Check the queued appends and merge the good ones; flush at once if the window is

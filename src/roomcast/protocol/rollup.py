@@ -92,16 +92,46 @@ def admit(message: Message | None, event: Event, *, max_stream_bytes: int) -> bo
     return _ADMIT[event.type](message, event, max_stream_bytes)
 
 
-def _admit_append(message: Message, event: Event, max_stream_bytes: int) -> bool:
-    if message.status != "streaming":
-        raise Conflict(f"message {message.msg_serial} is not streaming")
-    if message.cancelled_by is not None:
-        raise Conflict(f"message {message.msg_serial} was cancelled by {message.cancelled_by}")
-    if event.client_id != message.client_id:
-        raise Conflict(f"message {message.msg_serial} is not yours to append to")
-    size = len(str(message.data or "").encode()) + len(str(event.data).encode())
+def append_refusal(
+    msg_serial: int,
+    *,
+    status: str,
+    cancelled_by: str | None,
+    author: str | None,
+    appender: str | None,
+    size: int,
+    max_stream_bytes: int,
+) -> Conflict | TooLarge | None:
+    """Why an append to message ``msg_serial`` is refused, or None if it may go.
+
+    The message must be streaming, not cancelled and the appender's own, and ``size`` (its
+    bytes with the append) within the limit. The store raises it (:func:`admit`); the core
+    checks appends with it before they reach the store, so both refuse alike.
+    """
+    what = f"message {msg_serial}"
+    if status != "streaming":
+        return Conflict(f"{what} is not streaming")
+    if cancelled_by is not None:
+        return Conflict(f"{what} was cancelled by {cancelled_by}")
+    if appender != author:
+        return Conflict(f"{what} is not yours to append to")
     if size > max_stream_bytes:
-        raise TooLarge(f"stream would be {size} bytes, over the {max_stream_bytes} limit")
+        return TooLarge(f"stream would be {size} bytes, over the {max_stream_bytes} limit")
+    return None
+
+
+def _admit_append(message: Message, event: Event, max_stream_bytes: int) -> bool:
+    error = append_refusal(
+        message.msg_serial,
+        status=message.status,
+        cancelled_by=message.cancelled_by,
+        author=message.client_id,
+        appender=event.client_id,
+        size=len(str(message.data or "").encode()) + len(str(event.data).encode()),
+        max_stream_bytes=max_stream_bytes,
+    )
+    if error is not None:
+        raise error
     return True
 
 

@@ -8,9 +8,9 @@ Streams raw Messages events (``message_start``, ``content_block_*``, ``message_d
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from types import ModuleType
+from typing import Any, ClassVar, cast
 
 import anthropic
 
@@ -18,17 +18,13 @@ from roomcast.agents.providers.base import (
     ProviderError,
     ProviderEvent,
     ProviderRequest,
-    RetryPolicy,
     TextDelta,
     ToolCall,
     ToolRound,
     Usage,
-    error_detail,
-    parse_retry_after,
-    retry_rate_limited,
     speaker_line,
-    status_error,
 )
+from roomcast.agents.providers.sdk import SDKProvider
 
 # Every kind of input token counts towards the input.
 _INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -179,34 +175,16 @@ class EventAssembler:
         return ToolCall(tool.id, tool.name, arguments)
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKProvider):
     """A Claude model behind the Messages API (or a compatible ``base_url``)."""
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        api_key: str,
-        base_url: str | None = None,
-        timeout_s: float = 60.0,
-        retry: RetryPolicy | None = None,
-        key_env: str | None = None,
-    ) -> None:
-        self.model = model
-        self.base_url = base_url
-        self._timeout_s = timeout_s
-        self._retry = retry or RetryPolicy()
-        self._key_env = key_env
-        self._client = anthropic.AsyncAnthropic(
+    sdk: ClassVar[ModuleType] = anthropic
+    vendor = "Anthropic"
+
+    def make_client(self, *, api_key: str, base_url: str | None, timeout_s: float) -> Any:
+        return anthropic.AsyncAnthropic(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
         )
-        self._where = f"model {model!r} at {base_url or 'Anthropic'}"
-
-    def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        return retry_rate_limited(lambda: self._attempt(request), self._retry)
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
     def request_params(self, request: ProviderRequest) -> dict[str, Any]:
         """The body sent to ``/v1/messages``."""
@@ -226,54 +204,24 @@ class AnthropicProvider:
             params["tools"] = build_tools(request)
         return params
 
-    async def _attempt(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        stream: Any = None
-        try:
-            create = cast(Any, self._client.messages.create)
-            stream = await create(**self.request_params(request))
-            assembler = EventAssembler()
-            async for event in stream:
-                for provider_event in assembler.feed(event):
-                    yield provider_event
-            for provider_event in assembler.finish():
-                yield provider_event
-        except ProviderError:
-            raise
-        except anthropic.APIStatusError as exc:
-            raise self._status_error(exc) from None
-        except anthropic.APITimeoutError:
-            raise ProviderError(
-                f"{self._where}: no answer within {self._timeout_s:g} s", retryable=True
-            ) from None
-        except anthropic.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            raise ProviderError(
-                f"{self._where}: connection failed: {cause}", retryable=True
-            ) from None
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            if stream is None:  # not the stream: a bad call
-                raise
-            raise ProviderError(f"{self._where}: malformed stream: {exc}") from None
-        except Exception as exc:  # the SDK lets transport errors inside a stream through
-            raise ProviderError(
-                f"{self._where}: the stream broke off: {type(exc).__name__}: {exc}",
-                retryable=True,
-            ) from None
-        finally:
-            if stream is not None:
-                await stream.close()
+    async def open_stream(self, request: ProviderRequest) -> Any:
+        create = cast(Any, self._client.messages.create)
+        return await create(**self.request_params(request))
 
-    def _status_error(self, exc: anthropic.APIStatusError) -> ProviderError:
-        status = exc.status_code
-        body = exc.body
+    def assembler(self) -> EventAssembler:
+        return EventAssembler()
+
+    def status(self, exc: Any) -> int:
+        status = int(exc.status_code)
         if status < 400:  # an `error` event inside the stream
+            body = exc.body
             inner = body.get("error") if isinstance(body, dict) else None
             kind = inner.get("type") if isinstance(inner, dict) else None
             status = _STREAM_ERROR_STATUS.get(str(kind), 500)
-        return status_error(
-            self._where,
-            status,
-            error_detail(body) or exc.message,
-            key_env=self._key_env,
-            retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
+        return status
+
+    def other_error(self, exc: Exception) -> ProviderError:
+        # The SDK lets transport errors inside a stream through.
+        return ProviderError(
+            f"{self._where}: the stream broke off: {type(exc).__name__}: {exc}", retryable=True
         )

@@ -9,9 +9,9 @@ retries are off: :class:`~roomcast.agents.providers.base.RetryPolicy` decides, s
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from types import ModuleType
+from typing import Any, ClassVar, cast
 
 import openai
 
@@ -19,17 +19,13 @@ from roomcast.agents.providers.base import (
     ProviderError,
     ProviderEvent,
     ProviderRequest,
-    RetryPolicy,
     TextDelta,
     ToolCall,
     ToolRound,
     Usage,
-    error_detail,
-    parse_retry_after,
-    retry_rate_limited,
     speaker_line,
-    status_error,
 )
+from roomcast.agents.providers.sdk import SDKProvider
 
 
 def build_messages(request: ProviderRequest) -> list[dict[str, Any]]:
@@ -159,36 +155,16 @@ class ChunkAssembler:
         return events
 
 
-class OpenAICompatibleProvider:
+class OpenAICompatibleProvider(SDKProvider):
     """A model behind an OpenAI-compatible ``/chat/completions`` endpoint."""
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        api_key: str,
-        base_url: str | None = None,
-        timeout_s: float = 60.0,
-        retry: RetryPolicy | None = None,
-        key_env: str | None = None,
-    ) -> None:
-        self.model = model
-        self.base_url = base_url
-        self._timeout_s = timeout_s
-        self._retry = retry or RetryPolicy()
-        self._key_env = key_env
-        self._client = openai.AsyncOpenAI(
+    sdk: ClassVar[ModuleType] = openai
+    vendor = "OpenAI"
+
+    def make_client(self, *, api_key: str, base_url: str | None, timeout_s: float) -> Any:
+        return openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
         )
-        # OpenAI's own API wants max_completion_tokens; most compatible servers know max_tokens.
-        self._official = base_url is None or "api.openai.com" in base_url
-        self._where = f"model {model!r} at {base_url or 'OpenAI'}"
-
-    def stream(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        return retry_rate_limited(lambda: self._attempt(request), self._retry)
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
     def request_params(self, request: ProviderRequest) -> dict[str, Any]:
         """The body sent to ``/chat/completions``."""
@@ -198,49 +174,23 @@ class OpenAICompatibleProvider:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        params["max_completion_tokens" if self._official else "max_tokens"] = request.max_tokens
+        # OpenAI's own API wants max_completion_tokens; most compatible servers know max_tokens.
+        official = self.base_url is None or "api.openai.com" in self.base_url
+        params["max_completion_tokens" if official else "max_tokens"] = request.max_tokens
         if request.temperature is not None:
             params["temperature"] = request.temperature
         if request.tools:
             params["tools"] = build_tools(request)
         return params
 
-    async def _attempt(self, request: ProviderRequest) -> AsyncGenerator[ProviderEvent, None]:
-        stream: Any = None
-        try:
-            create = cast(Any, self._client.chat.completions.create)
-            stream = await create(**self.request_params(request))
-            assembler = ChunkAssembler()
-            async for chunk in stream:
-                for event in assembler.feed(chunk):
-                    yield event
-            for event in assembler.finish():
-                yield event
-        except ProviderError:
-            raise
-        except openai.APIStatusError as exc:
-            raise status_error(
-                self._where,
-                exc.status_code,
-                error_detail(exc.body) or exc.message,
-                key_env=self._key_env,
-                retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
-            ) from None
-        except openai.APITimeoutError:
-            raise ProviderError(
-                f"{self._where}: no answer within {self._timeout_s:g} s", retryable=True
-            ) from None
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            raise ProviderError(
-                f"{self._where}: connection failed: {cause}", retryable=True
-            ) from None
-        except openai.APIError as exc:  # an error object inside the stream
-            raise ProviderError(f"{self._where}: {exc.message}") from None
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            if stream is None:  # not the stream: a bad call
-                raise
-            raise ProviderError(f"{self._where}: malformed stream: {exc}") from None
-        finally:
-            if stream is not None:
-                await stream.close()
+    async def open_stream(self, request: ProviderRequest) -> Any:
+        create = cast(Any, self._client.chat.completions.create)
+        return await create(**self.request_params(request))
+
+    def assembler(self) -> ChunkAssembler:
+        return ChunkAssembler()
+
+    def other_error(self, exc: Exception) -> ProviderError | None:
+        if isinstance(exc, openai.APIError):  # an error object inside the stream
+            return ProviderError(f"{self._where}: {exc.message}")
+        return None
