@@ -14,6 +14,9 @@ import secrets
 from collections.abc import Mapping
 
 from roomcast.agents.config import AgentConfig, default_agents, load_agents
+from roomcast.agents.providers import ProviderConfigError, make_provider
+from roomcast.agents.providers.base import Provider
+from roomcast.agents.providers.scripted import ScriptedProvider, no_model_script
 from roomcast.core.authz import ALL
 from roomcast.core.keys import ApiKey
 from roomcast.core.node import Node
@@ -70,6 +73,9 @@ class HostedAgents:
         node.agent_names = frozenset(agent.name for agent in self.agents)
         node.agents = [agent_info(agent) for agent in self.agents]
         self.runtime: AgentRuntime | None = None
+        providers: dict[str, Provider] = {}
+        if self.agents and not settings.agents:
+            providers = self._default_provider()
         if self.agents:
             key = ApiKey("roomcast-agents-" + secrets.token_hex(4), secrets.token_urlsafe(32), ALL)
             settings.key_ring.add(key)
@@ -78,7 +84,19 @@ class HostedAgents:
                 self.agents,
                 key=f"{key.name}:{key.secret}",
                 environ=self.environ,
+                providers=providers,
             )
+
+    def _default_provider(self) -> dict[str, Provider]:
+        """The default agent's model; if its package is missing (``OPENAI_API_KEY`` set but
+        no ``roomcast[openai]``), it answers from the no-model script rather than keep the
+        server from starting, and the log says what to install."""
+        agent = self.agents[0]
+        try:
+            return {agent.name: make_provider(agent, self.environ)}
+        except ProviderConfigError as exc:
+            log.warning("%s; %s answers from a script until then", exc, agent.name)
+            return {agent.name: ScriptedProvider(no_model_script())}
 
     async def start(self) -> None:
         if self.runtime is not None:
