@@ -91,7 +91,9 @@ def test_default_store_lives_in_the_user_data_directory_and_sigterm_stops_cleanl
 ) -> None:
     port = free_port()
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "COLUMNS": "200"}
-    env.pop("ROOMCAST_STORE", None)
+    for name in ("ROOMCAST_STORE", "ROOMCAST_AGENTS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(name, None)  # as a new user runs it: the default agent, no model configured
+    env.pop("ANTHROPIC_API_KEY", None)
     code, output, status = serve_until_answered(["--port", str(port)], env, port, "/healthz")
     assert status == 200
     database = tmp_path / "roomcast" / "roomcast.db"
@@ -101,6 +103,7 @@ def test_default_store_lives_in_the_user_data_directory_and_sigterm_stops_cleanl
     assert f"sqlite:///{database}" in output
     assert "presence_grace_s" in output  # the settings are printed
     assert "store flushed and closed" in output
+    assert "agents:    assistant (scripted scripted, mention)" in output
 
 
 # --------------------------------------------------------------------------- client commands

@@ -173,7 +173,7 @@ def _uvicorn_server(app: Any, config: Any) -> Any:
     return Server(config)
 
 
-def _print_banner(settings: Settings) -> None:
+def _print_banner(settings: Settings, agents: list[Any]) -> None:
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     console.print(
         f"[bold]roomcast {__version__}[/bold] serving on http://{shown_host}:{settings.port}"
@@ -182,6 +182,8 @@ def _print_banner(settings: Settings) -> None:
     console.print(f"  HTTP API:  http://{shown_host}:{settings.port}/v1/ (see /openapi.json)")
     console.print(f"  store:     {settings.store_url}")
     console.print(f"  anonymous: {'on' if settings.anonymous_enabled else 'off'}")
+    shown = ", ".join(f"{a.name} ({a.provider} {a.model}, {a.policy})" for a in agents)
+    console.print(f"  agents:    {shown or 'none in this process'}", markup=False)
     table = Table("setting", "value", box=None, show_header=False, pad_edge=False)
     for name, value in settings.describe():
         table.add_row("  " + name, value)
@@ -202,7 +204,7 @@ async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int
     except Exception as exc:
         console.print(f"[red]cannot open the store {settings.store_url}:[/red] {exc}")
         return 3
-    _print_banner(settings)
+    _print_banner(settings, agents.agents)
     try:
         serving = asyncio.ensure_future(server.serve())
         listening = asyncio.ensure_future(server.listening.wait())
