@@ -38,3 +38,4 @@ bench: install-test peers-env
 	$(PYTHON) -m bench peers
 	$(PYTHON) -m bench stream
 	$(PYTHON) -m bench agents
+	$(PYTHON) -m bench scale

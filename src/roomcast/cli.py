@@ -180,7 +180,7 @@ def _print_banner(settings: Settings, agents: list[Any]) -> None:
     )
     console.print(f"  WebSocket: ws://{shown_host}:{settings.port}/v1/ws")
     console.print(f"  HTTP API:  http://{shown_host}:{settings.port}/v1/ (see /openapi.json)")
-    console.print(f"  store:     {settings.store_url}")
+    console.print(f"  store:     {settings.store_shown}")
     console.print(f"  anonymous: {'on' if settings.anonymous_enabled else 'off'}")
     shown = ", ".join(f"{a.name} ({a.provider} {a.model}, {a.policy})" for a in agents)
     console.print(f"  agents:    {shown or 'none in this process'}", markup=False)
@@ -202,7 +202,7 @@ async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int
     try:
         await node.start()
     except Exception as exc:
-        console.print(f"[red]cannot open the store {settings.store_url}:[/red] {exc}")
+        console.print(f"[red]cannot open the store {settings.store_shown}:[/red] {exc}")
         return 3
     _print_banner(settings, agents.agents)
     try:

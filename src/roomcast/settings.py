@@ -13,6 +13,7 @@ from dataclasses import field as _field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
@@ -225,6 +226,15 @@ class Settings:
         return f"sqlite:///{default_database_path()}"
 
     @property
+    def store_shown(self) -> str:
+        """``store_url`` for logs and the banner: a password in it is masked."""
+        parts = urlsplit(self.store_url)
+        if parts.password is None:
+            return self.store_url
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+    @property
     def origins(self) -> frozenset[str]:
         """``allowed_origins`` as a set (``*`` stands for any origin)."""
         return frozenset(
@@ -266,8 +276,8 @@ class Settings:
                 value = ", ".join(names) if names else "(none)"
             elif f.metadata["spec"].secret and value:
                 value = "********"
-            elif f.name == "store" and not value:
-                value = f"{self.store_url} (default)"
+            elif f.name == "store":
+                value = self.store_shown if value else f"{self.store_url} (default)"
             elif f.name == "allow_anonymous" and value is None:
                 value = f"auto ({'on' if self.anonymous_enabled else 'off'} for {self.host})"
             out.append((f.name, str(value)))

@@ -1,6 +1,7 @@
-"""Two ``roomcast serve`` processes on one Redis (``--store redis://...``) act as one service:
-what a client does on one node is seen on the other, a client may resume on either, and when
-a node dies the other one makes its members leave.
+"""Several ``roomcast serve`` processes on one Redis (``--store redis://...``) act as one
+service: what a client does on one node is seen on the others in one gap-free order, a client
+may resume on any of them, when a node dies the others make its members leave, and agent
+workers connected to different nodes answer each trigger once.
 
 They use the test Redis at ``REDIS_URL`` (default redis://127.0.0.1:6379/0) with a key prefix
 of their own; without it they fail, they never skip.
@@ -9,13 +10,21 @@ of their own; without it they fail, they never skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from roomcast.client import Message, connect
 from roomcast.testing import ServerProcess, WireClient
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -38,21 +47,50 @@ def store_url() -> Iterator[str]:
     client.close()
 
 
+@contextlib.contextmanager
+def running_nodes(
+    store_url: str, test_env: dict[str, str], count: int
+) -> Iterator[tuple[ServerProcess, ...]]:
+    """``count`` servers on one store, with a short node heartbeat; stopped after."""
+    env = {**test_env, "ROOMCAST_HEARTBEAT_S": "1"}
+    nodes = tuple(ServerProcess(store=store_url, env=env) for _ in range(count))
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.close()
+
+
 @pytest.fixture
 def two_nodes(store_url: str, test_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ...]]:
-    env = {**test_env, "ROOMCAST_HEARTBEAT_S": "1"}
-    a, b = ServerProcess(store=store_url, env=env), ServerProcess(store=store_url, env=env)
-    try:
-        a.start()
-        b.start()
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+    with running_nodes(store_url, test_env, 2) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def three_nodes(store_url: str, test_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ...]]:
+    with running_nodes(store_url, test_env, 3) as nodes:
+        yield nodes
 
 
 def room() -> str:
     return f"room:{uuid.uuid4().hex[:12]}"
+
+
+async def alice_present_on_a(
+    a: ServerProcess, b: ServerProcess, channel: str, mood: str
+) -> tuple[WireClient, WireClient, dict[str, Any], dict[str, Any]]:
+    """A watcher attached on B, and alice attached and present on A; returns both, alice's
+    ``attached`` and the ``enter`` the watcher saw."""
+    watcher = await WireClient.connect(b.ws_url, client_id="watcher")
+    await watcher.request("attach", channel=channel)
+    alice = await WireClient.connect(a.ws_url, client_id="alice")
+    attached = await alice.request("attach", channel=channel)
+    await alice.request("presence", channel=channel, op="enter", data={"mood": mood})
+    entered = await watcher.next(lambda m: m["action"] == "presence" and m["op"] == "enter")
+    return watcher, alice, attached, entered
 
 
 async def publish_many(client: WireClient, channel: str, tag: str, count: int) -> list[int]:
@@ -131,12 +169,7 @@ async def test_presence_crosses_nodes_and_a_killed_nodes_members_leave(
 ) -> None:
     a, b = two_nodes
     channel = room()
-    watcher = await WireClient.connect(b.ws_url, client_id="bob")
-    await watcher.request("attach", channel=channel)
-    alice = await WireClient.connect(a.ws_url, client_id="alice")
-    await alice.request("attach", channel=channel)
-    await alice.request("presence", channel=channel, op="enter", data={"mood": "hungry"})
-    entered = await watcher.next(lambda m: m["action"] == "presence")
+    watcher, alice, _, entered = await alice_present_on_a(a, b, channel, "hungry")
     assert (entered["op"], entered["client_id"], entered["data"]) == (
         "enter",
         "alice",
@@ -168,12 +201,7 @@ async def test_presence_stays_when_a_client_resumes_on_the_other_node(
 ) -> None:
     a, b = two_nodes
     channel = room()
-    watcher = await WireClient.connect(b.ws_url, client_id="watcher")
-    await watcher.request("attach", channel=channel)
-    alice = await WireClient.connect(a.ws_url, client_id="alice")
-    await alice.request("attach", channel=channel)
-    await alice.request("presence", channel=channel, op="enter", data={"mood": "hungry"})
-    await watcher.next(lambda m: m["action"] == "presence" and m["op"] == "enter")
+    watcher, alice, _, _ = await alice_present_on_a(a, b, channel, "hungry")
     alice.drop()  # TCP loss on A: A starts the grace period (2 s in these tests)
     again = await WireClient.connect(
         b.ws_url, client_id="alice", resume=alice.connected["resume_key"]
@@ -189,5 +217,202 @@ async def test_presence_stays_when_a_client_resumes_on_the_other_node(
     await asyncio.sleep(7)
     members = (await watcher.request("attach", channel=channel))["presence"]
     assert [m["client_id"] for m in members] == ["alice"]
+    await again.close()
+    await watcher.close()
+
+
+async def test_three_nodes_deliver_one_gap_free_order_to_every_client(
+    three_nodes: tuple[ServerProcess, ...],
+) -> None:
+    channel = room()
+    clients = [
+        await WireClient.connect(node.ws_url, client_id=f"c{n}{i}")
+        for n, node in enumerate(three_nodes)
+        for i in range(2)
+    ]
+    for client in clients:
+        await client.request("attach", channel=channel)
+    # Every client publishes at once, pipelined: six writers on three nodes race for serials.
+    per_client = 40
+    acked = await asyncio.gather(
+        *(publish_many(client, channel, f"{i}-", per_client) for i, client in enumerate(clients))
+    )
+    total = per_client * len(clients)
+    assert sorted(s for serials in acked for s in serials) == list(range(1, total + 1))
+    orders = []
+    for client in clients:
+        events = await client.events(channel, total, timeout=30)
+        assert [e["serial"] for e in events] == list(range(1, total + 1))
+        orders.append([(e["serial"], e["data"]) for e in events])
+        assert not [m for m in await client.quiet(0.2) if m["action"] == "event"]
+    assert all(order == orders[0] for order in orders)  # the same order everywhere
+    # ...and each publisher's messages in the order it sent them.
+    for i in range(len(clients)):
+        mine = [data for _, data in orders[0] if data.startswith(f"{i}-")]
+        assert mine == [f"{i}-{k}" for k in range(per_client)]
+    for client in clients:
+        await client.close()
+
+
+async def test_a_client_resumes_on_another_node_after_a_thousand_missed_messages(
+    three_nodes: tuple[ServerProcess, ...],
+) -> None:
+    a, b, c = three_nodes
+    channel = room()
+    reader = await WireClient.connect(a.ws_url, client_id="reader")
+    attached = await reader.request("attach", channel=channel)
+    writer = await WireClient.connect(b.ws_url, client_id="writer")
+    await publish_many(writer, channel, "before", 10)
+    seen = await reader.events(channel, 10)
+    reader.drop()
+    missed = await publish_many(writer, channel, "missed", 1000)
+    assert missed == list(range(11, 1011))
+
+    again = await WireClient.connect(
+        c.ws_url, client_id="reader", resume=reader.connected["resume_key"]
+    )
+    assert again.connected["resumed"] is True
+    back = await again.request(
+        "attach", channel=channel, from_serial=seen[-1]["serial"], epoch=attached["epoch"]
+    )
+    assert back["resumed"] is True and back["serial"] == 1010
+    replay = await again.events(channel, 1000, timeout=30)
+    assert [e["serial"] for e in replay] == missed
+    assert [e["data"] for e in replay] == [f"missed{i}" for i in range(1000)]
+    await writer.request("publish", channel=channel, data="live")
+    [live] = await again.events(channel, 1)
+    assert (live["serial"], live["data"]) == (1011, "live")
+    assert not [m for m in await again.quiet(0.3) if m["action"] == "event"]  # exactly those
+    await writer.close()
+    await again.close()
+
+
+# ----------------------------------------------------------------------------- agent workers
+
+WORKER_KEY = "workers:" + "w" * 32
+
+AGENTS = """
+    [[agents]]
+    name = "helper"
+    provider = "scripted"
+    model = "scripted"
+    rooms = ["room:*"]
+    policy = "mention"
+    script = "{script}"
+"""
+
+SCRIPT = """
+    delay_ms = 5
+
+    [[replies]]
+    text = "Sounds good to me."
+"""
+
+
+def is_answer(message: Message) -> bool:
+    return message.name == "text" and isinstance(message.extras.get("agent"), dict)
+
+
+async def history(url: str, channel: str) -> list[Message]:
+    async with connect(url, client_id="reader") as client:
+        async for page in client.channels.get(channel).history(limit=1000):
+            return page.messages
+    return []
+
+
+def start_worker(node: ServerProcess, agents: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``roomcast agents`` in a subprocess, connected to ``node``."""
+    cmd = [sys.executable, "-m", "roomcast", "agents", "--agents", str(agents)]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*cmd, "--server", node.url, "--key", WORKER_KEY],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ROOMCAST_LOG_LEVEL": "info"},
+        )
+
+
+async def test_workers_on_different_nodes_answer_each_trigger_exactly_once(
+    store_url: str, test_env: dict[str, str], tmp_path: Path
+) -> None:
+    script = tmp_path / "script.toml"
+    script.write_text(textwrap.dedent(SCRIPT))
+    agents = tmp_path / "agents.toml"
+    agents.write_text(textwrap.dedent(AGENTS).replace("{script}", str(script)))
+    env = {
+        **test_env,
+        "ROOMCAST_KEYS": WORKER_KEY,
+        "ROOMCAST_ALLOW_ANONYMOUS": "true",
+        "ROOMCAST_STREAM_IDLE_TIMEOUT_S": "5",
+    }
+    nodes = [ServerProcess(store=store_url, env=env, args=["--agents", "none"]) for _ in range(2)]
+    workers: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    try:
+        for node in nodes:
+            node.start()
+        workers = [start_worker(node, agents, log) for node, log in zip(nodes, logs, strict=True)]
+        await asyncio.sleep(3.0)  # both workers are up and attached
+        channel = room()
+        async with connect(nodes[0].url, client_id="alice") as alice:
+            lunch = alice.channels.get(channel)
+            triggers = [await lunch.publish(f"@helper question {i}") for i in range(50)]
+        async with asyncio.timeout(90):
+            while True:
+                messages = await history(nodes[1].url, channel)
+                replies = [m for m in messages if is_answer(m)]
+                if len(replies) >= 50 and all(m.status != "streaming" for m in messages):
+                    break
+                await asyncio.sleep(0.3)
+        await asyncio.sleep(2.0)  # a duplicate would have shown up by now
+        replies = [m for m in await history(nodes[1].url, channel) if is_answer(m)]
+        assert sorted(r.extras["reply_to"] for r in replies) == triggers
+        assert all(r.status == "complete" for r in replies)
+        # Both workers took part (each answers what it claims first).
+        outputs = [log.read_text(errors="replace") for log in logs]
+        assert all(f"answers {channel}" in out for out in outputs), outputs
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        for node in nodes:
+            node.close()
+
+
+async def test_clients_of_a_stopped_node_resume_on_another_as_the_same_connection(
+    two_nodes: tuple[ServerProcess, ...],
+) -> None:
+    a, b = two_nodes
+    channel = room()
+    watcher, alice, attached, _ = await alice_present_on_a(a, b, channel, "calm")
+    await alice.request("publish", channel=channel, data="before")
+    [seen] = await alice.events(channel, 1)
+    assert a.stop() == 0  # SIGTERM: the node closes its connections (1012) and stores them
+    await asyncio.wait_for(alice.closed.wait(), 10)
+    assert alice.close_code == 1012
+    await watcher.request("publish", channel=channel, data="while away")
+    again = await WireClient.connect(
+        b.ws_url, client_id="alice", resume=alice.connected["resume_key"]
+    )
+    assert again.connected["resumed"] is True
+    assert again.connected["connection_id"] == alice.connected["connection_id"]
+    back = await again.request(
+        "attach", channel=channel, from_serial=seen["serial"], epoch=attached["epoch"]
+    )
+    assert back["resumed"] is True
+    [missed] = await again.events(channel, 1)
+    assert missed["data"] == "while away"
+    # The 1012 close counts as a clean one: alice's presence left at once (an SDK client
+    # enters again after its resume, as it does after any reconnect that lost it).
+    left = await watcher.next(lambda m: m["action"] == "presence", timeout=10)
+    assert (left["op"], left["client_id"]) == ("leave", "alice")
+    await again.request("presence", channel=channel, op="enter", data={"mood": "calm"})
+    members = (await watcher.request("attach", channel=channel))["presence"]
+    assert [(m["client_id"], m["data"]) for m in members] == [("alice", {"mood": "calm"})]
     await again.close()
     await watcher.close()

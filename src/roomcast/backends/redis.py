@@ -18,8 +18,8 @@ How a write is made (one implementation of the rules, in Python):
 
 Every key of a channel carries the ``{channel}`` hash tag, so each script touches one slot
 (Redis Cluster). The two global indexes (the channel names, for prefix listing, and the
-streaming messages, for the sweeper) are updated right after a commit; the streaming index
-is checked against the messages when read, so it heals itself.
+streaming messages, for the sweeper) are updated right after a commit that changes them;
+the streaming index is checked against the messages when read, so it heals itself.
 
 Presence members live in a hash per channel, with the node that holds them; each node has a
 set of what it holds and a heartbeat score in ``<prefix>:nodes``. The node that removes a

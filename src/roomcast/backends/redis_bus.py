@@ -209,12 +209,23 @@ class RedisBus(Bus):
                 log.warning("channel %s has a new epoch %s: its log was reset", channel, epoch)
                 feed.delivered, feed.target = 0, 0
                 feed.pending.clear()
+                self._reset(channel, epoch)
             feed.epoch = epoch
         delivered = feed.delivered
         for event in events:
             if event.serial > delivered:
                 feed.pending[event.serial] = event
         self._drain(channel, feed)
+
+    def _reset(self, channel: str, epoch: str) -> None:
+        """Tell the sink that ``channel``'s log started over: its subscribers hold serials of
+        the old one."""
+        on_epoch = getattr(self.sink, "on_epoch", None)
+        if callable(on_epoch):
+            try:
+                on_epoch(channel, epoch)
+            except Exception:
+                log.exception("bus sink failed on the new epoch of %s", channel)
 
     def _drain(self, channel: str, feed: _Feed) -> None:
         assert feed.delivered is not None
@@ -296,6 +307,7 @@ class RedisBus(Bus):
             log.warning("channel %s has a new epoch %s: its log was reset", channel, epoch)
             feed.delivered, feed.target = 0, 0
             feed.pending.clear()
+            self._reset(channel, epoch)
         feed.epoch = epoch if epoch is not None else feed.epoch
         feed.target = max(feed.target, serial)
         self._drain(channel, feed)

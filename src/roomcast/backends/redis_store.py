@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 1000  # queued writes taken at once
 _MAX_ATTEMPTS = 50  # compare-and-set attempts per channel group before giving up
 _CHUNK = 500  # fields per HMGET/HDEL
+_POOL_SIZE = 64  # connections to Redis per node, at most (the bus holds one of them)
+_POOL_WAIT_S = 20.0  # how long a request waits for a free connection
 
 _encode = msgspec.json.Encoder().encode
 _event = msgspec.json.Decoder(Event).decode
@@ -150,9 +152,17 @@ class RedisStore(Store):
         self.url, prefix = parse_redis_url(url)
         self.options = options or StoreOptions()
         self.k = Keys(prefix)
-        self.redis: Any = redis.asyncio.from_url(
-            self.url, socket_connect_timeout=5, health_check_interval=10
+        # A blocking pool: a burst of requests (hundreds of clients dropping at once, each
+        # storing its resume session) waits for a free connection instead of failing with
+        # "Too many connections".
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=_POOL_SIZE,
+            timeout=_POOL_WAIT_S,
+            socket_connect_timeout=5,
+            health_check_interval=10,
         )
+        self.redis: Any = redis.asyncio.Redis.from_pool(pool)  # closes the pool with it
         self.bus = RedisBus(self.redis, prefix)
         self.bus.read_log = self.read_events
         self.bus.read_head = self._head
@@ -166,19 +176,35 @@ class RedisStore(Store):
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._accepting = False
-        self._where = urlsplit(self.url).netloc
+        parts = urlsplit(self.url)  # host and port only: the URL may hold a password
+        self._where = f"{parts.hostname}:{parts.port or 6379}"
+        self._down = False  # the last request could not reach Redis (said once in the log)
+        self._unlisted: set[str] = set()  # channels whose listing failed: retried
 
     # ------------------------------------------------------------ lifecycle
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """Redis errors become 50300, with where and what."""
-        from redis.exceptions import RedisError
+        from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
         try:
             yield
-        except (RedisError, OSError) as exc:
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            if not self._down:  # said once per outage, however many requests fail meanwhile
+                self._down = True
+                log.warning(
+                    "the Redis store at %s is unreachable (%s): reads and writes are refused "
+                    "with 50300 until it answers again",
+                    self._where,
+                    describe(exc),
+                )
             raise Unavailable(f"the Redis store at {self._where} failed: {describe(exc)}") from exc
+        except RedisError as exc:
+            raise Unavailable(f"the Redis store at {self._where} failed: {describe(exc)}") from exc
+        if self._down:
+            self._down = False
+            log.warning("the Redis store at %s is reachable again", self._where)
 
     async def open(self) -> None:
         if self._writer is not None:
@@ -401,19 +427,37 @@ class RedisStore(Store):
         return str(reply[1].decode())
 
     async def _update_indexes(self, group: _Group) -> None:
-        """The global indexes (other hash slots): channel names and streaming messages."""
+        """The global indexes (other hash slots): channel names and streaming messages.
+
+        A channel is listed with its first events (names are never unlisted); a message is
+        in the streaming index while it streams. A commit that changes neither (a plain
+        publish to a listed channel) costs no round trip.
+        """
+        channel = group.channel
+        listing = group.base_serial == 0 or channel in self._unlisted
+        changed = [
+            (msg_serial, message)
+            for msg_serial, (message, is_new) in group.dirty.items()
+            if message.status == "streaming" or not is_new  # a new final one was never in it
+        ]
+        if not listing and not changed:
+            return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self.k.channels, {group.channel: 0})
-                for msg_serial, (message, _) in group.dirty.items():
-                    member = _encode((group.channel, msg_serial))
+                if listing:
+                    pipe.zadd(self.k.channels, {channel: 0})
+                for msg_serial, message in changed:
+                    member = _encode((channel, msg_serial))
                     if message.status == "streaming":
                         pipe.zadd(self.k.streaming, {member: message.updated_at})
                     else:
                         pipe.zrem(self.k.streaming, member)
                 await pipe.execute()
+            self._unlisted.discard(channel)
         except Exception as exc:  # the events are stored; the indexes catch up later
-            log.warning("could not update the indexes of %s: %r", group.channel, exc)
+            if listing:
+                self._unlisted.add(channel)
+            log.warning("could not update the indexes of %s: %r", channel, exc)
 
     # ------------------------------------------------------------ reads
 

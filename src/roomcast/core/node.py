@@ -29,6 +29,7 @@ from roomcast.protocol.errors import (
     NotFound,
     RateLimited,
     TooLarge,
+    Unavailable,
 )
 from roomcast.protocol.http import MAX_BATCH, AgentInfo, ChannelSummary
 from roomcast.protocol.messages import (
@@ -182,6 +183,8 @@ class Node:
                     dropped = await self.store.purge(now_ms(), self.settings.retention_ms)
                     if dropped:
                         log.info("retention removed %d events", dropped)
+            except Unavailable as exc:  # the store says an outage once; not once a tick
+                log.debug("periodic store maintenance failed: %s", exc)
             except Exception:
                 log.exception("periodic store maintenance failed")
 
@@ -216,6 +219,22 @@ class Node:
             if frames is None:
                 frames = encoded[conn.codec.format] = [conn.codec.encode(e) for e in events]
             conn.deliver(channel, events, frames)
+
+    def on_epoch(self, channel: str, epoch: str) -> None:
+        """The store's log of ``channel`` started over under ``epoch`` (a shared store lost
+        its data). Subscribers here hold serials of the old log: they are closed (1012) to
+        attach again from their serial and epoch, which gives them ``discontinuity``, then
+        the new log's events."""
+        from .connection import Connection
+
+        reason = f"the log of {channel} was reset: attach again"
+        for conn in tuple(self._subscribers.get(channel, ())):
+            if isinstance(conn, Connection):
+                self.spawn(conn.close(1012, reason))
+            else:  # an SSE stream: it ends, and its client reconnects with Last-Event-ID
+                close = getattr(conn, "close", None)
+                if callable(close):
+                    close()
 
     def on_presence(self, event: PresenceEvent) -> None:
         self._fan_out_ephemeral(event.channel, event)

@@ -28,7 +28,13 @@ from typing import Any
 from msgspec import UNSET
 
 from roomcast.backends.base import Appended, Store
-from roomcast.protocol.errors import Conflict, NotFound, RoomcastError, TooLarge
+from roomcast.protocol.errors import (
+    Conflict,
+    NotFound,
+    RoomcastError,
+    TooLarge,
+    Unavailable,
+)
 from roomcast.protocol.messages import Event, Status
 from roomcast.protocol.rollup import append_refusal
 from roomcast.settings import Settings
@@ -369,6 +375,8 @@ class StreamSweeper:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.tick()
+            except Unavailable as exc:  # the store says an outage once; not once a sweep
+                log.debug("stream sweep failed: %s", exc)
             except Exception:
                 log.exception("stream sweep failed")
 

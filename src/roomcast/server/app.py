@@ -180,13 +180,13 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
             yield
             return
         await node.start()
-        log.info("store %s is open", settings.store_url)
+        log.info("store %s is open", settings.store_shown)
         try:
             yield
         finally:
             streams.close_all()
             await node.stop()
-            log.info("store %s is flushed and closed", settings.store_url)
+            log.info("store %s is flushed and closed", settings.store_shown)
 
     operations = [
         *system.operations,
