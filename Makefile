@@ -1,7 +1,7 @@
 # roomcast developer commands. `make test` is what CI runs.
 PYTHON ?= python3
 
-.PHONY: install install-test lint typecheck pytest test serve bench peers-env
+.PHONY: install install-test services lint typecheck pytest test serve bench peers-env
 
 install:
 	$(PYTHON) -m pip install -e .
@@ -10,17 +10,21 @@ install-test:
 	$(PYTHON) -m pip install -e ".[test]"
 
 lint:
-	$(PYTHON) -m ruff check src tests
-	$(PYTHON) -m ruff format --check src tests
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests bench
 
 typecheck:
 	$(PYTHON) -m mypy --strict src/roomcast
 
+# Redis on 127.0.0.1:6379 and Debian's chromium, started or installed if missing.
+services:
+	bash .ci/services
+
 pytest:
 	$(PYTHON) -m pytest
 
-# Installs the test dependencies, then lints, type-checks and runs the whole suite.
-test: install-test lint typecheck pytest
+# Installs the test dependencies and services, then lints, type-checks and runs the suite.
+test: install-test services lint typecheck pytest
 
 serve: install
 	roomcast serve
