@@ -661,23 +661,33 @@ export class LiveObjects {
   }
 }
 
-/** Polls, per PROTOCOL.md §5: the same shapes as the Python SDK and the agents' tools. */
-export class Polls {
-  constructor(channel) {
+/** What polls and boards share: objects listed in a map of references under `root`. */
+class Convention {
+  constructor(channel, key) {
     this.channel = channel;
+    this.key = key;
   }
   get objects() {
     return this.channel.objects;
   }
-  /** Every poll of `root.polls`, oldest first: {poll_id, question, options, votes, counts, closed, created_by}. */
+  /** Every object of `root[key]` that `get` recognises, in creation order. */
   list() {
     const objects = this.objects;
-    const index = objects.ref(objects.entries("root")?.polls);
+    const index = objects.ref(objects.entries("root")?.[this.key]);
     const ids = index ? Object.keys(objects.entries(index) || {}) : [];
     return ids
-      .map((id) => this.get(id))
-      .filter(Boolean)
-      .sort((a, b) => serialOf(a.poll_id) - serialOf(b.poll_id));
+      .filter((id) => this.get(id))
+      .sort((a, b) => serialOf(a) - serialOf(b))
+      .map((id) => this.get(id));
+  }
+}
+
+/** Polls, per PROTOCOL.md §5: the same shapes as the Python SDK and the agents' tools.
+ * `list()` gives every poll of `root.polls`, oldest first:
+ * {poll_id, question, options, votes, counts, closed, created_by}. */
+export class Polls extends Convention {
+  constructor(channel) {
+    super(channel, "polls");
   }
   get(pollId) {
     const objects = this.objects;
@@ -730,23 +740,11 @@ export class Polls {
   }
 }
 
-/** Boards (notes, lists, plans), per PROTOCOL.md §5. */
-export class Boards {
+/** Boards (notes, lists, plans), per PROTOCOL.md §5. `list()` gives every board of
+ * `root.boards`: {board_id, title, items: [{item_id, text, author, ts, done}]}. */
+export class Boards extends Convention {
   constructor(channel) {
-    this.channel = channel;
-  }
-  get objects() {
-    return this.channel.objects;
-  }
-  /** Every board of `root.boards`: {board_id, title, items: [{item_id, text, author, ts, done}]}. */
-  list() {
-    const objects = this.objects;
-    const index = objects.ref(objects.entries("root")?.boards);
-    const ids = index ? Object.keys(objects.entries(index) || {}) : [];
-    return ids
-      .map((id) => this.get(id))
-      .filter(Boolean)
-      .sort((a, b) => serialOf(a.board_id) - serialOf(b.board_id));
+    super(channel, "boards");
   }
   get(boardId) {
     const objects = this.objects;

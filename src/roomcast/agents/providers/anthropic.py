@@ -7,7 +7,6 @@ Streams raw Messages events (``message_start``, ``content_block_*``, ``message_d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, cast
@@ -23,6 +22,7 @@ from roomcast.agents.providers.base import (
     ToolRound,
     Usage,
     speaker_line,
+    tool_call,
 )
 from roomcast.agents.providers.sdk import SDKProvider
 
@@ -164,15 +164,7 @@ class EventAssembler:
 
     @staticmethod
     def _tool_call(tool: _ToolBlock) -> ToolCall:
-        try:
-            arguments = json.loads(tool.partial_json) if tool.partial_json.strip() else {}
-        except ValueError:
-            raise ValueError(
-                f"tool call {tool.name!r} has input that is not JSON: {tool.partial_json[:200]!r}"
-            ) from None
-        if not isinstance(arguments, dict):
-            raise ValueError(f"tool call {tool.name!r} has input that is not an object")
-        return ToolCall(tool.id, tool.name, arguments)
+        return tool_call(tool.id, tool.name, tool.partial_json, "input")
 
 
 class AnthropicProvider(SDKProvider):

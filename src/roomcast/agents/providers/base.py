@@ -13,6 +13,7 @@ the underlying HTTP stream right then, so a cancelled answer stops costing token
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -243,3 +244,20 @@ def status_error(
         text += " (check the model name and the base URL)"
     retryable = status in (408, 409, 429) or status >= 500
     return ProviderError(text, status=status, retryable=retryable, retry_after_s=retry_after_s)
+
+
+def tool_call(call_id: str, name: str, raw: str, what: str = "arguments") -> ToolCall:
+    """A complete tool call from its streamed JSON ``raw`` (empty means no arguments).
+
+    Raises:
+        ValueError: ``raw`` is not a JSON object (the stream is then malformed).
+    """
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise ValueError(
+            f"tool call {name!r} has {what} that are not JSON: {raw[:200]!r}"
+        ) from None
+    if not isinstance(arguments, dict):
+        raise ValueError(f"tool call {name!r} has {what} that are not an object")
+    return ToolCall(call_id, name, arguments)

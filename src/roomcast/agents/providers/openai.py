@@ -20,10 +20,10 @@ from roomcast.agents.providers.base import (
     ProviderEvent,
     ProviderRequest,
     TextDelta,
-    ToolCall,
     ToolRound,
     Usage,
     speaker_line,
+    tool_call,
 )
 from roomcast.agents.providers.sdk import SDKProvider
 
@@ -141,16 +141,8 @@ class ChunkAssembler:
             partial = self.calls[index]
             if not partial.name:
                 raise ValueError(f"tool call #{index} has no function name")
-            try:
-                arguments = json.loads(partial.arguments) if partial.arguments.strip() else {}
-            except ValueError:
-                raise ValueError(
-                    f"tool call {partial.name!r} has arguments that are not JSON: "
-                    f"{partial.arguments[:200]!r}"
-                ) from None
-            if not isinstance(arguments, dict):
-                raise ValueError(f"tool call {partial.name!r} has arguments that are not an object")
-            events.append(ToolCall(partial.id or f"call_{index}", partial.name, arguments))
+            call_id = partial.id or f"call_{index}"
+            events.append(tool_call(call_id, partial.name, partial.arguments))
         self.calls.clear()
         return events
 
