@@ -423,3 +423,19 @@ def test_objects_prints_the_tree_and_the_raw_snapshot() -> None:
         raw = run_cli("objects", "room:plan", "--json", "--server", server.url)
         snapshot = json.loads(raw.stdout)
         assert snapshot["serial"] == 5 and snapshot["objects"]["map-2"]["entries"]["beds"] == 2
+
+
+def test_agents_and_serve_refuse_a_bad_agents_file_clearly(tmp_path: Path) -> None:
+    bad_tool = tmp_path / "tools.toml"
+    bad_tool.write_text('[[agents]]\nname = "x"\nprovider = "scripted"\ntools = ["teleport"]\n')
+    bad_provider = tmp_path / "provider.toml"
+    bad_provider.write_text('[[agents]]\nname = "x"\nprovider = "nope"\n')
+    worker = run_cli("agents", "--agents", str(bad_tool), "--key", "k:s")
+    assert worker.returncode == 2 and "unknown tool 'teleport'" in worker.stderr
+    assert "Traceback" not in worker.stderr + worker.stdout
+    no_key = run_cli("agents", "--agents", str(bad_tool))
+    assert no_key.returncode == 2 and "API key" in no_key.stderr
+    served = run_cli("serve", "--port", str(free_port()), "--agents", str(bad_provider))
+    assert served.returncode == 2, served.stdout + served.stderr
+    assert "[[agents]] #1 ('x'): provider: must be one of" in served.stderr
+    assert "Traceback" not in served.stderr + served.stdout

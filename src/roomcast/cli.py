@@ -197,7 +197,7 @@ async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int
     try:
         agents = HostedAgents(node, settings)
     except Exception as exc:  # a bad agents file, a missing provider package
-        console.print(f"[red]cannot start the agents:[/red] {exc}")
+        console.print(f"cannot start the agents: {exc}", style="red", markup=False)
         return 2
     try:
         await node.start()
@@ -644,13 +644,19 @@ def agents_command(
         raise typer.BadParameter(str(exc), param_hint="--agents") from None
     if not agents:
         raise typer.BadParameter(f"{agents_file} has no [[agents]]", param_hint="--agents")
-    _run_client(_run_agents(server, agents, key, grace), server)
-
-
-async def _run_agents(server: str, agents: list[Any], key: str, grace: float) -> int:
+    from roomcast.agents.providers import ProviderConfigError
     from roomcast.agents.runtime import AgentRuntime
+    from roomcast.agents.tools import ToolError
 
-    runtime = AgentRuntime(server, agents, key=key)
+    try:
+        runtime = AgentRuntime(server, agents, key=key)
+    except (ProviderConfigError, ToolError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--agents") from None
+    _run_client(_run_agents(server, runtime, grace), server)
+
+
+async def _run_agents(server: str, runtime: Any, grace: float) -> int:
+    agents = [worker.config for worker in runtime.workers]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
