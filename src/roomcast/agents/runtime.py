@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from roomcast.agents.config import AgentConfig
@@ -42,7 +42,15 @@ from roomcast.protocol.rollup import message_from_create
 
 from .context import build_request, objects_summary, reply_chain, shared_values
 from .tools import RESERVED_KEYS, Tool, ToolError, call_tool, resolve_tools
-from .triggers import SKIP, RateWindow, agent_info, consider, depth_of, message_text
+from .triggers import (
+    SKIP,
+    RateWindow,
+    agent_info,
+    consider,
+    depth_of,
+    message_text,
+    parse_judgement,
+)
 
 log = logging.getLogger("roomcast.agents")
 T = TypeVar("T")
@@ -323,8 +331,6 @@ class AgentWorker:
             max_tokens=30,
             temperature=0,
         )
-        from .triggers import parse_judgement
-
         text = ""
         try:
             async with _closing(self.provider.stream(request)) as events:
@@ -596,8 +602,6 @@ class _Answer:
 
 
 def _continue(request: ProviderRequest, text: str, results: list[ToolResult]) -> ProviderRequest:
-    from dataclasses import replace
-
     return replace(request, messages=(*request.messages, ToolRound(text, tuple(results))))
 
 

@@ -132,16 +132,15 @@ def _find_option(channel: Channel, poll_id: str, option: str) -> str:
 
 
 def _find_poll(channel: Channel, poll: str) -> str:
+    """A poll by id or question; ``latest`` (or nothing) is the newest one."""
     polls = channel.polls.list()
+    if not polls:
+        raise ToolError("there is no poll in this room")
+    if poll in ("", "latest"):
+        return polls[-1].poll_id
     for found in polls:
         if poll in (found.poll_id, found.question):
             return found.poll_id
-    if not polls:
-        raise ToolError("there is no poll in this room")
-    return polls[-1].poll_id if poll in ("", "latest") else _unknown_poll(poll, polls)
-
-
-def _unknown_poll(poll: str, polls: list[Any]) -> str:
     raise ToolError(f"no poll {poll!r}; polls: {[p.poll_id for p in polls]}")
 
 
