@@ -186,7 +186,7 @@ class Settings:
         default=10000,
         metadata=_spec(
             "WebSocket connections and SSE streams this server process holds at once; one more "
-            "WebSocket is closed with 1013, and /v1 HTTP routes answer 503 while it is full."
+            "WebSocket upgrade and the /v1 HTTP routes answer 503 while it is full."
         ),
     )
     max_pending_writes: int = _field(

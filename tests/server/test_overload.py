@@ -1,6 +1,7 @@
-"""Load shedding (PROTOCOL.md §8): over `max_connections` a WebSocket gets 50300 and the
-close 1013 and the HTTP API answers 503 with Retry-After; over `max_pending_writes` a write
-is refused with 50300 while its connection stays usable."""
+"""Load shedding (PROTOCOL.md §8): over `max_connections` the WebSocket upgrade and the HTTP
+API answer 503 with Retry-After (a server without the ASGI denial-response extension closes
+the accepted WebSocket with 50300 and 1013 instead); over `max_pending_writes` a write is
+refused with 50300 while its connection stays usable."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
-from roomcast.client import Unavailable, connect
-from roomcast.server.overload import Overload
+from roomcast.server import create_app
+from roomcast.server.overload import RETRY_CONNECTIONS_S, Overload
 from roomcast.settings import Settings
 from roomcast.testing import ServerProcess, WireClient
 
@@ -24,12 +26,12 @@ def room() -> str:
     return f"room:{uuid.uuid4().hex[:10]}"
 
 
-async def refused(url: str) -> tuple[dict[str, Any], int | None, str]:
-    """The error, close code and close reason of a WebSocket refused right after the upgrade."""
-    async with ws_connect(url) as ws:
-        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        await ws.wait_closed()
-        return error, ws.close_code, ws.close_reason or ""
+async def refused(url: str) -> InvalidStatus:
+    """How the server refused a WebSocket upgrade."""
+    with pytest.raises(InvalidStatus) as refusal:
+        async with ws_connect(url, open_timeout=10):
+            pass
+    return refusal.value
 
 
 async def eventually_status(http: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
@@ -64,19 +66,22 @@ def assert_shed(response: httpx.Response) -> None:
     assert error["correlation_id"] == response.headers["X-Correlation-Id"]
 
 
-async def test_a_connection_over_max_connections_is_closed_1013_and_http_answers_503(
+async def test_an_upgrade_over_max_connections_gets_503_and_http_answers_503(
     small: ServerProcess, http: httpx.AsyncClient
 ) -> None:
     channel = room()
     assert (await http.get("/v1/channels")).status_code == 200
     clients = [await WireClient.connect(small.ws_url, client_id=f"c{i}") for i in range(3)]
     try:
-        error, code, reason = await refused(small.ws_url + "?client_id=late")
-        assert error["action"] == "error" and error["code"] == 50300
-        assert code == 1013
-        assert reason == "server overloaded, retry later"
-        with pytest.raises(Unavailable):  # the SDK's first connect raises it; reconnects retry
-            await connect(small.url, client_id="late")
+        # Refused before the upgrade, so a load balancer can try another node.
+        response = (await refused(small.ws_url + "?client_id=late")).response
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == str(RETRY_CONNECTIONS_S)
+        assert response.headers["Content-Type"] == "application/json"
+        error = json.loads(bytes(response.body))["error"]
+        assert error["code"] == 50300
+        assert error["message"] == "server overloaded, retry later"
+        assert error["correlation_id"] == response.headers["X-Correlation-Id"]
 
         assert_shed(await http.get("/v1/channels"))
         assert_shed(await http.post(f"/v1/channels/{channel}/messages", json={"data": 1}))
@@ -111,12 +116,77 @@ async def test_sse_streams_count_as_connections(
             assert stream.status_code == 200
             lines = stream.aiter_lines()
             assert (await asyncio.wait_for(anext(lines), 10)).startswith("event: attached")
-            _, code, _ = await refused(small.ws_url)
-            assert code == 1013
+            assert (await refused(small.ws_url)).response.status_code == 503
     finally:
         for client in clients:
             await client.close()
     await eventually_status(http, "/v1/channels", 200)
+
+
+class AsgiWebSocket:
+    """Drives the app's ``/v1/ws`` in process, with or without the denial-response extension,
+    and records what the app sends."""
+
+    def __init__(self, *, denial_response: bool) -> None:
+        self.scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "scheme": "ws",
+            "path": "/v1/ws",
+            "raw_path": b"/v1/ws",
+            "query_string": b"client_id=late",
+            "headers": [(b"host", b"127.0.0.1:8000")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "subprotocols": [],
+            "extensions": {"websocket.http.response": {}} if denial_response else {},
+        }
+        self.sent: list[dict[str, Any]] = []
+        self._inbox = [{"type": "websocket.connect"}]
+
+    async def receive(self) -> dict[str, Any]:
+        if self._inbox:
+            return self._inbox.pop(0)
+        return {"type": "websocket.disconnect", "code": 1006}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    async def run(self, app: Any) -> list[dict[str, Any]]:
+        await app(self.scope, self.receive, self.send)
+        return self.sent
+
+
+def full_app() -> Any:
+    app = create_app(Settings.load({}, store="memory://", max_connections=1), manage_node=False)
+    app.state.overload.websockets = 1
+    return app
+
+
+async def test_a_full_node_answers_the_upgrade_with_503_when_the_server_can() -> None:
+    start, body = await AsgiWebSocket(denial_response=True).run(full_app())
+    assert start["type"] == "websocket.http.response.start" and start["status"] == 503
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    assert headers["retry-after"] == str(RETRY_CONNECTIONS_S)
+    error = json.loads(body["body"])["error"]
+    assert error["code"] == 50300 and error["correlation_id"] == headers["x-correlation-id"]
+
+
+async def test_without_the_denial_extension_a_full_node_accepts_then_closes_1013() -> None:
+    """The fallback for an ASGI server that cannot answer the upgrade with a response."""
+    accept, error, close = await AsgiWebSocket(denial_response=False).run(full_app())
+    assert accept["type"] == "websocket.accept"
+    assert error["type"] == "websocket.send"
+    assert json.loads(error["text"]) == {
+        "action": "error",
+        "code": 50300,
+        "message": "server overloaded, retry later",
+    }
+    assert close == {
+        "type": "websocket.close",
+        "code": 1013,
+        "reason": "server overloaded, retry later",
+    }
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from roomcast.backends import StoreOptions, open_backend
 from roomcast.core.node import Node
 from roomcast.protocol.errors import Forbidden, Unavailable
-from roomcast.protocol.http import HealthStatus
+from roomcast.protocol.http import ErrorBody, HealthStatus
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
@@ -107,7 +107,15 @@ system.document(
         Param("token", "query", "A signed token; the connection closes (4001) when it expires."),
         Param("key", "query", "An API key `NAME:SECRET`; `client_id` (default `key:NAME`)."),
     ),
-    returns=(Returns("101", "Switching Protocols: the WebSocket is open."),),
+    returns=(
+        Returns("101", "Switching Protocols: the WebSocket is open."),
+        Returns(
+            "503",
+            "The server holds `max_connections` connections (50300); retry after "
+            "`Retry-After` seconds, or on another server.",
+            (ErrorBody,),
+        ),
+    ),
 )
 
 

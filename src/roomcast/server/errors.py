@@ -53,6 +53,17 @@ def error_response(request: Request, exc: RoomcastError) -> Response:
     return _render(exc.code, exc.message, correlation_id)
 
 
+def shed_response(message: str, retry_after: int) -> Response:
+    """503 (code 50300) with ``Retry-After``: the server sheds load and says when to come back.
+
+    Not logged here: refusals under overload come in floods, so the caller logs shedding at
+    most every few seconds (``Overload.should_warn``).
+    """
+    response = _render(Unavailable.code, message, new_correlation_id())
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 def internal_error_response(request: Request, exc: BaseException) -> Response:
     """50000 for an unexpected exception: the stack trace goes to the log, not the client."""
     correlation_id = new_correlation_id()
@@ -104,5 +115,6 @@ __all__ = [
     "http_exception_handler",
     "internal_error_response",
     "json_response",
+    "shed_response",
     "unhandled_exception_handler",
 ]

@@ -1,10 +1,13 @@
-"""Load shedding (PROTOCOL.md §8: close 1013, HTTP 503): under overload the server refuses
+"""Load shedding (PROTOCOL.md §8: HTTP 503, close 1013): under overload the server refuses
 new work with a clear "retry later" instead of queueing it until memory runs out.
 
 This process is overloaded while either bound is reached:
 
 - ``max_connections``: the WebSocket connections and SSE streams it holds. One more
-  WebSocket gets ``error`` 50300 and the close 1013 right after the upgrade.
+  WebSocket is refused at the upgrade with HTTP 503, ``Retry-After`` and the §7 error body
+  (code 50300), so a load balancer can send it to another node. Under an ASGI server
+  without the denial-response extension it gets ``error`` 50300 and the close 1013 right
+  after the upgrade instead.
 - ``max_pending_writes``: the writes handed to the store and not yet committed (the SQLite
   writer's queue, or the requests in flight to Redis). One more write is refused with
   50300 at once: a WebSocket request gets an ``error`` reply and its connection stays
@@ -133,4 +136,4 @@ class SheddingStore(MeasuredStore):
             self.overload.release_writes(count)
 
 
-__all__ = ["OVERLOADED", "Overload", "SheddingStore"]
+__all__ = ["OVERLOADED", "RETRY_CONNECTIONS_S", "RETRY_WRITES_S", "Overload", "SheddingStore"]

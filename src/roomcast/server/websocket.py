@@ -21,11 +21,14 @@ from roomcast.protocol.errors import (
 from roomcast.protocol.messages import ErrorReply
 
 from .auth import resolve
-from .overload import OVERLOADED, Overload
+from .errors import shed_response
+from .overload import OVERLOADED, RETRY_CONNECTIONS_S, Overload
 from .protocol import DIRECT_SEND
 
 log = logging.getLogger("roomcast.ws")
 
+# The ASGI extension for an HTTP response instead of the upgrade (uvicorn has it).
+DENIAL_RESPONSE = "websocket.http.response"
 # The close codes that mean the peer vanished without a close frame (TCP loss, missed pings).
 DROPPED = frozenset({CLOSE_ABNORMAL, 1011})
 
@@ -60,6 +63,19 @@ async def _refuse(websocket: WebSocket, exc: RoomcastError) -> None:
     await websocket.close(code, exc.message)
 
 
+async def _shed(websocket: WebSocket) -> None:
+    """Refuse a WebSocket on a full node before the upgrade: HTTP 503 with ``Retry-After``
+    and the §7 error body. A load balancer takes that as a failed attempt and can try
+    another node (a 101 followed by a close would count as a success). A server without
+    the ASGI denial-response extension gets the accept, an ``error`` 50300 and close 1013.
+    """
+    if DENIAL_RESPONSE in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(shed_response(OVERLOADED, RETRY_CONNECTIONS_S))
+        return
+    await websocket.accept()
+    await _refuse(websocket, Unavailable(OVERLOADED))
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     scheme = "https" if websocket.url.scheme == "wss" else "http"
@@ -68,13 +84,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         log.warning("refused a WebSocket from origin %s (not in allowed_origins)", origin)
         await websocket.close(code=1008)  # before accept: an HTTP 403
         return
-    await websocket.accept()
     overload: Overload = websocket.app.state.overload
     if overload.full:  # shed before any work: no token check, no store access
         if overload.should_warn():
             log.warning("shedding WebSockets: %d connections open", overload.connections)
-        await _refuse(websocket, Unavailable(OVERLOADED))
+        await _shed(websocket)
         return
+    await websocket.accept()
     overload.websockets += 1
     try:
         await _serve(websocket, node)
