@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
+from roomcast.client import Overloaded, Unavailable, connect
 from roomcast.server import create_app
 from roomcast.server.overload import RETRY_CONNECTIONS_S, Overload
 from roomcast.settings import Settings
@@ -82,6 +83,11 @@ async def test_an_upgrade_over_max_connections_gets_503_and_http_answers_503(
         assert error["code"] == 50300
         assert error["message"] == "server overloaded, retry later"
         assert error["correlation_id"] == response.headers["X-Correlation-Id"]
+        # The SDK told not to wait raises it, with the server's Retry-After.
+        with pytest.raises(Overloaded) as overloaded:
+            await connect(small.url, client_id="late", overload_timeout=0)
+        assert isinstance(overloaded.value, Unavailable) and overloaded.value.code == 50300
+        assert overloaded.value.retry_after == RETRY_CONNECTIONS_S
 
         assert_shed(await http.get("/v1/channels"))
         assert_shed(await http.post(f"/v1/channels/{channel}/messages", json={"data": 1}))

@@ -39,7 +39,7 @@ from .backoff import Backoff
 from .boards import Board, BoardItem, Boards
 from .channel import Channel, Channels, HistoryPage
 from .client import Client, connect
-from .errors import AuthError, Cancelled, ClientClosed, Discontinuity
+from .errors import AuthError, Cancelled, ClientClosed, Discontinuity, Overloaded
 from .objects import LiveCounter, LiveMap, LiveObjects
 from .polls import Poll, Polls
 from .presence import Presence
@@ -73,6 +73,7 @@ __all__ = [
     "Message",
     "MessageStream",
     "NotFound",
+    "Overloaded",
     "Poll",
     "Polls",
     "Presence",

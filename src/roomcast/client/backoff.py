@@ -54,6 +54,21 @@ class Backoff:
         self.attempts += 1
         return delay
 
+    def next_delay_after(self, retry_after: float | None) -> float:
+        """The delay before the next attempt when the server refused the last one and asked
+        to wait ``retry_after`` seconds (its ``Retry-After``; None if it did not say).
+
+        At least what it asked, capped at ``maximum`` so a server cannot park a client for
+        long, and spread over up to a fifth more so clients told alike do not come back
+        together; the backoff's own draw when that is longer. Counts the attempt.
+        """
+        delay = self.next_delay()
+        if retry_after is None or retry_after <= 0:
+            return delay
+        asked = min(retry_after, self.maximum)
+        spread = min(self.maximum, asked * 1.2) - asked
+        return max(delay, asked + self._rng() * spread)
+
     def reset(self) -> None:
         """Start over from ``initial`` (after a connection that stayed up)."""
         self.attempts = 0

@@ -3,7 +3,9 @@
 A :class:`Client` keeps what must outlive a socket: the resume key, the channels and their
 positions, and the requests still waiting for a reply. When the socket drops it reconnects
 with backoff, resumes (``?resume=``), re-attaches every channel from the last serial it
-delivered, and re-sends the unanswered requests in their original order.
+delivered, and re-sends the unanswered requests in their original order. A server that is
+full (:class:`Overloaded`) is retried too, after the delay it asks for, even on the first
+connection.
 
 It also keeps the credentials fresh: with an ``auth_callback``, a token that expires is
 renewed on the open connection (the ``auth`` action) before it does, and a reconnect uses
@@ -34,7 +36,7 @@ from roomcast.protocol.http import ChannelSummary
 
 from .backoff import Backoff
 from .channel import Channels
-from .errors import AuthError, ClientClosed, error_from_reply
+from .errors import AuthError, ClientClosed, Overloaded, error_from_reply
 from .link import Format, Link, request_encoder
 from .rest import list_channels
 from .state import STATE_EVENTS, State, StateCallback, StateChange, StateEvent
@@ -53,6 +55,8 @@ STABLE_AFTER_S = 1.0
 RENEW_BEFORE_S = 30.0
 # A token closer than this to its expiry is replaced before a (re)connect uses it.
 FRESH_FOR_S = 5.0
+# How long the first connect waits for a full server (Overloaded) to take it, by default.
+OVERLOAD_TIMEOUT_S = 60.0
 
 AuthCallback = Callable[[], str | Awaitable[str]]
 
@@ -112,9 +116,12 @@ class Client:
         format: Format = "json",
         backoff: Backoff | None = None,
         timeout: float = 10.0,
+        overload_timeout: float = OVERLOAD_TIMEOUT_S,
     ) -> None:
         if key is not None and (token is not None or auth_callback is not None):
             raise ValueError("give either key= or token=/auth_callback=, not both")
+        if overload_timeout < 0:
+            raise ValueError("overload_timeout must be 0 or more")
         self.url = url
         self._ws_url = websocket_url(url)
         self.client_id = client_id
@@ -128,6 +135,7 @@ class Client:
         self._encode = request_encoder(format)
         self._backoff = backoff if backoff is not None else Backoff()
         self._timeout = timeout
+        self._overload_timeout = overload_timeout
         self.channels = Channels(self)
         self.state: State = "connecting"
         self.connected: m.Connected | None = None
@@ -326,17 +334,11 @@ class Client:
         return websocket_url(self._ws_url, params)
 
     async def start(self) -> None:
-        """Make the first connection (no retry: an unreachable server raises at once)."""
+        """Make the first connection. A full server (:class:`Overloaded`) is retried with
+        backoff for up to ``overload_timeout`` seconds; anything else raises at once (an
+        unreachable server, refused credentials, a URL with no roomcast WebSocket)."""
         try:
-            fetched = await self._fresh_token()
-            try:
-                link = await Link.open(self._query_url(), self._format, self._timeout)
-            except AuthError:
-                if self._auth_callback is None or fetched:
-                    raise
-                # The token given with it was refused: one more try with the callback's.
-                await self._fresh_token(force=True)
-                link = await Link.open(self._query_url(), self._format, self._timeout)
+            link = await self._first_link()
         except WebSocketException as exc:  # e.g. HTTP 404: not a roomcast server at that URL
             self.state = "failed"
             self._error = ConnectionError(f"no roomcast WebSocket at {self._ws_url}: {exc}")
@@ -349,6 +351,31 @@ class Client:
         self._supervisor = asyncio.create_task(self._supervise(), name="roomcast-client")
         if self._auth_callback is not None:
             self._renewer = asyncio.create_task(self._renew_loop(), name="roomcast-client-auth")
+
+    async def _first_link(self) -> Link:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._overload_timeout
+        while True:
+            try:
+                return await self._open_first()
+            except Overloaded as exc:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise
+                delay = min(self._backoff.next_delay_after(exc.retry_after), remaining)
+                log.info("roomcast client: %s; connecting again in %.2fs", exc.message, delay)
+                await asyncio.sleep(delay)
+
+    async def _open_first(self) -> Link:
+        fetched = await self._fresh_token()
+        try:
+            return await Link.open(self._query_url(), self._format, self._timeout)
+        except AuthError:
+            if self._auth_callback is None or fetched:
+                raise
+            # The token given with it was refused: one more try with the callback's.
+            await self._fresh_token(force=True)
+            return await Link.open(self._query_url(), self._format, self._timeout)
 
     def _link_up(self, link: Link) -> None:
         connected = link.connected
@@ -399,8 +426,10 @@ class Client:
             self._link_up(new)
 
     async def _reconnect(self, token_refused: bool = False) -> Link | None:
+        retry_after: float | None = None  # what a full server asked for at the last attempt
         while True:
-            delay = self._backoff.next_delay()
+            delay = self._backoff.next_delay_after(retry_after)
+            retry_after = None
             log.info("roomcast client: reconnecting in %.2fs", delay)
             await asyncio.sleep(delay)
             try:
@@ -413,6 +442,9 @@ class Client:
                 continue
             try:
                 return await Link.open(self._query_url(), self._format, self._timeout)
+            except Overloaded as exc:
+                retry_after = exc.retry_after
+                log.info("roomcast client: server refused the connection: %s", exc)
             except RoomcastError as exc:
                 if exc.code == Unauthorized.code and self._auth_callback and not fetched:
                     token_refused = True  # try once more with a token fresh from the callback
@@ -595,6 +627,7 @@ def connect(
     format: Format = "json",
     backoff: Backoff | None = None,
     timeout: float = 10.0,
+    overload_timeout: float = OVERLOAD_TIMEOUT_S,
 ) -> _Connecting:
     """Connect to a roomcast server.
 
@@ -622,17 +655,24 @@ def connect(
             :class:`Unauthorized` the client fails; other errors are retried.
         format: ``json`` or ``msgpack`` on the wire.
         backoff: The reconnect policy (default: :class:`Backoff` with 0.1 s initial and
-            10 s maximum, full jitter).
+            10 s maximum, full jitter). A full server's ``Retry-After`` is waited out, up
+            to the policy's maximum.
         timeout: Seconds to wait for each connection attempt.
+        overload_timeout: Seconds the first connection keeps retrying a server that
+            refuses it as full (HTTP 503 at the upgrade) before raising
+            :class:`Overloaded`; 0 raises at once. Reconnects retry it without a limit.
 
     Returns:
         An awaitable that connects and gives the :class:`Client`; also an async context
         manager that closes it on exit.
 
     Raises:
-        AuthError: The server refused the credentials (code 40100).
+        AuthError: The server refused the credentials (code 40100, or HTTP 401 at the
+            upgrade).
+        Overloaded: The server was still full after ``overload_timeout`` seconds.
         RoomcastError: The server refused the connection for another reason.
-        OSError: The server could not be reached (the first connection is not retried).
+        OSError: The server could not be reached (this is not retried).
+        ConnectionError: No roomcast WebSocket answers at the URL (another HTTP status).
     """
     return _Connecting(
         Client(
@@ -644,5 +684,6 @@ def connect(
             format=format,
             backoff=backoff,
             timeout=timeout,
+            overload_timeout=overload_timeout,
         )
     )

@@ -5,6 +5,8 @@ The tree::
     RoomcastError (roomcast.protocol.errors)   an ``error`` reply, typed by its code
     ├── Unauthorized                           40100
     │   └── AuthError                          40100, as the SDK raises it
+    ├── Unavailable                            50300
+    │   └── Overloaded                         50300 at connect: the server is full, retry
     └── ...                                    BadRequest, Forbidden, TooLarge, RateLimited, ...
     ClientClosed                               the client was closed (or failed) first
     Cancelled                                  a streamed message was cancelled
@@ -17,13 +19,34 @@ the server and in the SDK.
 
 from __future__ import annotations
 
-from roomcast.protocol.errors import RoomcastError, Unauthorized, error_for_code
+import msgspec
+
+from roomcast.protocol.errors import RoomcastError, Unauthorized, Unavailable, error_for_code
+from roomcast.protocol.http import ErrorBody
 from roomcast.protocol.messages import ErrorReply
 
 
 class AuthError(Unauthorized):
     """The server refused the credentials (code 40100): a missing, invalid or expired token or
     key. The client does not retry it; connect again with other credentials."""
+
+
+class Overloaded(Unavailable):
+    """The server refused a new connection for now (code 50300): it holds as many
+    connections as it may. It says so at the WebSocket upgrade with HTTP 503 and
+    ``Retry-After`` (or, under an ASGI server without the denial-response extension, with an
+    ``error`` 50300 and the close 1013 right after the upgrade).
+
+    :func:`~roomcast.client.connect` retries it with backoff for up to ``overload_timeout``
+    seconds and raises it only then; reconnects retry it for as long as it takes.
+
+    Attributes:
+        retry_after: The seconds the server asked to wait (its ``Retry-After``), or None.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ClientClosed(Exception):
@@ -82,4 +105,29 @@ def error_from_reply(reply: ErrorReply) -> RoomcastError:
     return error_for_code(reply.code, reply.message)
 
 
-__all__ = ["AuthError", "Cancelled", "ClientClosed", "Discontinuity", "error_from_reply"]
+def error_from_http(status: int, body: bytes, what: str) -> RoomcastError:
+    """The typed error for an HTTP error answer: from its §7 body
+    (``{"error": {code, message, correlation_id}}``), or from its status when the body is not
+    ours (a proxy, an older server). ``what`` names the request in the latter message."""
+    try:
+        detail = msgspec.json.decode(body, type=ErrorBody).error
+    except msgspec.DecodeError:
+        code, message = status * 100, f"{what} answered HTTP {status}"
+    else:
+        code, message = detail.code, detail.message
+        if code != Unauthorized.code:
+            message += f" (correlation id {detail.correlation_id})"
+    if code == Unauthorized.code:
+        return AuthError(message)
+    return error_for_code(code, message)
+
+
+__all__ = [
+    "AuthError",
+    "Cancelled",
+    "ClientClosed",
+    "Discontinuity",
+    "Overloaded",
+    "error_from_http",
+    "error_from_reply",
+]

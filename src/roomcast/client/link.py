@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Response
 
 from roomcast.protocol.codec import codec_for, take_batch
-from roomcast.protocol.errors import CLOSE_ABNORMAL
+from roomcast.protocol.errors import CLOSE_ABNORMAL, RoomcastError, Unauthorized, Unavailable
 from roomcast.protocol.messages import Connected, ErrorReply, Request, ServerMessage
 
-from .errors import error_from_reply
+from .errors import Overloaded, error_from_http, error_from_reply
 
 log = logging.getLogger("roomcast.client")
 
@@ -59,17 +62,26 @@ class Link:
         """Connect and wait for ``connected``.
 
         Raises:
-            RoomcastError: The server answered with an ``error`` instead (40100 is
-                :class:`~roomcast.client.AuthError`).
+            Overloaded: The server is full: HTTP 503 at the upgrade (with its
+                ``Retry-After``), or an ``error`` 50300 right after it.
+            RoomcastError: The server answered with another ``error`` instead (40100, or
+                HTTP 401 at the upgrade, is :class:`~roomcast.client.AuthError`).
             OSError, TimeoutError, websockets.exceptions.WebSocketException: The server
-                could not be reached, or the handshake failed.
+                could not be reached, or the handshake failed (``InvalidStatus`` for an
+                HTTP answer other than 401 and 503: no roomcast WebSocket there).
         """
-        ws = await ws_connect(
-            url,
-            open_timeout=open_timeout,
-            max_size=None,
-            compression=None,  # the server does not compress: small frames, low latency
-        )
+        try:
+            ws = await ws_connect(
+                url,
+                open_timeout=open_timeout,
+                max_size=None,
+                compression=None,  # the server does not compress: small frames, low latency
+            )
+        except InvalidStatus as exc:
+            refusal = _upgrade_refusal(exc.response)
+            if refusal is None:
+                raise
+            raise refusal from exc
         try:
             async with asyncio.timeout(open_timeout):
                 frame = await ws.recv(decode=False)
@@ -85,6 +97,8 @@ class Link:
         with contextlib.suppress(Exception):
             await ws.close()
         if isinstance(first, ErrorReply):
+            if first.code == Unavailable.code:  # a server that sheds after the upgrade
+                raise Overloaded(first.message)
             raise error_from_reply(first)
         raise ConnectionError(f"the server did not answer with `connected`: {first!r}")
 
@@ -159,6 +173,36 @@ class Link:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.done.set()
+
+
+def _upgrade_refusal(response: Response) -> RoomcastError | None:
+    """The typed error for an upgrade refused with an HTTP status the client acts on: 503 (the
+    server is full: retry after a while) and 401 (credentials: do not retry). None for any
+    other status."""
+    status = response.status_code
+    if status not in (Unauthorized.code // 100, Unavailable.code // 100):
+        return None
+    error = error_from_http(status, bytes(response.body or b""), "the WebSocket upgrade")
+    if status == Unavailable.code // 100:
+        return Overloaded(error.message, retry_after_s(response.headers.get("Retry-After")))
+    return error
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP date); None
+    if there is none or it cannot be read."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def request_encoder(fmt: Format) -> Callable[[Request], bytes]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import msgspec
 
-from roomcast.protocol.errors import RoomcastError, Unauthorized, error_for_code
-from roomcast.protocol.http import ChannelPage, ChannelSummary, ErrorBody
+from roomcast.protocol.errors import RoomcastError
+from roomcast.protocol.http import ChannelPage, ChannelSummary
 
-from .errors import AuthError
+from .errors import error_from_http
 from .urls import http_base
 
 HTTP_TIMEOUT_S = 10.0
@@ -53,15 +53,7 @@ async def list_channels(
 
 def http_error(response: httpx.Response) -> RoomcastError:
     """The typed error for an HTTP error response (``{"error": {code, message, ...}}``)."""
-    try:
-        detail = msgspec.json.decode(response.content, type=ErrorBody).error
-    except msgspec.DecodeError:  # not our error body: a proxy, or an older server
-        request = response.request
-        error = error_for_code(
-            response.status_code * 100,
-            f"{request.method} {request.url.path} answered HTTP {response.status_code}",
-        )
-        return error
-    if detail.code == Unauthorized.code:
-        return AuthError(detail.message)
-    return error_for_code(detail.code, f"{detail.message} (correlation id {detail.correlation_id})")
+    request = response.request
+    return error_from_http(
+        response.status_code, response.content, f"{request.method} {request.url.path}"
+    )
