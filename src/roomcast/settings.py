@@ -13,10 +13,10 @@ from dataclasses import field as _field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
+from roomcast.backends import shown_url
 from roomcast.core.authz import OPERATIONS
 from roomcast.core.keys import KeyRing, KeySpecError
 
@@ -227,12 +227,8 @@ class Settings:
 
     @property
     def store_shown(self) -> str:
-        """``store_url`` for logs and the banner: a password in it is masked."""
-        parts = urlsplit(self.store_url)
-        if parts.password is None:
-            return self.store_url
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+        """``store_url`` for logs and the banner: its passwords are masked."""
+        return shown_url(self.store_url)
 
     @property
     def origins(self) -> frozenset[str]:

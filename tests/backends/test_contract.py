@@ -624,6 +624,45 @@ async def test_reap_dead_nodes_reaps_only_their_members(store: Store) -> None:
     assert await store.reap_dead_nodes() == []
 
 
+async def test_a_leave_with_a_holder_removes_only_what_that_node_holds(store: Store) -> None:
+    await store.presence_set(CH, member("alice", "c1", "mood"), "node-a")
+    assert not await store.presence_remove(CH, "alice", "c1", holder="node-b")
+    assert await store.presence_adopt(CH, "alice", "c1", "node-b") == member("alice", "c1", "mood")
+    assert not await store.presence_remove(CH, "alice", "c1", holder="node-a")  # it moved
+    assert [m.data for m in await store.presence_members(CH)] == ["mood"]
+    assert await store.presence_remove(CH, "alice", "c1", holder="node-b")
+    assert await store.presence_members(CH) == []
+    assert await store.presence_adopt(CH, "alice", "c1", "node-b") is None  # gone: not back
+
+
+async def test_an_adopted_member_is_reaped_with_its_new_node_only(store: Store) -> None:
+    await store.node_heartbeat("old", 0.05)
+    await store.node_heartbeat("new", 60)
+    await store.presence_set(CH, member("alice", "c1"), "old")
+    await store.presence_set(CH, member("bob", "c2"), "old")
+    await store.presence_adopt(CH, "alice", "c1", "new")  # alice resumed on "new"
+    await asyncio.sleep(0.1)
+    assert [(ch, m.client_id) for ch, m in await store.reap_dead_nodes()] == [(CH, "bob")]
+    assert [m.client_id for m in await store.presence_members(CH)] == ["alice"]
+
+
+async def test_a_node_known_only_from_its_members_is_reaped_too(store: Store) -> None:
+    """A member entered on a node the store does not know alive (its heartbeat entry was
+    lost) registers the node, so that it is reaped if the node never beats again."""
+    await store.node_heartbeat("gone", 0.05)
+    await asyncio.sleep(0.1)
+    assert await store.reap_dead_nodes() == []  # no members: nothing to report
+    await store.presence_set(CH, member("alice", "c1"), "gone")  # the ttl it beat with
+    assert await store.reap_dead_nodes() == []
+    await asyncio.sleep(0.1)
+    assert [m.client_id for _, m in await store.reap_dead_nodes()] == ["alice"]
+
+
+async def test_the_lifetime_stays_the_same_while_the_data_lives(store: Store) -> None:
+    first = await store.lifetime()
+    assert first and await store.lifetime() == first
+
+
 async def test_claim_is_exclusive_until_its_ttl(store: Store) -> None:
     assert await store.claim("trigger:1", "worker-a", 0.1)
     assert not await store.claim("trigger:1", "worker-b", 0.1)
@@ -656,6 +695,20 @@ async def test_resume_session_works_once_and_expires(store: Store) -> None:
     expired = ResumeSession("alice", "c2", {}, expires_at=time.time() - 1)
     await store.save_session("key-2", expired)
     assert await store.take_session("key-2") is None
+
+
+async def test_a_kept_session_is_current_until_taken_then_refused(store: Store) -> None:
+    later = time.time() + 60
+    assert await store.keep_session("key-1", ResumeSession("alice", "c1", {}, later))
+    assert await store.keep_session("key-1", ResumeSession("alice", "c1", {CH: 1}, later))
+    taken = await store.take_session("key-1")
+    assert taken == ResumeSession("alice", "c1", {CH: 1}, later)
+    # The node that held the connection learns that the client resumed elsewhere.
+    assert not await store.keep_session("key-1", ResumeSession("alice", "c1", {}, later))
+    assert await store.take_session("key-1") is None
+    # A plain save (the node giving the key back) replaces the mark.
+    await store.save_session("key-1", ResumeSession("alice", "c1", {}, later))
+    assert await store.take_session("key-1") is not None
 
 
 async def test_ping_and_events_match_what_the_bus_got(store: Store, recorder: Recorder) -> None:

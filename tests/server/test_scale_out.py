@@ -221,6 +221,33 @@ async def test_presence_stays_when_a_client_resumes_on_the_other_node(
     await watcher.close()
 
 
+async def test_a_resume_on_the_other_node_wins_whichever_node_notices_the_drop_first(
+    two_nodes: tuple[ServerProcess, ...],
+) -> None:
+    a, b = two_nodes
+    channel = room()
+    watcher, alice, _, _ = await alice_present_on_a(a, b, channel, "quick")
+    # Her connection to A is still open: A has noticed nothing when she resumes on B.
+    again = await WireClient.connect(
+        b.ws_url, client_id="alice", resume=alice.connected["resume_key"]
+    )
+    assert again.connected["resumed"] is True
+    assert again.connected["connection_id"] == alice.connected["connection_id"]
+    alice.drop()  # now A notices the drop; B holds her presence, so A must not end it
+    await asyncio.sleep(3.5)  # past A's grace (2 s)
+    assert not [m for m in await watcher.quiet(0.3) if m["action"] == "presence"]
+    members = (await watcher.request("attach", channel=channel))["presence"]
+    assert [(m["client_id"], m["data"]) for m in members] == [("alice", {"mood": "quick"})]
+    # The key worked once: a second resume with it is a new connection.
+    third = await WireClient.connect(
+        a.ws_url, client_id="alice", resume=alice.connected["resume_key"]
+    )
+    assert third.connected["resumed"] is False
+    await third.close()
+    await again.close()
+    await watcher.close()
+
+
 async def test_three_nodes_deliver_one_gap_free_order_to_every_client(
     three_nodes: tuple[ServerProcess, ...],
 ) -> None:
@@ -407,12 +434,26 @@ async def test_clients_of_a_stopped_node_resume_on_another_as_the_same_connectio
     assert back["resumed"] is True
     [missed] = await again.events(channel, 1)
     assert missed["data"] == "while away"
-    # The 1012 close counts as a clean one: alice's presence left at once (an SDK client
-    # enters again after its resume, as it does after any reconnect that lost it).
-    left = await watcher.next(lambda m: m["action"] == "presence", timeout=10)
-    assert (left["op"], left["client_id"]) == ("leave", "alice")
-    await again.request("presence", channel=channel, op="enter", data={"mood": "calm"})
+    # The server's 1012 is not a goodbye from the client: alice resumed with her presence,
+    # nobody saw her leave, and she stays after A's members would have been reaped.
+    assert again.connected["connection_id"] == alice.connected["connection_id"]
+    await asyncio.sleep(7)  # A's node ttl (5 s) and a tick of B's reaper
+    assert not [m for m in await watcher.quiet(0.2) if m["action"] == "presence"]
     members = (await watcher.request("attach", channel=channel))["presence"]
     assert [(m["client_id"], m["data"]) for m in members] == [("alice", {"mood": "calm"})]
     await again.close()
+    await watcher.close()
+
+
+async def test_a_stopped_nodes_members_leave_once_its_ttl_lapses_unless_they_resume(
+    two_nodes: tuple[ServerProcess, ...],
+) -> None:
+    a, b = two_nodes
+    channel = room()
+    watcher, alice, _, _ = await alice_present_on_a(a, b, channel, "gone")
+    assert a.stop() == 0  # SIGTERM; alice never comes back
+    left = await watcher.next(lambda m: m["action"] == "presence", timeout=15)
+    assert (left["op"], left["client_id"]) == ("leave", "alice")
+    assert (await watcher.request("attach", channel=channel))["presence"] == []
+    await alice.close()
     await watcher.close()

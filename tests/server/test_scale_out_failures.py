@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,61 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from test_scale_out import room, store_url  # noqa: F401  (store_url is a fixture)
 
+from redis_servers import RedisServer
 from roomcast.client import connect
-from roomcast.testing import ServerProcess, WireClient, free_port
+from roomcast.testing import ServerProcess, WireClient
 
 Msg = dict[str, Any]
-
-
-class RedisServer:
-    """``redis-server`` without persistence on a free port; it can be stopped and started
-    again on the same port (it then comes back empty)."""
-
-    def __init__(self, folder: Path, password: str | None = None) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("these tests need redis-server on the PATH", pytrace=False)
-        self.exe = exe
-        self.folder = folder
-        self.port = free_port()
-        self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=2)
-
-    def start(self) -> None:
-        cmd = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        cmd += ["--appendonly", "no", "--dir", str(self.folder)]
-        if self.password:
-            cmd += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            client = self.client()
-            try:
-                client.ping()
-                return
-            except redis.RedisError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture

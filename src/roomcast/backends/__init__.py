@@ -1,5 +1,5 @@
-"""Backends, chosen by URL: ``memory://``, ``sqlite:///path`` and ``redis://host:port/db``
-(see ``base`` for the contract).
+"""Backends, chosen by URL: ``memory://``, ``sqlite:///path``, ``redis://host:port/db`` and
+``redis+sentinel://host:port[,host:port...]/service/db`` (see ``base`` for the contract).
 
 Drivers are imported lazily, so a backend's dependencies are needed only when it is used.
 """
@@ -7,13 +7,31 @@ Drivers are imported lazily, so a backend's dependencies are needed only when it
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .base import Bus, Store, StoreOptions
 
 
 class BackendURLError(ValueError):
     """A store URL that names no backend, or names one badly."""
+
+
+def shown_url(url: str) -> str:
+    """A store URL as logs and messages show it: its passwords (the one before ``@`` and any
+    ``...password=`` parameter) are masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # malformed (an unclosed "["): keep the scheme and the hosts only
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
+    user, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in user:
+        parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{hosts}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any("password" in name.lower() for name, _ in query):
+        masked = [(n, "***" if "password" in n.lower() else v) for n, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return url if parts == urlsplit(url) else urlunsplit(parts)
 
 
 def sqlite_path(url: str) -> Path:
@@ -29,7 +47,10 @@ def sqlite_path(url: str) -> Path:
 
 def open_backend(url: str, options: StoreOptions | None = None) -> Store:
     """The Store (with its Bus as ``store.bus``) for ``url``; call ``await store.open()``."""
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:
+        raise BackendURLError(f"{shown_url(url)!r}: {exc}") from None
     options = options or StoreOptions()
     if scheme == "memory":
         from .local import LocalBus
@@ -41,7 +62,7 @@ def open_backend(url: str, options: StoreOptions | None = None) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url), LocalBus(), options)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
         from .redis_store import RedisStore
 
         try:
@@ -49,8 +70,17 @@ def open_backend(url: str, options: StoreOptions | None = None) -> Store:
         except ValueError as exc:
             raise BackendURLError(str(exc)) from None
     raise BackendURLError(
-        f"unknown store URL {url!r}: use memory://, sqlite:///path or redis://host:port/db"
+        f"unknown store URL {url!r}: use memory://, sqlite:///path, redis://host:port/db or "
+        "redis+sentinel://host:port[,host:port...]/service/db"
     )
 
 
-__all__ = ["BackendURLError", "Bus", "Store", "StoreOptions", "open_backend", "sqlite_path"]
+__all__ = [
+    "BackendURLError",
+    "Bus",
+    "Store",
+    "StoreOptions",
+    "open_backend",
+    "shown_url",
+    "sqlite_path",
+]

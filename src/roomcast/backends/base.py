@@ -78,6 +78,10 @@ class ChannelInfo(msgspec.Struct, frozen=True):
     updated_at: int
 
 
+TAKEN_TTL_S = 600.0  # how long a taken resume key stays marked taken
+DEFAULT_NODE_TTL_S = 15.0  # a node's liveness, until its first heartbeat says how long
+
+
 class ResumeSession(msgspec.Struct, frozen=True):
     """What a resume key restores: the connection id and the presence it held."""
 
@@ -113,6 +117,9 @@ class Bus(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Disconnect; the default has nothing to release."""
+
+    async def ping(self) -> None:  # noqa: B027 - optional hook
+        """Raise if the bus cannot deliver (``/readyz``); the default always can."""
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:
@@ -239,11 +246,24 @@ class Store(ABC):
     # ----------------------------------------------------------------- ephemeral state
 
     @abstractmethod
-    async def presence_set(self, channel: str, member: PresenceMember, node_id: str) -> None: ...
+    async def presence_set(self, channel: str, member: PresenceMember, node_id: str) -> None:
+        """Enter or update ``member``, held by ``node_id`` (which it registers as alive, for
+        its ``node_heartbeat`` ttl, if the store does not know it: a node that dies before
+        its next heartbeat still has its members reaped)."""
 
     @abstractmethod
-    async def presence_remove(self, channel: str, client_id: str, connection_id: str) -> bool:
-        """Remove a member; False if it was not there."""
+    async def presence_remove(
+        self, channel: str, client_id: str, connection_id: str, *, holder: str | None = None
+    ) -> bool:
+        """Remove a member; False if it was not there. With ``holder``, only if that node
+        still holds it (the member did not move to another node meanwhile)."""
+
+    @abstractmethod
+    async def presence_adopt(
+        self, channel: str, client_id: str, connection_id: str, node_id: str
+    ) -> PresenceMember | None:
+        """Make ``node_id`` the holder of a member that is present (a connection resumed on
+        that node), atomically against ``presence_remove(holder=...)``; None if absent."""
 
     @abstractmethod
     async def presence_members(self, channel: str) -> list[PresenceMember]: ...
@@ -251,6 +271,12 @@ class Store(ABC):
     @abstractmethod
     async def node_heartbeat(self, node_id: str, ttl_s: float) -> None:
         """Mark ``node_id`` alive for ``ttl_s`` seconds."""
+
+    @abstractmethod
+    async def lifetime(self) -> str:
+        """An id of the store's current data, the same until its ephemeral state is lost (a
+        Redis restarted without persistence, or flushed), then a new one. A node that sees
+        it change puts back what it holds: its presence members and resume sessions."""
 
     @abstractmethod
     async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
@@ -265,8 +291,17 @@ class Store(ABC):
         """Add to a counter that expires ``ttl_s`` after it was created; returns the total."""
 
     @abstractmethod
-    async def save_session(self, key: str, session: ResumeSession) -> None: ...
+    async def save_session(self, key: str, session: ResumeSession) -> None:
+        """Store a session (replacing whatever the key held), until ``expires_at``."""
+
+    @abstractmethod
+    async def keep_session(self, key: str, session: ResumeSession) -> bool:
+        """Store a session unless it was taken: False (and nothing written) when
+        :meth:`take_session` took the key since it was saved. The node that holds a
+        connection keeps its session current with this; False means the client resumed
+        elsewhere."""
 
     @abstractmethod
     async def take_session(self, key: str) -> ResumeSession | None:
-        """Return and remove an unexpired session (a resume key works once)."""
+        """Return an unexpired session and mark the key taken (a resume key works once;
+        :meth:`keep_session` on it then fails for :data:`TAKEN_TTL_S`)."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from roomcast.protocol.messages import Event, PresenceEvent, PresenceMember, SignalEvent
 
-from .base import Bus, ResumeSession, StoreOptions
+from .base import DEFAULT_NODE_TTL_S, TAKEN_TTL_S, Bus, ResumeSession, StoreOptions
 
 
 class LocalBus(Bus):
@@ -49,24 +49,47 @@ class LocalEphemeralState:
         self._claims: dict[str, tuple[str, float]] = {}
         self._counters: dict[str, tuple[float, float]] = {}
         self._sessions: dict[str, ResumeSession] = {}
+        self._live_sessions = 0  # sessions found unexpired at the last sweep
+        self._ttls: dict[str, float] = {}  # node → the ttl of its heartbeats
+        self._lifetime = new_epoch()
 
     async def presence_set(self, channel: str, member: PresenceMember, node_id: str) -> None:
         members = self._presence.setdefault(channel, {})
         members[(member.client_id, member.connection_id)] = (member, node_id)
+        if node_id not in self._nodes:
+            self._nodes[node_id] = time.monotonic() + self._ttls.get(node_id, DEFAULT_NODE_TTL_S)
 
-    async def presence_remove(self, channel: str, client_id: str, connection_id: str) -> bool:
+    async def presence_remove(
+        self, channel: str, client_id: str, connection_id: str, *, holder: str | None = None
+    ) -> bool:
         members = self._presence.get(channel)
-        if not members or members.pop((client_id, connection_id), None) is None:
+        found = members.get((client_id, connection_id)) if members else None
+        if members is None or found is None or holder not in (None, found[1]):
             return False
+        del members[(client_id, connection_id)]
         if not members:
             del self._presence[channel]
         return True
+
+    async def presence_adopt(
+        self, channel: str, client_id: str, connection_id: str, node_id: str
+    ) -> PresenceMember | None:
+        members = self._presence.get(channel)
+        found = members.get((client_id, connection_id)) if members else None
+        if members is None or found is None:
+            return None
+        members[(client_id, connection_id)] = (found[0], node_id)
+        return found[0]
 
     async def presence_members(self, channel: str) -> list[PresenceMember]:
         return [member for member, _ in self._presence.get(channel, {}).values()]
 
     async def node_heartbeat(self, node_id: str, ttl_s: float) -> None:
         self._nodes[node_id] = time.monotonic() + ttl_s
+        self._ttls[node_id] = ttl_s
+
+    async def lifetime(self) -> str:
+        return self._lifetime  # this process's memory: lost only with the process
 
     async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
         now = time.monotonic()
@@ -108,15 +131,25 @@ class LocalEphemeralState:
 
     async def save_session(self, key: str, session: ResumeSession) -> None:
         now = time.time()
-        if len(self._sessions) > 1024:
+        if len(self._sessions) > 1024 + 2 * self._live_sessions:
             for old in [k for k, s in self._sessions.items() if s.expires_at <= now]:
                 del self._sessions[old]
+            self._live_sessions = len(self._sessions)
         self._sessions[key] = session
 
+    async def keep_session(self, key: str, session: ResumeSession) -> bool:
+        held = self._sessions.get(key)
+        if held is not None and held.client_id == "" and held.expires_at > time.time():
+            return False  # taken
+        await self.save_session(key, session)
+        return True
+
     async def take_session(self, key: str) -> ResumeSession | None:
-        session = self._sessions.pop(key, None)
-        if session is None or session.expires_at <= time.time():
+        now = time.time()
+        session = self._sessions.get(key)
+        if session is None or session.client_id == "" or session.expires_at <= now:
             return None
+        self._sessions[key] = ResumeSession("", "", {}, now + TAKEN_TTL_S)  # the taken mark
         return session
 
 

@@ -167,14 +167,24 @@ class MeasuredStore(Store):
     async def presence_set(self, channel: str, member: PresenceMember, node_id: str) -> None:
         await self.inner.presence_set(channel, member, node_id)
 
-    async def presence_remove(self, channel: str, client_id: str, connection_id: str) -> bool:
-        return await self.inner.presence_remove(channel, client_id, connection_id)
+    async def presence_remove(
+        self, channel: str, client_id: str, connection_id: str, *, holder: str | None = None
+    ) -> bool:
+        return await self.inner.presence_remove(channel, client_id, connection_id, holder=holder)
+
+    async def presence_adopt(
+        self, channel: str, client_id: str, connection_id: str, node_id: str
+    ) -> PresenceMember | None:
+        return await self.inner.presence_adopt(channel, client_id, connection_id, node_id)
 
     async def presence_members(self, channel: str) -> list[PresenceMember]:
         return await self.inner.presence_members(channel)
 
     async def node_heartbeat(self, node_id: str, ttl_s: float) -> None:
         await self.inner.node_heartbeat(node_id, ttl_s)
+
+    async def lifetime(self) -> str:
+        return await self.inner.lifetime()
 
     async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
         return await self.inner.reap_dead_nodes()
@@ -187,6 +197,9 @@ class MeasuredStore(Store):
 
     async def save_session(self, key: str, session: ResumeSession) -> None:
         await self.inner.save_session(key, session)
+
+    async def keep_session(self, key: str, session: ResumeSession) -> bool:
+        return await self.inner.keep_session(key, session)
 
     async def take_session(self, key: str) -> ResumeSession | None:
         return await self.inner.take_session(key)

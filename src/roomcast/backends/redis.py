@@ -28,7 +28,10 @@ dead node from that sorted set (ZREM returns 1 for one node only) reaps its memb
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from . import shown_url
 
 # Lua helpers: HMGET/HDEL in chunks (unpack has a stack limit).
 LUA_HELPERS = """
@@ -178,20 +181,159 @@ return total
 """
 
 
-def parse_redis_url(url: str) -> tuple[str, str]:
-    """``redis://host:port/db?prefix=name`` → (the URL for redis-py, the key prefix)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+# A presence hash's field holds ``["<node id>",<member>]`` (node ids hold no quote).
+# KEYS: presence hash. ARGV: field, holder ('' for any). Returns the removed body, or nil.
+PRESENCE_REMOVE = """
+local body = redis.call('HGET', KEYS[1], ARGV[1])
+if not body then return nil end
+if ARGV[2] ~= '' and string.sub(body, 1, #ARGV[2] + 4) ~= '["' .. ARGV[2] .. '",' then
+  return nil
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return body
+"""
+
+# KEYS: presence hash. ARGV: field, new holder. Returns the body as it was, or nil.
+PRESENCE_ADOPT = """
+local body = redis.call('HGET', KEYS[1], ARGV[1])
+if not body then return nil end
+local member = string.match(body, '^%[".-",(.*)$')
+redis.call('HSET', KEYS[1], ARGV[1], '["' .. ARGV[2] .. '",' .. member)
+return body
+"""
+
+TAKEN = b"taken"  # what a taken resume key holds
+
+# KEYS: session. ARGV: body, ttl ms. 0 if the key was taken (nothing written), else 1.
+KEEP_SESSION = """
+if redis.call('GET', KEYS[1]) == 'taken' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+def _take_prefix(url: str, query: str) -> tuple[str, list[tuple[str, str]]]:
+    """The ``prefix`` parameter of a store URL (default ``roomcast``), and the others."""
     prefix = "roomcast"
     rest: list[tuple[str, str]] = []
-    for name, value in query:
+    for name, value in parse_qsl(query, keep_blank_values=True):
         if name == "prefix":
             prefix = value
         else:
             rest.append((name, value))
     if not prefix or "{" in prefix or "}" in prefix:
-        raise ValueError(f"{url!r}: the key prefix must be non-empty, without braces")
+        raise ValueError(f"{shown_url(url)!r}: the key prefix must be non-empty, without braces")
+    return prefix, rest
+
+
+def parse_redis_url(url: str) -> tuple[str, str]:
+    """``redis://host:port/db?prefix=name`` → (the URL for redis-py, the key prefix)."""
+    parts = urlsplit(url)
+    prefix, rest = _take_prefix(url, parts.query)
     return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """What a ``redis+sentinel://`` store URL names (see :func:`parse_sentinel_url`)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    prefix: str
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    @property
+    def where(self) -> str:
+        """The service and its Sentinels, for messages (never a password)."""
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        return f"{self.service} (Sentinels {hosts})"
+
+
+def _sentinel_address(url: str, item: str) -> tuple[str, int]:
+    if item.startswith("["):  # [IPv6]:port
+        host, close, rest = item[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ValueError(f"{shown_url(url)!r}: bad Sentinel address {item!r}")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise ValueError(f"{shown_url(url)!r}: a Sentinel address without a host ({item!r})")
+    if not port_text:
+        return host, SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{shown_url(url)!r}: bad port {port_text!r} in Sentinel address {item!r}")
+    return host, int(port_text)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``,
+    with ``?prefix=name`` (the key prefix, default ``roomcast``) and
+    ``?sentinel_password=...`` (for Sentinels that require one).
+
+    The password (and user) authenticate to the Redis servers; a port left out is 26379.
+    ``rediss+sentinel://`` uses TLS to the Sentinels and to the servers.
+
+    Raises:
+        ValueError: Saying what is wrong: no Sentinel address, a bad port, no service name,
+            a bad database number, an unknown parameter.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"{shown_url(url)!r} is not a redis+sentinel:// URL")
+    hostlist = parts.netloc.rpartition("@")[2]
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    items = [item.strip() for item in hostlist.split(",")]
+    if hostlist and not all(items):
+        raise ValueError(f"{shown_url(url)!r}: an empty Sentinel address in {hostlist!r}")
+    if not hostlist:
+        raise ValueError(
+            f"{shown_url(url)!r} names no Sentinel: write redis+sentinel://host:port[,host:port...]/service/db"
+        )
+    sentinels = tuple(_sentinel_address(url, item) for item in items)
+    path = [unquote(p) for p in parts.path.split("/")[1:]]
+    if path and path[-1] == "":
+        path.pop()  # a trailing slash
+    if not path or not path[0]:
+        raise ValueError(
+            f"{shown_url(url)!r} names no service: write redis+sentinel://host:port/service/db "
+            "(the name the Sentinels monitor)"
+        )
+    if len(path) > 2:
+        raise ValueError(f"{shown_url(url)!r}: the path is /service/db, not {parts.path!r}")
+    db_text = path[1] if len(path) == 2 else "0"
+    if not db_text.isdigit():
+        raise ValueError(
+            f"{shown_url(url)!r}: the database must be a number (0-15 by default), not {db_text!r}"
+        )
+    prefix, rest = _take_prefix(url, parts.query)
+    sentinel_password = None
+    for name, value in rest:
+        if name != "sentinel_password":
+            raise ValueError(
+                f"{shown_url(url)!r}: unknown parameter {name!r} (a redis+sentinel:// URL "
+                "takes prefix and sentinel_password)"
+            )
+        sentinel_password = value
+    return SentinelURL(
+        sentinels,
+        path[0],
+        int(db_text),
+        prefix,
+        username,
+        password,
+        sentinel_password,
+        parts.scheme == "rediss+sentinel",
+    )
 
 
 class Keys:
@@ -202,6 +344,8 @@ class Keys:
         self.channels = f"{prefix}:channels"  # sorted set (all scores 0): names by lex order
         self.streaming = f"{prefix}:streaming"  # sorted set: [channel, msg_serial] by update
         self.nodes = f"{prefix}:nodes"  # sorted set: node id by heartbeat expiry (ms)
+        self.ready = f"{prefix}:ready"  # string with a TTL: written by the readiness probe
+        self.lifetime = f"{prefix}:lifetime"  # string: an id of this data's lifetime
 
     def tag(self, channel: str) -> str:
         return f"{self.prefix}:{{{channel}}}"
@@ -234,9 +378,16 @@ __all__ = [
     "CLAIM",
     "COMMIT",
     "COUNTER",
+    "KEEP_SESSION",
+    "PRESENCE_ADOPT",
+    "PRESENCE_REMOVE",
     "PURGE",
     "READ_EVENTS",
+    "SENTINEL_SCHEMES",
     "SNAPSHOT",
+    "TAKEN",
     "Keys",
+    "SentinelURL",
     "parse_redis_url",
+    "parse_sentinel_url",
 ]

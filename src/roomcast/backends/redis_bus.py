@@ -88,6 +88,8 @@ class RedisBus(Bus):
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._broken = False  # the reader lost the pub/sub connection and has not got it back
+        self._broken_reason = ""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -130,8 +132,12 @@ class RedisBus(Bus):
         feed = self._feeds[channel] = _Feed(loop.create_future(), loop.create_future())
         name = bus_channel(self.prefix, channel)
         self._names[name.encode()] = channel
+        if len(self._feeds) == 1:
+            # The first subscription after an idle spell: nothing has read the pub/sub
+            # connection meanwhile, so it may be dead (Redis restarted). Start on a fresh one.
+            self._renew_pubsub()
         try:
-            await self._pubsub.ssubscribe(name)
+            await self._ssubscribe(name)
             self._wake.set()
             await asyncio.wait_for(asyncio.shield(feed.confirmed), _SUBSCRIBE_TIMEOUT_S)
             assert self.read_head is not None
@@ -150,6 +156,30 @@ class RedisBus(Bus):
         feed.based.set_result(None)
         for epoch_seen, events in early:
             self._offer(channel, epoch_seen, events, local=False)
+
+    def _renew_pubsub(self) -> None:
+        old, self._pubsub = self._pubsub, self.redis.pubsub()
+        self._broken = False
+        if old is not None:
+            self._spawn(old.aclose())
+
+    async def _ssubscribe(self, name: str) -> None:
+        """SSUBSCRIBE, once more on a fresh connection if the connection was lost."""
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        try:
+            await self._pubsub.ssubscribe(name)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            log.info("the Redis bus connection was lost (%s); reconnecting", describe(exc))
+            channels = [bus_channel(self.prefix, ch) for ch in self._feeds]
+            self._renew_pubsub()
+            await self._pubsub.ssubscribe(*channels)
+
+    async def ping(self) -> None:
+        """Raise while the pub/sub connection is lost (``/readyz``): this node would miss
+        other nodes' events until it is back."""
+        if self._broken:
+            raise Unavailable(f"the Redis bus connection is lost: {self._broken_reason}")
 
     async def unsubscribe(self, channel: str) -> None:
         # The node may have got a new subscriber since it asked (its request is a task).
@@ -315,7 +345,6 @@ class RedisBus(Bus):
     # ------------------------------------------------------------ the reader
 
     async def _read_loop(self) -> None:
-        broken = False
         backoff = 0.1
         while True:
             pubsub = self._pubsub
@@ -328,14 +357,16 @@ class RedisBus(Bus):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not broken:
+                if pubsub is not self._pubsub:
+                    continue  # a pub/sub connection that was replaced (and closed) meanwhile
+                if not self._broken:
                     log.warning("lost the Redis bus connection (%s); reconnecting", describe(exc))
-                broken = True
+                self._broken, self._broken_reason = True, describe(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            if broken:
-                broken, backoff = False, 0.1
+            if self._broken and pubsub is self._pubsub:
+                self._broken, backoff = False, 0.1
                 log.info("the Redis bus connection is back")
                 for channel in list(self._feeds):
                     self._spawn(self._resync(channel))

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET
@@ -21,7 +20,9 @@ from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectSt
 
 from .apply import check_batch, encode_event, sequence
 from .base import (
+    DEFAULT_NODE_TTL_S,
     REPLAY_PAGE,
+    TAKEN_TTL_S,
     Appended,
     ChannelInfo,
     ResumeSession,
@@ -34,21 +35,24 @@ from .redis import (
     CLAIM,
     COMMIT,
     COUNTER,
+    KEEP_SESSION,
+    PRESENCE_ADOPT,
+    PRESENCE_REMOVE,
     PURGE,
     READ_EVENTS,
     SNAPSHOT,
+    TAKEN,
     Keys,
-    parse_redis_url,
 )
 from .redis_bus import RedisBus, bus_channel, describe
+from .redis_clients import redis_client
 
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 1000  # queued writes taken at once
 _MAX_ATTEMPTS = 50  # compare-and-set attempts per channel group before giving up
 _CHUNK = 500  # fields per HMGET/HDEL
-_POOL_SIZE = 64  # connections to Redis per node, at most (the bus holds one of them)
-_POOL_WAIT_S = 20.0  # how long a request waits for a free connection
+_READY_TTL_MS = 60_000  # the readiness probe's key expires: it holds nothing
 
 _encode = msgspec.json.Encoder().encode
 _event = msgspec.json.Decoder(Event).decode
@@ -147,22 +151,11 @@ class RedisStore(Store):
     bus: RedisBus
 
     def __init__(self, url: str, options: StoreOptions | None = None) -> None:
-        import redis.asyncio
-
-        self.url, prefix = parse_redis_url(url)
+        client = redis_client(url)
+        self.url, prefix = client.url, client.prefix
         self.options = options or StoreOptions()
         self.k = Keys(prefix)
-        # A blocking pool: a burst of requests (hundreds of clients dropping at once, each
-        # storing its resume session) waits for a free connection instead of failing with
-        # "Too many connections".
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=_POOL_SIZE,
-            timeout=_POOL_WAIT_S,
-            socket_connect_timeout=5,
-            health_check_interval=10,
-        )
-        self.redis: Any = redis.asyncio.Redis.from_pool(pool)  # closes the pool with it
+        self.redis: Any = client.redis
         self.bus = RedisBus(self.redis, prefix)
         self.bus.read_log = self.read_events
         self.bus.read_head = self._head
@@ -171,13 +164,17 @@ class RedisStore(Store):
         self._read_events = self.redis.register_script(READ_EVENTS)
         self._purge = self.redis.register_script(PURGE)
         self._claim = self.redis.register_script(CLAIM)
+        self._presence_remove = self.redis.register_script(PRESENCE_REMOVE)
+        self._presence_adopt = self.redis.register_script(PRESENCE_ADOPT)
+        self._keep_session = self.redis.register_script(KEEP_SESSION)
+        self._node_ttls: dict[str, float] = {}  # node → the ttl of its heartbeats
+        self._clock_offset_ms: int | None = None  # Redis's clock minus this machine's
         self._counter = self.redis.register_script(COUNTER)
         self._queue: list[_Work] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._accepting = False
-        parts = urlsplit(self.url)  # host and port only: the URL may hold a password
-        self._where = f"{parts.hostname}:{parts.port or 6379}"
+        self._where = client.where  # addresses only: the URL may hold a password
         self._down = False  # the last request could not reach Redis (said once in the log)
         self._unlisted: set[str] = set()  # channels whose listing failed: retried
 
@@ -227,8 +224,12 @@ class RedisStore(Store):
             await self.redis.aclose()
 
     async def ping(self) -> None:
+        """Readiness (``/readyz``): a small write, not a PING, so that it fails on a server
+        that refuses writes: a replica (a primary demoted by a failover, or a URL naming a
+        replica), a primary short of replicas (``min-replicas-to-write``) or memory."""
         with self._errors():
-            await self.redis.ping()
+            await self.redis.set(self.k.ready, b"1", px=_READY_TTL_MS)
+        await self.bus.ping()
 
     # ------------------------------------------------------------ writes
 
@@ -650,23 +651,55 @@ class RedisStore(Store):
         field_name = member.client_id + "\0" + member.connection_id
         held = _encode((channel, member.client_id, member.connection_id))
         with self._errors():
+            until = await self._node_expiry(node_id)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(self.k.presence(channel), field_name, _encode((node_id, member)))
                 pipe.sadd(self.k.held_by(node_id), held)
+                # The node is known alive even if its heartbeat entry was lost (a flush): a
+                # node that dies before its next heartbeat still has this member reaped.
+                pipe.zadd(self.k.nodes, {node_id: until}, nx=True)
                 await pipe.execute()
 
-    async def presence_remove(self, channel: str, client_id: str, connection_id: str) -> bool:
-        key = self.k.presence(channel)
-        field_name = client_id + "\0" + connection_id
+    async def presence_remove(
+        self, channel: str, client_id: str, connection_id: str, *, holder: str | None = None
+    ) -> bool:
         with self._errors():
-            body = await self.redis.hget(key, field_name)
-            if body is None or not await self.redis.hdel(key, field_name):
-                return False
+            body = await self._remove_member(channel, client_id, connection_id, holder)
+        return body is not None
+
+    async def _remove_member(
+        self, channel: str, client_id: str, connection_id: str, holder: str | None
+    ) -> bytes | None:
+        field_name = client_id + "\0" + connection_id
+        body: bytes | None = await self._presence_remove(
+            keys=[self.k.presence(channel)], args=[field_name, holder or ""]
+        )
+        if body is not None:
             node_id, _ = _held(body)
-            await self.redis.srem(
-                self.k.held_by(node_id), _encode((channel, client_id, connection_id))
+            held = _encode((channel, client_id, connection_id))
+            await self.redis.srem(self.k.held_by(node_id), held)
+        return body
+
+    async def presence_adopt(
+        self, channel: str, client_id: str, connection_id: str, node_id: str
+    ) -> PresenceMember | None:
+        field_name = client_id + "\0" + connection_id
+        held = _encode((channel, client_id, connection_id))
+        with self._errors():
+            body = await self._presence_adopt(
+                keys=[self.k.presence(channel)], args=[field_name, node_id]
             )
-        return True
+            if body is None:
+                return None
+            old_node, member = _held(body)
+            until = await self._node_expiry(node_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self.k.held_by(node_id), held)
+                if old_node != node_id:
+                    pipe.srem(self.k.held_by(old_node), held)
+                pipe.zadd(self.k.nodes, {node_id: until}, nx=True)
+                await pipe.execute()
+        return member
 
     async def presence_members(self, channel: str) -> list[PresenceMember]:
         with self._errors():
@@ -676,12 +709,28 @@ class RedisStore(Store):
     async def _redis_ms(self) -> int:
         """Redis's clock: node liveness must not depend on the nodes' clocks agreeing."""
         seconds, micros = await self.redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        now = int(seconds) * 1000 + int(micros) // 1000
+        self._clock_offset_ms = now - int(time.time() * 1000)
+        return now
+
+    async def _node_expiry(self, node_id: str) -> int:
+        """When ``node_id``'s liveness lapses if it sends no heartbeat from now (Redis ms)."""
+        ttl_ms = int(self._node_ttls.get(node_id, DEFAULT_NODE_TTL_S) * 1000)
+        if self._clock_offset_ms is None:
+            return await self._redis_ms() + ttl_ms
+        return int(time.time() * 1000) + self._clock_offset_ms + ttl_ms
 
     async def node_heartbeat(self, node_id: str, ttl_s: float) -> None:
+        self._node_ttls[node_id] = ttl_s
         with self._errors():
             until = await self._redis_ms() + int(ttl_s * 1000)
             await self.redis.zadd(self.k.nodes, {node_id: until})
+
+    async def lifetime(self) -> str:
+        candidate = new_epoch()
+        with self._errors():
+            found = await self.redis.set(self.k.lifetime, candidate, nx=True, get=True)
+        return candidate if found is None else found.decode()
 
     async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
         reaped: list[tuple[str, PresenceMember]] = []
@@ -699,13 +748,10 @@ class RedisStore(Store):
         held_key = self.k.held_by(node_id)
         for raw in await self.redis.smembers(held_key):
             channel, client_id, connection_id = _triple(raw)
-            key, field_name = self.k.presence(channel), client_id + "\0" + connection_id
-            body = await self.redis.hget(key, field_name)
-            if body is None:
-                continue
-            holder, member = _held(body)
-            if holder == node_id and await self.redis.hdel(key, field_name):
-                reaped.append((channel, member))
+            # Only what the dead node still holds: a member that resumed elsewhere stays.
+            body = await self._remove_member(channel, client_id, connection_id, node_id)
+            if body is not None:
+                reaped.append((channel, _held(body)[1]))
         await self.redis.delete(held_key)
         return reaped
 
@@ -733,10 +779,20 @@ class RedisStore(Store):
                 return
             await self.redis.set(self.k.session(key), _encode(session), px=ttl_ms)
 
+    async def keep_session(self, key: str, session: ResumeSession) -> bool:
+        ttl_ms = max(1, int((session.expires_at - time.time()) * 1000))
+        with self._errors():
+            kept = await self._keep_session(
+                keys=[self.k.session(key)], args=[_encode(session), ttl_ms]
+            )
+        return bool(int(kept))
+
     async def take_session(self, key: str) -> ResumeSession | None:
         with self._errors():
-            body = await self.redis.getdel(self.k.session(key))
-        if body is None:
+            body = await self.redis.set(
+                self.k.session(key), TAKEN, px=int(TAKEN_TTL_S * 1000), get=True
+            )
+        if body is None or body == TAKEN:
             return None
         session = _session(body)
         return session if session.expires_at > time.time() else None
@@ -752,4 +808,4 @@ class RedisStore(Store):
         return dropped
 
 
-__all__ = ["RedisStore", "parse_redis_url"]
+__all__ = ["RedisStore"]

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 from msgspec import UNSET
 
-from roomcast.backends.base import REPLAY_PAGE, Appended, ResumeSession, Store
+from roomcast.backends.base import REPLAY_PAGE, Appended, Store
 from roomcast.protocol import objects as live
 from roomcast.protocol.codec import Codec
 from roomcast.protocol.errors import (
+    CLOSE_SERVICE_RESTART,
     BadRequest,
     Conflict,
     Forbidden,
@@ -59,6 +60,7 @@ from roomcast.protocol.messages import (
 from roomcast.settings import Settings
 
 from .authz import Principal, authorize
+from .presence import PresenceKeeper, now_ms
 from .streams import AppendRollup, StreamSweeper
 
 if TYPE_CHECKING:
@@ -68,10 +70,6 @@ log = logging.getLogger("roomcast.node")
 
 META_CHANNELS = "meta:channels"
 _LIST_SCAN_MAX = 10_000  # channels read at most to fill one page of a filtered listing
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Subscriber(Protocol):
@@ -121,7 +119,6 @@ class Node:
         self._by_resume_key: dict[str, Connection] = {}
         self._per_client: dict[str, int] = {}  # client_id → live connections here
         self._subscribers: dict[str, set[Subscriber]] = {}
-        self._grace: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dirty: list[Connection] = []
         self._announced: set[str] = set()
@@ -132,6 +129,7 @@ class Node:
         self.agents: list[AgentInfo] = []
         self.rollup = AppendRollup(store, settings)  # streams: appends merged per window
         self.sweeper = StreamSweeper(store, settings, self.node_id, self.rollup)
+        self.presence_keeper = PresenceKeeper(self)
         store.bus.bind(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -140,6 +138,7 @@ class Node:
         await self.store.bus.open()
         await self.store.open()
         await self.store.node_heartbeat(self.node_id, self._node_ttl)
+        await self.presence_keeper.start()
         self._ticker = asyncio.create_task(self._tick(), name="roomcast-node-ticker")
         self.sweeper.start()
 
@@ -150,9 +149,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         for conn in list(self.connections.values()):
-            await conn.close(1012, "server restarting")
-        for handle in self._grace.values():
-            handle.cancel()
+            await conn.close(CLOSE_SERVICE_RESTART, "server restarting")
+        self.presence_keeper.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sweeper.aclose()
@@ -177,7 +175,8 @@ class Node:
             try:
                 await self.store.node_heartbeat(self.node_id, self._node_ttl)
                 for channel, member in await self.store.reap_dead_nodes():
-                    await self._broadcast_presence(channel, "leave", member)
+                    await self.broadcast_presence(channel, "leave", member)
+                await self.presence_keeper.tick()
                 if now >= next_purge:
                     next_purge = now + 60
                     dropped = await self.store.purge(now_ms(), self.settings.retention_ms)
@@ -225,12 +224,19 @@ class Node:
         its data). Subscribers here hold serials of the old log: they are closed (1012) to
         attach again from their serial and epoch, which gives them ``discontinuity``, then
         the new log's events."""
+        self._reattach(channel, f"the log of {channel} was reset: attach again")
+
+    def reattach_all(self, reason: str) -> None:
+        """Have every subscriber here attach again (the store lost its data)."""
+        for channel in list(self._subscribers):
+            self._reattach(channel, reason)
+
+    def _reattach(self, channel: str, reason: str) -> None:
         from .connection import Connection
 
-        reason = f"the log of {channel} was reset: attach again"
         for conn in tuple(self._subscribers.get(channel, ())):
             if isinstance(conn, Connection):
-                self.spawn(conn.close(1012, reason))
+                self.spawn(conn.close(CLOSE_SERVICE_RESTART, reason))
             else:  # an SSE stream: it ends, and its client reconnects with Last-Event-ID
                 close = getattr(conn, "close", None)
                 if callable(close):
@@ -258,44 +264,9 @@ class Node:
     async def connect(
         self, principal: Principal, resume_key: str | None
     ) -> tuple[str, dict[str, Any], bool]:
-        """Pick the connection id for a new connection: ``(connection_id, presence, resumed)``.
-
-        A valid resume key keeps the old connection id and the presence memberships that
-        have not left yet; a still-open old connection is closed without leaving.
-        """
-        if resume_key:
-            conn = self._by_resume_key.get(resume_key)
-            if conn is not None and conn.principal.client_id == principal.client_id:
-                presence = dict(conn.session.presence)
-                conn.replaced = True
-                self._forget(conn)
-                self.spawn(conn.close(1000, "resumed by a new connection"))
-                return conn.session.connection_id, presence, True
-            session = await self.store.take_session(resume_key)
-            if session is not None and session.client_id != principal.client_id:
-                await self.store.save_session(resume_key, session)
-                session = None
-            if session is not None:
-                handle = self._grace.pop(session.connection_id, None)
-                if handle is not None:
-                    handle.cancel()
-                present = {
-                    m.client_id + "\0" + m.connection_id
-                    for ch in session.presence
-                    for m in await self.store.presence_members(ch)
-                }
-                key = principal.client_id + "\0" + session.connection_id
-                kept = {ch: d for ch, d in session.presence.items() if key in present}
-                for channel, data in kept.items():  # held by this node from now on
-                    member = PresenceMember(
-                        client_id=principal.client_id,
-                        connection_id=session.connection_id,
-                        data=data,
-                        timestamp=now_ms(),
-                    )
-                    await self.store.presence_set(channel, member, self.node_id)
-                return session.connection_id, kept, True
-        return "c-" + secrets.token_urlsafe(9), {}, False
+        """Pick the connection id for a new connection: ``(connection_id, presence, resumed)``
+        (see :meth:`PresenceKeeper.resume`)."""
+        return await self.presence_keeper.resume(principal, resume_key)
 
     def check_client_connections(self, client_id: str) -> None:
         """42900 when ``client_id`` already has ``max_connections_per_client`` connections."""
@@ -303,13 +274,19 @@ class Node:
         if self._per_client.get(client_id, 0) >= limit:
             raise RateLimited(f"{client_id!r} already has {limit} connections open here")
 
-    def register(self, conn: Connection) -> None:
+    async def register(self, conn: Connection) -> None:
+        """A new connection; its resume session is stored before it is told its key."""
         self.connections[conn.session.connection_id] = conn
         self._by_resume_key[conn.resume_key] = conn
         client_id = conn.session.client_id
         self._per_client[client_id] = self._per_client.get(client_id, 0) + 1
+        await self.presence_keeper.connected(conn)
 
-    def _forget(self, conn: Connection) -> None:
+    def connection_for(self, resume_key: str) -> Connection | None:
+        """The open connection here that ``resume_key`` was issued to."""
+        return self._by_resume_key.get(resume_key)
+
+    def forget(self, conn: Connection) -> None:
         if self.connections.get(conn.session.connection_id) is conn:
             del self.connections[conn.session.connection_id]
             client_id = conn.session.client_id
@@ -325,59 +302,8 @@ class Node:
     async def disconnect(self, conn: Connection, *, clean: bool) -> None:
         """The connection is gone. A clean close leaves presence at once; a drop waits
         ``presence_grace_s`` for a resume."""
-        self._forget(conn)
-        if conn.replaced:
-            return
-        session = conn.session
-        presence = dict(session.presence)
-        # The session outlives the grace, so that the grace's end can tell a resume on
-        # another node (which takes it) from no resume at all.
-        window = max(self.settings.resume_window_s, self.settings.presence_grace_s + 5)
-        expires = time.time() + window
-        if clean:
-            await self._leave_all(session.client_id, session.connection_id, presence)
-            presence = {}
-        elif presence:
-            loop = asyncio.get_running_loop()
-            self._grace[session.connection_id] = loop.call_later(
-                self.settings.presence_grace_s,
-                self._grace_expired,
-                conn.resume_key,
-                session.client_id,
-                session.connection_id,
-                presence,
-            )
-        await self.store.save_session(
-            conn.resume_key,
-            ResumeSession(session.client_id, session.connection_id, presence, expires),
-        )
-
-    def _grace_expired(
-        self, resume_key: str, client_id: str, connection_id: str, presence: dict[str, Any]
-    ) -> None:
-        self._grace.pop(connection_id, None)
-        self.spawn(self._leave_unless_resumed(resume_key, client_id, connection_id, presence))
-
-    async def _leave_unless_resumed(
-        self, resume_key: str, client_id: str, connection_id: str, presence: dict[str, Any]
-    ) -> None:
-        """The grace is over: leave, unless the client resumed on another node (which took
-        the session, and holds the memberships now)."""
-        session = await self.store.take_session(resume_key)
-        if session is None:
-            return
-        await self._leave_all(client_id, connection_id, presence)
-        await self.store.save_session(resume_key, msgspec.structs.replace(session, presence={}))
-
-    async def _leave_all(
-        self, client_id: str, connection_id: str, presence: dict[str, Any]
-    ) -> None:
-        for channel, data in presence.items():
-            if await self.store.presence_remove(channel, client_id, connection_id):
-                member = PresenceMember(
-                    client_id=client_id, connection_id=connection_id, data=data, timestamp=now_ms()
-                )
-                await self._broadcast_presence(channel, "leave", member)
+        self.forget(conn)
+        await self.presence_keeper.disconnected(conn, clean=clean)
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -710,9 +636,13 @@ class Node:
             timestamp=now_ms(),
         )
         if op == "leave":
-            session.presence.pop(channel, None)
-            if await self.store.presence_remove(channel, member.client_id, member.connection_id):
-                await self._broadcast_presence(channel, "leave", member)
+            if session.presence.pop(channel, UNSET) is not UNSET:
+                await self.presence_keeper.changed(conn)
+            removed = await self.store.presence_remove(
+                channel, member.client_id, member.connection_id, holder=self.node_id
+            )
+            if removed:
+                await self.broadcast_presence(channel, "leave", member)
             return Ok()
         was_present = channel in session.presence
         if not was_present:
@@ -721,17 +651,21 @@ class Node:
                 raise RateLimited(f"{channel} already has {limit} presence members")
         session.presence[channel] = data
         await self.store.presence_set(channel, member, self.node_id)
-        await self._broadcast_presence(channel, "update" if was_present else "enter", member)
+        # Stored before the ok: a client that drops right after resumes with it anywhere.
+        await self.presence_keeper.changed(conn)
+        await self.broadcast_presence(channel, "update" if was_present else "enter", member)
         return Ok()
 
     async def leave_channel(self, conn: Connection, channel: str) -> None:
         data = conn.session.presence.pop(channel, UNSET)
         if data is not UNSET:
-            await self._leave_all(
-                conn.session.client_id, conn.session.connection_id, {channel: data}
+            await self.presence_keeper.changed(conn)
+            session = conn.session
+            await self.presence_keeper.leave(
+                session.client_id, session.connection_id, {channel: data}
             )
 
-    async def _broadcast_presence(
+    async def broadcast_presence(
         self, channel: str, op: PresenceOp, member: PresenceMember
     ) -> None:
         await self.store.bus.publish_presence(

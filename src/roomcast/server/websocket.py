@@ -12,6 +12,8 @@ from roomcast.protocol.codec import codec_for
 from roomcast.protocol.errors import (
     CLOSE_ABNORMAL,
     CLOSE_AUTH,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     ProtocolViolation,
@@ -29,8 +31,11 @@ log = logging.getLogger("roomcast.ws")
 
 # The ASGI extension for an HTTP response instead of the upgrade (uvicorn has it).
 DENIAL_RESPONSE = "websocket.http.response"
-# The close codes that mean the peer vanished without a close frame (TCP loss, missed pings).
-DROPPED = frozenset({CLOSE_ABNORMAL, 1011})
+# The close codes that mean the peer vanished without a close frame (TCP loss, missed pings),
+# or that this server is going away (1012: uvicorn's shutdown puts it in the disconnect).
+DROPPED = frozenset({CLOSE_ABNORMAL, 1011, CLOSE_SERVICE_RESTART})
+# Closes by this server after which the client resumes: its presence waits for it.
+RESUMABLE = frozenset({CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER, CLOSE_AUTH})
 
 
 class StarletteTransport:
@@ -126,7 +131,7 @@ async def _serve(websocket: WebSocket, node: Node) -> None:
         connection_id,
         presence,
     )
-    node.register(conn)
+    await node.register(conn)
     conn.start(resumed)
     conn.expire_at(identity.expires_at)
     clean = True
@@ -143,6 +148,6 @@ async def _serve(websocket: WebSocket, node: Node) -> None:
         log.info("closing %s: %s", connection_id, exc.reason)
         await conn.close(exc.close_code, exc.reason)
     finally:
-        if conn.close_code is not None and conn.close_code >= 4000:
-            clean = False  # a server-side drop (slow consumer): the client will resume
+        if conn.close_code is not None and conn.close_code in RESUMABLE:
+            clean = False  # the server closed it for the client to resume
         await conn.finish(clean=clean)
