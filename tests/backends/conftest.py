@@ -3,6 +3,8 @@
 The ``redis`` backend uses the Redis at ``REDIS_URL`` (default redis://127.0.0.1:6379/0), with
 a key prefix of its own per test, deleted after the test. If that Redis is not reachable,
 those tests fail (they never skip): start it with ``redis-server --save "" --appendonly no``.
+The ``sentinel`` backend (``redis+sentinel://``) runs on a Sentinel setup of its own (a
+primary, a replica, three Sentinels), started once per session, a key prefix per test.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from redis_sentinel import SentinelSetup, sentinel_setup
 from roomcast.backends import Store, StoreOptions, open_backend
 from roomcast.backends.measured import MeasuredStore
 
@@ -82,13 +85,31 @@ class TimingSink:
         assert seconds >= 0, (op, seconds)
 
 
-@pytest.fixture(params=["memory", "sqlite", "measured", "redis"])
+@pytest.fixture(scope="session")
+def sentinel_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """A Sentinel setup shared by the tests of a session (none of them fails it over)."""
+    with sentinel_setup(tmp_path_factory.mktemp("sentinel")) as setup:
+        yield setup
+
+
+@pytest.fixture
+def sentinel_url(sentinel_service: SentinelSetup) -> Iterator[str]:
+    """A ``redis+sentinel://`` URL with a prefix of this test's own, deleted after it."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield sentinel_service.url(prefix=prefix)
+    drop_redis_prefix(prefix, sentinel_service.primary().url)
+
+
+@pytest.fixture(params=["memory", "sqlite", "measured", "redis", "sentinel"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "measured":
         return MEASURED + f"sqlite:///{tmp_path}/x.db"
     if request.param == "redis":
         prefix: str = request.getfixturevalue("redis_prefix")
         return f"{REDIS_URL}?prefix={prefix}"
+    if request.param == "sentinel":
+        url: str = request.getfixturevalue("sentinel_url")
+        return url
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/x.db"
 
 

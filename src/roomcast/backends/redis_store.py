@@ -143,7 +143,8 @@ class RedisStore(Store):
     """The Store in Redis, shared by every node (see the module docstring).
 
     Args:
-        url: ``redis://host:port/db``, with an optional ``?prefix=name`` (default
+        url: ``redis://host:port/db`` or ``redis+sentinel://host:port[,...]/service/db``
+            (see ``redis_clients``), with an optional ``?prefix=name`` (default
             ``roomcast``) that every key and pub/sub channel starts with.
         options: Dedup window and size limits.
     """
