@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,6 +118,106 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of ``masters`` ``redis-server`` processes on free ports (no replicas,
+    no persistence unless ``args`` ask for it), made with ``redis-cli --cluster create``.
+
+    Example::
+
+        with RedisClusterProcesses(Path("/tmp/cluster")) as cluster:
+            with ServerProcess(store=cluster.url(prefix="t")) as server:
+                ...
+
+    Raises:
+        FileNotFoundError: ``redis-server`` or ``redis-cli`` is not on the PATH.
+    """
+
+    def __init__(self, folder: Path, masters: int = 3, args: list[str] | None = None) -> None:
+        self.exe = _which("redis-server")
+        self.cli = _which("redis-cli")
+        self.folder = folder
+        self.ports = _cluster_ports(masters)
+        self.args = list(args or [])
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def url(self, prefix: str | None = None) -> str:
+        """The ``redis+cluster://`` store URL naming every master."""
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"redis+cluster://{hosts}" + (f"?prefix={prefix}" if prefix else "")
+
+    def start(self, timeout: float = 30.0) -> RedisClusterProcesses:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for port in self.ports:
+            cmd = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+            cmd += ["--save", "", "--appendonly", "no", *self.args]
+            with (self.folder / f"redis-{port}.log").open("ab") as log:
+                self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        try:
+            for port in self.ports:
+                self._wait(port, "PING", "PONG", timeout)
+            create = [self.cli, "--cluster", "create"]
+            create += [f"127.0.0.1:{port}" for port in self.ports]
+            create += ["--cluster-replicas", "0", "--cluster-yes"]
+            subprocess.run(create, check=True, capture_output=True, timeout=timeout)
+            for port in self.ports:
+                self._wait(port, "CLUSTER INFO", "cluster_state:ok", timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def ask(self, port: int, *command: str) -> str:
+        """One command to one node (``redis-cli``), its answer as text."""
+        done = subprocess.run(
+            [self.cli, "-p", str(port), *command], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip()
+
+    def _wait(self, port: int, command: str, answer: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while answer not in self.ask(port, *command.split()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {answer!r} from the Redis Cluster node on port {port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> RedisClusterProcesses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _which(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not on the PATH")
+    return found
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus ports (port + 10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 class WireClient:

@@ -5,6 +5,8 @@ a key prefix of its own per test, deleted after the test. If that Redis is not r
 those tests fail (they never skip): start it with ``redis-server --save "" --appendonly no``.
 The ``sentinel`` backend (``redis+sentinel://``) runs on a Sentinel setup of its own (a
 primary, a replica, three Sentinels), started once per session, a key prefix per test.
+The ``cluster`` backend (``redis+cluster://``) runs on a Redis Cluster of three masters,
+started once per session, a key prefix per test.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from redis_cluster import drop_cluster_prefix, redis_cluster
 from redis_sentinel import SentinelSetup, sentinel_setup
 from roomcast.backends import Store, StoreOptions, open_backend
 from roomcast.backends.measured import MeasuredStore
+from roomcast.testing import RedisClusterProcesses
 
 MakeStore = Callable[..., Awaitable[Store]]
 MEASURED = "measured+"  # a URL prefix meaning: that store, wrapped in a MeasuredStore
@@ -100,7 +104,22 @@ def sentinel_url(sentinel_service: SentinelSetup) -> Iterator[str]:
     drop_redis_prefix(prefix, sentinel_service.primary().url)
 
 
-@pytest.fixture(params=["memory", "sqlite", "measured", "redis", "sentinel"])
+@pytest.fixture(scope="session")
+def cluster_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """A Redis Cluster of three masters shared by the tests of a session."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(cluster_service: RedisClusterProcesses) -> Iterator[str]:
+    """A ``redis+cluster://`` URL with a prefix of this test's own, deleted after it."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield cluster_service.url(prefix=prefix)
+    drop_cluster_prefix(cluster_service, prefix)
+
+
+@pytest.fixture(params=["memory", "sqlite", "measured", "redis", "sentinel", "cluster"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "measured":
         return MEASURED + f"sqlite:///{tmp_path}/x.db"
@@ -110,6 +129,9 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sentinel":
         url: str = request.getfixturevalue("sentinel_url")
         return url
+    if request.param == "cluster":
+        cluster: str = request.getfixturevalue("cluster_url")
+        return cluster
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/x.db"
 
 

@@ -1,5 +1,6 @@
-"""Backends, chosen by URL: ``memory://``, ``sqlite:///path``, ``redis://host:port/db`` and
-``redis+sentinel://host:port[,host:port...]/service/db`` (see ``base`` for the contract).
+"""Backends, chosen by URL: ``memory://``, ``sqlite:///path``, ``redis://host:port/db``,
+``redis+sentinel://host:port[,host:port...]/service/db`` and
+``redis+cluster://host:port[,host:port...]`` (see ``base`` for the contract).
 
 Drivers are imported lazily, so a backend's dependencies are needed only when it is used.
 """
@@ -62,7 +63,14 @@ def open_backend(url: str, options: StoreOptions | None = None) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url), LocalBus(), options)
-    if scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
+    if scheme in (
+        "redis",
+        "rediss",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "redis+cluster",
+        "rediss+cluster",
+    ):
         from .redis_store import RedisStore
 
         try:
@@ -70,8 +78,9 @@ def open_backend(url: str, options: StoreOptions | None = None) -> Store:
         except ValueError as exc:
             raise BackendURLError(str(exc)) from None
     raise BackendURLError(
-        f"unknown store URL {url!r}: use memory://, sqlite:///path, redis://host:port/db or "
-        "redis+sentinel://host:port[,host:port...]/service/db"
+        f"unknown store URL {url!r}: use memory://, sqlite:///path, redis://host:port/db, "
+        "redis+sentinel://host:port[,host:port...]/service/db or "
+        "redis+cluster://host:port[,host:port...]"
     )
 
 

@@ -4,9 +4,10 @@ scripts here; the Store in ``redis_store``, the Bus in ``redis_bus``).
 How a write is made (one implementation of the rules, in Python):
 
 1. Appends are queued, and a writer task takes everything queued, grouped by channel.
-2. For each channel it reads, in one MULTI/EXEC, the channel's head (epoch, serial, first
-   serial, objects size), the messages the events refer to, their idempotency keys and (for
-   object operations) the channel's live objects.
+2. For each channel it reads, with one Lua script (:data:`LOAD`), the channel's head (epoch,
+   serial, first serial, objects size), the messages the events refer to, their idempotency
+   keys and (for object operations) the channel's live objects. (A script rather than a
+   MULTI: redis-py's cluster client queues each command of a MULTI through a thread.)
 3. It applies the events in Python with ``rollup.admit``/``apply_event`` and ``objects.plan``
    exactly as the other stores do: a refused event takes no serial and writes nothing.
 4. It commits with one Lua script (:data:`COMMIT`) that first checks that the channel's
@@ -59,6 +60,26 @@ local function hmget_list(key, fields)
   return out
 end
 """
+
+# What the writer reads of a channel before it applies events (one slot, one step).
+# KEYS: head, messages, objects, idempotency keys...
+# ARGV: objects (1/0), msg_serials...
+# Returns {epoch, serial, first, obytes}, the messages, the keys' serials, the objects (flat).
+LOAD = (
+    LUA_HELPERS
+    + """
+local head = redis.call('HMGET', KEYS[1], 'epoch', 'serial', 'first', 'obytes')
+local serials = {}
+for i = 2, #ARGV do serials[#serials + 1] = ARGV[i] end
+local messages = {}
+if #serials > 0 then messages = hmget_list(KEYS[2], serials) end
+local found = {}
+for i = 4, #KEYS do found[#found + 1] = redis.call('GET', KEYS[i]) end
+local objects = {}
+if ARGV[1] == '1' then objects = redis.call('HGETALL', KEYS[3]) end
+return {head, messages, found, objects}
+"""
+)
 
 # KEYS: head, log, messages, index, objects, idempotency keys...
 # ARGV: expected serial, expected first, epoch if new, new serial, now, objects bytes,
@@ -257,20 +278,22 @@ class SentinelURL:
         return f"{self.service} (Sentinels {hosts})"
 
 
-def _sentinel_address(url: str, item: str) -> tuple[str, int]:
+def _sentinel_address(
+    url: str, item: str, *, what: str = "Sentinel", default_port: int = SENTINEL_PORT
+) -> tuple[str, int]:
     if item.startswith("["):  # [IPv6]:port
         host, close, rest = item[1:].partition("]")
         if not close or (rest and not rest.startswith(":")):
-            raise ValueError(f"{shown_url(url)!r}: bad Sentinel address {item!r}")
+            raise ValueError(f"{shown_url(url)!r}: bad {what} address {item!r}")
         port_text = rest[1:]
     else:
         host, _, port_text = item.partition(":")
     if not host:
-        raise ValueError(f"{shown_url(url)!r}: a Sentinel address without a host ({item!r})")
+        raise ValueError(f"{shown_url(url)!r}: a {what} address without a host ({item!r})")
     if not port_text:
-        return host, SENTINEL_PORT
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{shown_url(url)!r}: bad port {port_text!r} in Sentinel address {item!r}")
+        raise ValueError(f"{shown_url(url)!r}: bad port {port_text!r} in {what} address {item!r}")
     return host, int(port_text)
 
 
@@ -336,6 +359,70 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """What a ``redis+cluster://`` store URL names (see :func:`parse_cluster_url`)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    prefix: str
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    @property
+    def where(self) -> str:
+        """The cluster's startup nodes, for messages (never a password)."""
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
+        return f"the Redis Cluster at {hosts}"
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """``redis+cluster://[[user]:password@]host[:port][,host[:port]...][?prefix=name]``.
+
+    The addresses are startup nodes: any of the cluster's nodes will do, and the client
+    learns the others (and which slots each master holds) from the first that answers; list
+    several so that a node can start while one is down. A port left out is 6379. A cluster
+    has only database 0, so the path is empty (or ``/0``). ``rediss+cluster://`` uses TLS.
+
+    Raises:
+        ValueError: Saying what is wrong: no address, a bad port, a database other than 0,
+            an unknown parameter.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"{shown_url(url)!r} is not a redis+cluster:// URL")
+    hostlist = parts.netloc.rpartition("@")[2]
+    items = [item.strip() for item in hostlist.split(",")]
+    if not hostlist or not all(items):
+        raise ValueError(
+            f"{shown_url(url)!r}: write redis+cluster://host:port[,host:port...] "
+            "(the addresses of some of the cluster's nodes)"
+        )
+    nodes = tuple(
+        _sentinel_address(url, item, what="cluster node", default_port=6379) for item in items
+    )
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(
+            f"{shown_url(url)!r}: a Redis Cluster has only database 0, not {parts.path!r}"
+        )
+    prefix, rest = _take_prefix(url, parts.query)
+    if rest:
+        raise ValueError(
+            f"{shown_url(url)!r}: unknown parameter {rest[0][0]!r} (a redis+cluster:// URL "
+            "takes prefix)"
+        )
+    return ClusterURL(
+        nodes,
+        prefix,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password is not None else None,
+        parts.scheme == "rediss+cluster",
+    )
+
+
 class Keys:
     """Key names. Everything of one channel shares the hash tag ``{channel}``."""
 
@@ -376,9 +463,11 @@ class Keys:
 
 __all__ = [
     "CLAIM",
+    "CLUSTER_SCHEMES",
     "COMMIT",
     "COUNTER",
     "KEEP_SESSION",
+    "LOAD",
     "PRESENCE_ADOPT",
     "PRESENCE_REMOVE",
     "PURGE",
@@ -386,8 +475,10 @@ __all__ = [
     "SENTINEL_SCHEMES",
     "SNAPSHOT",
     "TAKEN",
+    "ClusterURL",
     "Keys",
     "SentinelURL",
+    "parse_cluster_url",
     "parse_redis_url",
     "parse_sentinel_url",
 ]

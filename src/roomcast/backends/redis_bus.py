@@ -38,6 +38,10 @@ _encode = msgspec.json.Encoder().encode
 
 _SUBSCRIBE_TIMEOUT_S = 10.0
 _FILL_RETRY_S = 0.2
+# A cluster pub/sub read's wait, across all its masters: while a subscription waits for its
+# confirmation, and otherwise (see _next_message).
+_SHARDED_HURRY_S = 0.005
+_SHARDED_READ_S = 0.1
 
 ReadLog = Callable[[str, int, int], Awaitable[list[Event]]]
 ReadHead = Callable[[str], Awaitable[tuple[str | None, int]]]
@@ -72,13 +76,18 @@ class RedisBus(Bus):
     """Cross-node fan-out over Redis sharded pub/sub (see the module docstring).
 
     Args:
-        redis: The ``redis.asyncio.Redis`` client (shared with the store).
+        redis: The ``redis.asyncio.Redis`` client (shared with the store), or a
+            ``RedisCluster``.
         prefix: The key prefix; pub/sub channel names carry it too.
+        sharded: ``redis`` is a ``RedisCluster``: its pub/sub holds a connection to each
+            master that owns a subscribed channel's slot, read with
+            ``get_sharded_message``.
     """
 
-    def __init__(self, redis: Any, prefix: str) -> None:
+    def __init__(self, redis: Any, prefix: str, *, sharded: bool = False) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.sharded = sharded
         self.origin = secrets.token_hex(8).encode()  # tags this node's presence and signals
         self.read_log: ReadLog | None = None  # set by the store: events after a serial
         self.read_head: ReadHead | None = None  # set by the store: (epoch, latest serial)
@@ -89,6 +98,7 @@ class RedisBus(Bus):
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._broken = False  # the reader lost the pub/sub connection and has not got it back
+        self._confirming = 0  # subscriptions sent and not yet confirmed
         self._broken_reason = ""
 
     # ------------------------------------------------------------ lifecycle
@@ -137,9 +147,13 @@ class RedisBus(Bus):
             # connection meanwhile, so it may be dead (Redis restarted). Start on a fresh one.
             self._renew_pubsub()
         try:
-            await self._ssubscribe(name)
-            self._wake.set()
-            await asyncio.wait_for(asyncio.shield(feed.confirmed), _SUBSCRIBE_TIMEOUT_S)
+            self._confirming += 1
+            try:
+                await self._ssubscribe(name)
+                self._wake.set()
+                await asyncio.wait_for(asyncio.shield(feed.confirmed), _SUBSCRIBE_TIMEOUT_S)
+            finally:
+                self._confirming -= 1
             assert self.read_head is not None
             epoch, serial = await self.read_head(channel)
         except Exception as exc:
@@ -353,7 +367,7 @@ class RedisBus(Bus):
                 await self._wake.wait()
                 continue
             try:
-                message = await pubsub.get_message(timeout=1.0)
+                message = await self._next_message(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -375,6 +389,20 @@ class RedisBus(Bus):
                     self._handle(message)
                 except Exception:
                     log.exception("could not handle a Redis bus message")
+
+    async def _next_message(self, pubsub: Any) -> dict[str, Any] | None:
+        if not self.sharded:
+            message: dict[str, Any] | None = await pubsub.get_message(timeout=1.0)
+            return message
+        # A cluster's pub/sub reads its masters' connections in turn, each under a lock that
+        # SSUBSCRIBE on that connection waits for, and the confirmation waits for the next
+        # read there: short reads while a subscription waits keep subscribing quick, longer
+        # ones otherwise keep an idle node's CPU low. It raises only when every master's
+        # connection failed: a master that is down leaves the others' channels flowing (its
+        # channels resync when their subscription is confirmed again).
+        wait = _SHARDED_HURRY_S if self._confirming else _SHARDED_READ_S
+        message = await pubsub.get_sharded_message(timeout=wait)
+        return message
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

@@ -1,31 +1,45 @@
 """The redis-py client of the Redis store, built from its URL (one function per kind of
-deployment; a ``redis+cluster://`` client would be built here too):
+deployment):
 
 - ``redis://`` and ``rediss://``: one Redis server.
 - ``redis+sentinel://`` and ``rediss+sentinel://``: the primary of a Sentinel service. The
   pool asks the Sentinels who the primary is when it opens a connection and once a second
   while in use; when the primary moves it closes every connection to the old one (the bus's
   pub/sub connection included), and the next command or read goes to the new primary.
+- ``redis+cluster://`` and ``rediss+cluster://``: a Redis Cluster. redis-py's cluster
+  client learns from the startup nodes which master holds each slot and sends each
+  command there; every script and MULTI of the store names keys of one slot (a channel's
+  hash tag, or one node-level key).
 
-Either way a node talks to Redis over a blocking pool of at most 64 connections: a burst of
-requests (hundreds of clients dropping at once, each storing its resume session) waits for a
-free connection instead of failing with "Too many connections".
+Either way a node talks to Redis over a blocking pool of at most 64 connections (on a
+cluster: at most 64 commands at once, see :class:`BoundedCluster`): a burst of requests
+(hundreds of clients dropping at once, each storing its resume session) waits for a free
+connection instead of failing with "Too many connections".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
-from .redis import SENTINEL_SCHEMES, parse_redis_url, parse_sentinel_url
+from .redis import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEMES,
+    parse_cluster_url,
+    parse_redis_url,
+    parse_sentinel_url,
+)
 from .redis_bus import describe
 
 log = logging.getLogger(__name__)
@@ -45,6 +59,7 @@ class RedisClient:
     prefix: str  # the key prefix (``?prefix=``)
     where: str  # the address for errors and logs: never a password
     url: str  # the URL without the roomcast parameters (it may hold a password)
+    cluster: bool = False  # a RedisCluster: sharded pub/sub is read per node
 
 
 def redis_client(url: str) -> RedisClient:
@@ -55,6 +70,8 @@ def redis_client(url: str) -> RedisClient:
     """
     if urlsplit(url).scheme in SENTINEL_SCHEMES:
         return sentinel_client(url)
+    if urlsplit(url).scheme in CLUSTER_SCHEMES:
+        return cluster_client(url)
     return single_client(url)
 
 
@@ -204,6 +221,74 @@ class FollowingPool(SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
             await self.sentinel_manager.aclose()
 
 
+def cluster_client(url: str) -> RedisClient:
+    """A Redis Cluster (see :func:`~.redis.parse_cluster_url`)."""
+    target = parse_cluster_url(url)
+    client = BoundedCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        # Per master: the commands (at most POOL_SIZE at once, see BoundedCluster) and the
+        # bus's pub/sub connection, with room for one being replaced.
+        max_connections=POOL_SIZE + 2,
+        username=target.username,
+        password=target.password,
+        socket_connect_timeout=_CONNECT_TIMEOUT_S,
+        health_check_interval=_HEALTH_CHECK_S,
+        ssl=target.tls,
+    )
+    plain = urlsplit(url)._replace(query="").geturl()
+    return RedisClient(client, target.prefix, target.where, plain, cluster=True)
+
+
+class BoundedCluster(RedisCluster):
+    """redis-py's cluster client, whose commands wait for one of :data:`POOL_SIZE` turns.
+
+    Its connections to each master are not a blocking pool: past ``max_connections`` a
+    command fails with "Too many connections". So at most :data:`POOL_SIZE` commands and
+    pipelines are under way at once (each holds at most one connection per master), and a
+    burst waits for a turn as it does for a free connection on a single Redis. A command
+    that redis-py sends on behalf of another (a pipeline's redirected command) shares its
+    turn.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(POOL_SIZE)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one of the turns (or share the one this task already holds)."""
+        if _HOLDING_TURN.get():
+            yield
+            return
+        async with self._turns:
+            token = _HOLDING_TURN.set(True)
+            try:
+                yield
+            finally:
+                _HOLDING_TURN.reset(token)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused by redis-py
+        return _BoundedPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _BoundedPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        assert isinstance(self.cluster_client, BoundedCluster)
+        async with self.cluster_client.turn():
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+_HOLDING_TURN: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "roomcast_cluster_turn", default=False
+)
+
+
 def _address(connection: Any) -> tuple[str, int]:
     return connection.host, connection.port
 
@@ -212,9 +297,11 @@ __all__ = [
     "FOLLOW_EVERY_S",
     "POOL_SIZE",
     "POOL_WAIT_S",
+    "BoundedCluster",
     "FollowingPool",
     "RedisClient",
     "Sentinels",
+    "cluster_client",
     "redis_client",
     "sentinel_client",
     "single_client",

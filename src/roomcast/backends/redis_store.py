@@ -18,6 +18,7 @@ from roomcast.protocol import objects as live
 from roomcast.protocol.errors import RoomcastError, Unavailable
 from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState, PresenceMember
 
+from . import BackendURLError
 from .apply import check_batch, encode_event, sequence
 from .base import (
     DEFAULT_NODE_TTL_S,
@@ -36,6 +37,7 @@ from .redis import (
     COMMIT,
     COUNTER,
     KEEP_SESSION,
+    LOAD,
     PRESENCE_ADOPT,
     PRESENCE_REMOVE,
     PURGE,
@@ -139,6 +141,12 @@ def _int(value: bytes | None, default: int) -> int:
     return default if value is None else int(value)
 
 
+def _objects(flat: list[bytes]) -> dict[str, ObjectState]:
+    """A script's ``HGETALL`` of live objects (id, state, id, state, ...)."""
+    pairs = iter(flat)
+    return {oid.decode(): _object(body) for oid, body in zip(pairs, pairs, strict=True)}
+
+
 class RedisStore(Store):
     """The Store in Redis, shared by every node (see the module docstring).
 
@@ -157,9 +165,11 @@ class RedisStore(Store):
         self.options = options or StoreOptions()
         self.k = Keys(prefix)
         self.redis: Any = client.redis
-        self.bus = RedisBus(self.redis, prefix)
+        self._cluster = client.cluster
+        self.bus = RedisBus(self.redis, prefix, sharded=client.cluster)
         self.bus.read_log = self.read_events
         self.bus.read_head = self._head
+        self._read_state = self.redis.register_script(LOAD)
         self._commit = self.redis.register_script(COMMIT)
         self._snapshot = self.redis.register_script(SNAPSHOT)
         self._read_events = self.redis.register_script(READ_EVENTS)
@@ -184,11 +194,17 @@ class RedisStore(Store):
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """Redis errors become 50300, with where and what."""
-        from redis.exceptions import ConnectionError, RedisError, TimeoutError
+        from redis.exceptions import (
+            ConnectionError,
+            RedisClusterException,
+            RedisError,
+            TimeoutError,
+        )
 
         try:
             yield
-        except (ConnectionError, TimeoutError, OSError) as exc:
+        # A cluster client's own errors: no node answers, a slot that no master holds.
+        except (ConnectionError, TimeoutError, OSError, RedisClusterException) as exc:
             if not self._down:  # said once per outage, however many requests fail meanwhile
                 self._down = True
                 log.warning(
@@ -207,10 +223,28 @@ class RedisStore(Store):
     async def open(self) -> None:
         if self._writer is not None:
             return
+        if not self._cluster:
+            await self._refuse_cluster_node()
         await self.ping()
         self._wake = asyncio.Event()
         self._accepting = True
         self._writer = asyncio.create_task(self._write_loop(), name="roomcast-redis-writer")
+
+    async def _refuse_cluster_node(self) -> None:
+        """A ``redis://`` URL naming a node of a Redis Cluster would work for the channels
+        whose slots that node holds and fail for the others: refuse it at once."""
+        from redis.exceptions import ResponseError
+
+        with self._errors():
+            try:
+                info = await self.redis.info("cluster")
+            except ResponseError:  # INFO not allowed to this user: nothing to tell
+                return
+        if int(info.get("cluster_enabled", 0)):
+            raise BackendURLError(
+                f"{self._where} is a node of a Redis Cluster: use "
+                "redis+cluster://host:port[,host:port...] (a redis:// URL names one server)"
+            )
 
     async def aclose(self) -> None:
         writer, self._writer = self._writer, None
@@ -310,27 +344,19 @@ class RedisStore(Store):
     async def _load(self, channel: str, works: list[_Work]) -> _Group:
         head, _, messages_key, _, objects_key = self.k.channel(channel)
         serial_list, key_list, any_objects = _needs(works)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(head, "epoch", "serial", "first", "obytes")
-            if serial_list:
-                pipe.hmget(messages_key, *serial_list)
-            if key_list:
-                pipe.mget([self.k.idempotency(channel, k) for k in key_list])
-            if any_objects:
-                pipe.hgetall(objects_key)
-            replies = list(await pipe.execute())
-        epoch, serial, first, obytes = replies.pop(0)
-        messages: dict[int, Message | None] = {}
-        if serial_list:
-            for s, body in zip(serial_list, replies.pop(0), strict=True):
-                messages[s] = None if body is None else _message(body)
-        found: dict[str, int | None] = {}
-        if key_list:
-            for k, value in zip(key_list, replies.pop(0), strict=True):
-                found[k] = None if value is None else int(value)
-        objects: dict[str, ObjectState] = {}
-        if any_objects:
-            objects = {oid.decode(): _object(body) for oid, body in replies.pop(0).items()}
+        keys = [head, messages_key, objects_key]
+        keys += [self.k.idempotency(channel, k) for k in key_list]
+        reply = await self._read_state(keys=keys, args=["1" if any_objects else "0", *serial_list])
+        (epoch, serial, first, obytes), bodies, values, pairs = reply
+        messages: dict[int, Message | None] = {
+            s: None if body is None else _message(body)
+            for s, body in zip(serial_list, bodies, strict=True)
+        }
+        found: dict[str, int | None] = {
+            k: None if value is None else int(value)
+            for k, value in zip(key_list, values, strict=True)
+        }
+        objects = _objects(pairs)
         group = _Group(
             channel,
             None if epoch is None else epoch.decode(),
@@ -489,9 +515,9 @@ class RedisStore(Store):
         epoch, serial, first, messages, has_events, events, found = reply
         snap_objects = None
         if objects:
-            pairs = iter(found)
-            states = {oid.decode(): _object(body) for oid, body in zip(pairs, pairs, strict=True)}
-            snap_objects = ObjectsSnapshot(serial=int(serial), objects=live.with_root(states))
+            snap_objects = ObjectsSnapshot(
+                serial=int(serial), objects=live.with_root(_objects(found))
+            )
         return Snapshot(
             epoch=epoch.decode(),
             serial=int(serial),
@@ -538,14 +564,11 @@ class RedisStore(Store):
         return None if body is None else _object(body)
 
     async def objects(self, channel: str) -> ObjectsSnapshot:
-        head, _, _, _, objects_key = self.k.channel(channel)
+        head, _, messages_key, _, objects_key = self.k.channel(channel)
         with self._errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hget(head, "serial")
-                pipe.hgetall(objects_key)
-                serial, found = await pipe.execute()
-        states = {oid.decode(): _object(body) for oid, body in found.items()}
-        return ObjectsSnapshot(serial=_int(serial, 0), objects=live.with_root(states))
+            reply = await self._read_state(keys=[head, messages_key, objects_key], args=["1"])
+        serial = reply[0][1]
+        return ObjectsSnapshot(serial=_int(serial, 0), objects=live.with_root(_objects(reply[3])))
 
     async def _infos(self, names: list[str]) -> list[ChannelInfo]:
         async with self.redis.pipeline(transaction=False) as pipe:
