@@ -16,10 +16,13 @@ from roomcast.testing import free_port
 
 
 class RedisServer:
-    """``redis-server`` without persistence on a free port; it can be stopped and started
-    again on the same port (it then comes back empty)."""
+    """``redis-server`` on a free port; it can be stopped and started again on the same port.
+    Without persistence (the default) it then comes back empty; with ``persistent`` it keeps
+    every write in an append-only file (fsync always) and comes back as it was."""
 
-    def __init__(self, folder: Path, password: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, password: str | None = None, *, persistent: bool = False
+    ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("these tests need redis-server on the PATH", pytrace=False)
@@ -27,6 +30,7 @@ class RedisServer:
         self.folder = folder
         self.port = free_port()
         self.password = password
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,7 +43,11 @@ class RedisServer:
 
     def start(self) -> None:
         cmd = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        cmd += ["--appendonly", "no", "--dir", str(self.folder)]
+        if self.persistent:
+            cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            cmd += ["--appendonly", "no"]
+        cmd += ["--dir", str(self.folder)]
         if self.password:
             cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
