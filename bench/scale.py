@@ -15,9 +15,11 @@ SQLite file measured in the same run:
 
 Redis is a ``redis-server`` of its own on a free port (``--aof``: ``everysec`` by default, as
 docs/deploy.md recommends), unless ``--redis URL`` names one (a key prefix of its own is
-used and deleted afterwards). Every process (nodes, Redis, the subscriber processes, this
-one) shares the machine's cores: on a small machine the figures are CPU-bound and say how the
-work divides, not how far more machines would go.
+used and deleted afterwards). With ``--cluster`` it is a Redis Cluster of three masters of
+its own (the same ``--aof``; ``redis-cli`` on the PATH), the nodes on ``redis+cluster://``,
+and the Redis CPU and memory figures are the three masters' together. Every process (nodes,
+Redis, the subscriber processes, this one) shares the machine's cores: on a small machine the
+figures are CPU-bound and say how the work divides, not how far more machines would go.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from roomcast.testing import ServerProcess, free_port
+from roomcast.testing import RedisClusterProcesses, ServerProcess, free_port
 
 from ._common import (
     SERVER_ENV,
@@ -68,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", default="1,2,3", help="node counts for the scaling part")
     parser.add_argument("--redis", help="use this Redis (redis://host:port/db) instead")
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a Redis Cluster of three masters of its own (redis+cluster://)",
+    )
+    parser.add_argument(
         "--aof",
         default="everysec",
         choices=["everysec", "always", "no"],
@@ -81,14 +88,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- Redis and nodes
 
 
+def aof_args(args: argparse.Namespace) -> list[str]:
+    if args.aof == "no":
+        return ["--appendonly", "no"]
+    return ["--appendonly", "yes", "--appendfsync", args.aof]
+
+
 @contextlib.contextmanager
-def redis_server(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
-    """A Redis for the run: (URL with a prefix of its own, redis-server pid or None)."""
+def redis_server(args: argparse.Namespace) -> Iterator[tuple[str, list[int]]]:
+    """A Redis for the run: (URL with a prefix of its own, the redis-server pids: none for
+    ``--redis``, three for ``--cluster``)."""
     import redis
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    if args.cluster:
+        with (
+            tempfile.TemporaryDirectory(prefix="roomcast-bench-cluster-") as folder,
+            RedisClusterProcesses(Path(folder), 3, aof_args(args)) as cluster,
+        ):
+            pids = [proc.pid for proc in cluster.procs]
+            note(f"Redis Cluster: masters {cluster.ports}, pids {pids}, appendfsync {args.aof}")
+            yield cluster.url(prefix=prefix), pids
+        return
     if args.redis:
-        yield f"{args.redis}?prefix={prefix}", None
+        yield f"{args.redis}?prefix={prefix}", []
         client = redis.Redis.from_url(args.redis)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         for start in range(0, len(keys), 500):
@@ -101,10 +124,7 @@ def redis_server(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="roomcast-bench-redis-") as folder:
         cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder]
-        if args.aof == "no":
-            cmd += ["--appendonly", "no"]
-        else:
-            cmd += ["--appendonly", "yes", "--appendfsync", args.aof]
+        cmd += aof_args(args)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client = redis.Redis(port=port)
@@ -119,7 +139,7 @@ def redis_server(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
                     time.sleep(0.05)
             client.close()
             note(f"redis-server pid {proc.pid} on {port}, appendfsync {args.aof}")
-            yield f"redis://127.0.0.1:{port}/0?prefix={prefix}", proc.pid
+            yield f"redis://127.0.0.1:{port}/0?prefix={prefix}", [proc.pid]
         finally:
             proc.terminate()
             proc.wait(10)
@@ -127,14 +147,20 @@ def redis_server(args: argparse.Namespace) -> Iterator[tuple[str, int | None]]:
 
 def redis_memory(url: str) -> int:
     """Redis's ``used_memory``: what its data takes (one event: its log entry, its message,
-    its index entry)."""
+    its index entry); a cluster's masters together."""
     import redis
 
-    client = redis.Redis.from_url(url.split("?", 1)[0])
+    plain = url.split("?", 1)[0]
+    if plain.startswith("redis+cluster://"):
+        hosts = [h.rpartition(":") for h in plain.removeprefix("redis+cluster://").split(",")]
+        clients = [redis.Redis(host=host, port=int(port)) for host, _, port in hosts]
+    else:
+        clients = [redis.Redis.from_url(plain)]
     try:
-        return int(client.info("memory")["used_memory"])
+        return sum(int(client.info("memory")["used_memory"]) for client in clients)
     finally:
-        client.close()
+        for client in clients:
+            client.close()
 
 
 @contextlib.contextmanager
@@ -315,7 +341,7 @@ def fanout_sweep(label: str, servers: list[ServerProcess], args: argparse.Namesp
 
 
 async def publish_on(
-    servers: list[ServerProcess], messages: int, *, same_channel: bool, redis_pid: int | None
+    servers: list[ServerProcess], messages: int, *, same_channel: bool, redis_pids: list[int]
 ) -> tuple[float, Msg]:
     """One pipelined publisher per node, ``messages`` each (on one channel, or one channel
     per node); the aggregate acks/s. Every channel's serials are checked gap-free."""
@@ -330,11 +356,11 @@ async def publish_on(
             for ws, name in zip(sockets, names, strict=True)
         ]
         before = [cpu_s(pid) for pid in pids]
-        redis_before = cpu_s(redis_pid) if redis_pid else 0.0
+        redis_before = sum(map(cpu_s, redis_pids))
         async with asyncio.timeout(TIMEOUT_S):
             await asyncio.gather(*(pipe.run() for pipe in pipes))
         used = [round(cpu_s(pid) - b, 2) for pid, b in zip(pids, before, strict=True)]
-        redis_used = round(cpu_s(redis_pid) - redis_before, 2) if redis_pid else None
+        redis_used = round(sum(map(cpu_s, redis_pids)) - redis_before, 2) if redis_pids else None
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     if same_channel:
@@ -363,21 +389,24 @@ async def _warm(servers: list[ServerProcess]) -> None:
 def run(args: argparse.Namespace) -> None:
     skip = set(args.skip.split(","))
     counts = [int(n) for n in args.nodes.split(",") if n.strip()]
-    summary: Msg = {"bench": "scale_summary", "subs": args.subs}
-    with redis_server(args) as (redis_url, redis_pid):
+    if args.cluster and args.redis:
+        raise SystemExit("bench scale: --cluster starts its own cluster; leave out --redis")
+    label = "cluster" if args.cluster else "redis"  # the shared store, in figures and keys
+    summary: Msg = {"bench": "scale_summary", "subs": args.subs, "store": label}
+    with redis_server(args) as (redis_url, redis_pids):
         if "fanout" not in skip:
             note(f"fan-out: {args.subs} subscribers on one SQLite node")
             with nodes(None, 1) as servers:
                 best = fanout_sweep("sqlite", servers, args)
             summary["sqlite_1_node_sustained_deliveries_per_s"] = best["deliveries_per_s"]
-            note(f"fan-out: {args.subs} subscribers over 2 nodes on Redis")
+            note(f"fan-out: {args.subs} subscribers over 2 nodes on {label}")
             with nodes(redis_url, 2) as servers:
-                best = fanout_sweep("redis", servers, args)
-            summary["redis_2_nodes_sustained_deliveries_per_s"] = best["deliveries_per_s"]
-            summary["redis_2_nodes_p99_cross_node_ms"] = best.get("p99_cross_node_ms")
+                best = fanout_sweep(label, servers, args)
+            summary[f"{label}_2_nodes_sustained_deliveries_per_s"] = best["deliveries_per_s"]
+            summary[f"{label}_2_nodes_p99_cross_node_ms"] = best.get("p99_cross_node_ms")
         if "publish" not in skip:
-            for label, store in (("sqlite", None), ("redis", redis_url)):
-                note(f"publish: {args.messages} pipelined publishes on one {label} node")
+            for name, store in (("sqlite", None), (label, redis_url)):
+                note(f"publish: {args.messages} pipelined publishes on one {name} node")
                 with nodes(store, 1) as servers:
                     asyncio.run(_warm(servers))
                     memory = redis_memory(redis_url) if store else None
@@ -386,7 +415,7 @@ def run(args: argparse.Namespace) -> None:
                             servers,
                             args.messages,
                             same_channel=True,
-                            redis_pid=redis_pid if store else None,
+                            redis_pids=redis_pids if store else [],
                         )
                     )
                     if memory is not None:
@@ -395,7 +424,7 @@ def run(args: argparse.Namespace) -> None:
                 emit(
                     {
                         "bench": "scale_publish",
-                        "store": label,
+                        "store": name,
                         "nodes": 1,
                         "messages": args.messages,
                         "acks_per_s": round(rate),
@@ -403,10 +432,10 @@ def run(args: argparse.Namespace) -> None:
                         **extra,
                     }
                 )
-                summary[f"{label}_publish_acks_per_s"] = round(rate)
+                summary[f"{name}_publish_acks_per_s"] = round(rate)
         if "nodes" not in skip:
             for count in counts:
-                note(f"scaling: {count} node(s) on Redis")
+                note(f"scaling: {count} node(s) on {label}")
                 with nodes(redis_url, count) as servers:
                     asyncio.run(_warm(servers))
                     for same in (False, True):
@@ -415,12 +444,13 @@ def run(args: argparse.Namespace) -> None:
                                 servers,
                                 args.messages // count,
                                 same_channel=same,
-                                redis_pid=redis_pid,
+                                redis_pids=redis_pids,
                             )
                         )
                         emit(
                             {
                                 "bench": "scale_nodes_publish",
+                                "store": label,
                                 "nodes": count,
                                 "channels": 1 if same else count,
                                 "acks_per_s": round(rate),
@@ -429,13 +459,13 @@ def run(args: argparse.Namespace) -> None:
                         )
                         key = "one_channel" if same else "channel_per_node"
                         summary[f"scaling_{count}_nodes_publish_{key}_acks_per_s"] = round(rate)
-                    best = fanout_sweep("redis", servers, args)
+                    best = fanout_sweep(label, servers, args)
                     key = f"scaling_{count}_nodes_sustained_deliveries_per_s"
                     summary[key] = best["deliveries_per_s"]
         summary["cores"] = os.cpu_count()
         summary["redis_appendfsync"] = None if args.redis else args.aof
-        if redis_pid is not None:
-            summary["redis_cpu_s"] = round(cpu_s(redis_pid), 2)
+        if redis_pids:
+            summary["redis_cpu_s"] = round(sum(map(cpu_s, redis_pids)), 2)
     emit(summary)
 
 

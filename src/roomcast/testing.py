@@ -149,12 +149,7 @@ class RedisClusterProcesses:
 
     def start(self, timeout: float = 30.0) -> RedisClusterProcesses:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for port in self.ports:
-            cmd = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
-            cmd += ["--save", "", "--appendonly", "no", *self.args]
-            with (self.folder / f"redis-{port}.log").open("ab") as log:
-                self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        self.procs = [self._spawn(port) for port in self.ports]
         try:
             for port in self.ports:
                 self._wait(port, "PING", "PONG", timeout)
@@ -168,6 +163,24 @@ class RedisClusterProcesses:
             self.stop()
             raise
         return self
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        cmd = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+        cmd += ["--save", "", "--appendonly", "no", *self.args]
+        with (self.folder / f"redis-{port}.log").open("ab") as log:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def restart(self, port: int, timeout: float = 30.0) -> None:
+        """Kill the master on ``port`` (SIGKILL) and start it again: it comes back with its
+        slots (the cluster config file) and, without persistence, none of their data."""
+        index = self.ports.index(port)
+        self.procs[index].kill()
+        self.procs[index].wait()
+        self.procs[index] = self._spawn(port)
+        self._wait(port, "PING", "PONG", timeout)
+        for each in self.ports:
+            self._wait(each, "CLUSTER INFO", "cluster_state:ok", timeout)
 
     def ask(self, port: int, *command: str) -> str:
         """One command to one node (``redis-cli``), its answer as text."""

@@ -20,6 +20,7 @@ from roomcast.backends import BackendURLError, StoreOptions, open_backend
 from roomcast.backends.base import ResumeSession
 from roomcast.backends.redis import parse_cluster_url
 from roomcast.backends.redis_store import RedisStore
+from roomcast.protocol.errors import Unavailable
 from roomcast.protocol.messages import PresenceEvent, SignalEvent
 from roomcast.testing import RedisClusterProcesses
 
@@ -213,3 +214,47 @@ async def test_a_redis_url_naming_a_cluster_node_is_refused(
             await store.open()
     finally:
         await store.aclose()
+
+
+async def test_a_master_restart_is_survived_with_a_new_epoch_on_its_channels(
+    nodes: Callable[[], Awaitable[RedisStore]], cluster_service: RedisClusterProcesses
+) -> None:
+    a, b = await nodes(), await nodes()
+    seen = attach(b)
+    for channel in CHANNELS:
+        await b.bus.subscribe(channel)
+    await asyncio.gather(*(a.append(create(ch, "before")) for ch in CHANNELS))
+    await eventually(lambda: len(seen.events) == len(CHANNELS), "the first events")
+
+    def master(channel: str) -> int:
+        return masters_of(cluster_service, [f"{a.k.prefix}:{{{channel}}}:head"]).pop()
+
+    port = master(CHANNELS[0])
+    reset = [ch for ch in CHANNELS if master(ch) == port]
+
+    cluster_service.restart(port)  # no persistence: that master's channels are empty now
+
+    async def append_after(channel: str) -> int | None:
+        deadline = time.monotonic() + 20
+        while True:  # the nodes see the master again within a few retries
+            try:
+                return (await a.append(create(channel, "after"))).serial
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    serials = dict(zip(CHANNELS, await asyncio.gather(*map(append_after, CHANNELS)), strict=True))
+    assert serials == {ch: 1 if ch in reset else 2 for ch in CHANNELS}  # a new log there
+    await eventually(lambda: len(seen.events) == 2 * len(CHANNELS), "the events after", 30)
+    for channel in CHANNELS:
+        assert seen.serials(channel) == ([1, 1] if channel in reset else [1, 2])
+    deadline = time.monotonic() + 10
+    while True:  # node b's bus reports itself whole again (/readyz)
+        try:
+            await b.ping()
+            break
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)

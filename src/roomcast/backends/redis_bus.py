@@ -38,10 +38,7 @@ _encode = msgspec.json.Encoder().encode
 
 _SUBSCRIBE_TIMEOUT_S = 10.0
 _FILL_RETRY_S = 0.2
-# A cluster pub/sub read's wait, across all its masters: while a subscription waits for its
-# confirmation, and otherwise (see _next_message).
-_SHARDED_HURRY_S = 0.005
-_SHARDED_READ_S = 0.1
+_SHARDED_SCAN_S = 1.0  # how often a cluster's bus looks for masters to read (see _read_masters)
 
 ReadLog = Callable[[str, int, int], Awaitable[list[Event]]]
 ReadHead = Callable[[str], Awaitable[tuple[str | None, int]]]
@@ -97,9 +94,8 @@ class RedisBus(Bus):
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._broken = False  # the reader lost the pub/sub connection and has not got it back
-        self._confirming = 0  # subscriptions sent and not yet confirmed
-        self._broken_reason = ""
+        # The pub/sub connections lost and not yet back (a cluster's: by master), and why.
+        self._lost: dict[str, str] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -147,13 +143,9 @@ class RedisBus(Bus):
             # connection meanwhile, so it may be dead (Redis restarted). Start on a fresh one.
             self._renew_pubsub()
         try:
-            self._confirming += 1
-            try:
-                await self._ssubscribe(name)
-                self._wake.set()
-                await asyncio.wait_for(asyncio.shield(feed.confirmed), _SUBSCRIBE_TIMEOUT_S)
-            finally:
-                self._confirming -= 1
+            await self._ssubscribe(name)
+            self._wake.set()
+            await asyncio.wait_for(asyncio.shield(feed.confirmed), _SUBSCRIBE_TIMEOUT_S)
             assert self.read_head is not None
             epoch, serial = await self.read_head(channel)
         except Exception as exc:
@@ -173,7 +165,8 @@ class RedisBus(Bus):
 
     def _renew_pubsub(self) -> None:
         old, self._pubsub = self._pubsub, self.redis.pubsub()
-        self._broken = False
+        self._lost.clear()
+        self._wake.set()  # a cluster's readers start on the new one
         if old is not None:
             self._spawn(old.aclose())
 
@@ -192,8 +185,9 @@ class RedisBus(Bus):
     async def ping(self) -> None:
         """Raise while the pub/sub connection is lost (``/readyz``): this node would miss
         other nodes' events until it is back."""
-        if self._broken:
-            raise Unavailable(f"the Redis bus connection is lost: {self._broken_reason}")
+        if self._lost:
+            reasons = "; ".join(f"{k}: {v}" if k else v for k, v in self._lost.items())
+            raise Unavailable(f"the Redis bus connection is lost: {reasons}")
 
     async def unsubscribe(self, channel: str) -> None:
         # The node may have got a new subscriber since it asked (its request is a task).
@@ -359,50 +353,116 @@ class RedisBus(Bus):
     # ------------------------------------------------------------ the reader
 
     async def _read_loop(self) -> None:
-        backoff = 0.1
+        if self.sharded:
+            await self._read_masters()
+            return
         while True:
             pubsub = self._pubsub
             if pubsub is None or not pubsub.subscribed:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            try:
-                message = await self._next_message(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if pubsub is not self._pubsub:
-                    continue  # a pub/sub connection that was replaced (and closed) meanwhile
-                if not self._broken:
-                    log.warning("lost the Redis bus connection (%s); reconnecting", describe(exc))
-                self._broken, self._broken_reason = True, describe(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if self._broken and pubsub is self._pubsub:
-                self._broken, backoff = False, 0.1
-                log.info("the Redis bus connection is back")
-                for channel in list(self._feeds):
-                    self._spawn(self._resync(channel))
-            if message is not None:
-                try:
-                    self._handle(message)
-                except Exception:
-                    log.exception("could not handle a Redis bus message")
+            await self._read_from(
+                pubsub, "", lambda p: p.get_message(timeout=1.0), lambda p: bool(p.subscribed)
+            )
 
-    async def _next_message(self, pubsub: Any) -> dict[str, Any] | None:
-        if not self.sharded:
-            message: dict[str, Any] | None = await pubsub.get_message(timeout=1.0)
+    async def _read_masters(self) -> None:
+        """A cluster's pub/sub holds a connection to each master that owns a subscribed
+        channel's slot: each is read by a task of its own (see :meth:`_read_master`), started
+        when the connection appears (a subscription wakes this loop; a slot that moved to
+        another master is found within :data:`_SHARDED_SCAN_S`)."""
+        readers: dict[tuple[int, str], asyncio.Task[None]] = {}
+        try:
+            while True:
+                self._wake.clear()
+                for key in [key for key, task in readers.items() if task.done()]:
+                    del readers[key]
+                pubsub = self._pubsub
+                for name in list(pubsub.node_pubsub_mapping) if pubsub is not None else []:
+                    key = (id(pubsub), name)
+                    if key not in readers:
+                        readers[key] = asyncio.create_task(
+                            self._read_master(pubsub, name), name=f"roomcast-redis-bus-{name}"
+                        )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _SHARDED_SCAN_S)
+        finally:
+            for task in readers.values():
+                task.cancel()
+
+    async def _read_master(self, pubsub: Any, name: str) -> None:
+        """Read one master's connection of a cluster's pub/sub until nothing is subscribed
+        there (redis-py then drops it) or the pub/sub is replaced.
+
+        The read waits for the next message without a timeout, as the single server's
+        reader does in effect: redis-py's reads with a timeout hold a lock of the
+        connection that ``SSUBSCRIBE`` there waits for (a subscription took up to the
+        timeout), and its reads of every master in turn made an event on one master wait
+        for the others' reads (tens of ms). A connection that drops fails the read at once.
+        """
+
+        async def read(pubsub: Any) -> dict[str, Any] | None:
+            node = self.redis.get_node(node_name=name)
+            connection = pubsub.node_pubsub_mapping.get(name)
+            if node is None or connection is None:
+                return None
+            if connection.connection is None or not connection.subscribed:
+                # SSUBSCRIBE not sent yet: its sender opens the connection.
+                await asyncio.sleep(0.01)
+                return None
+            message: dict[str, Any] | None = await pubsub.get_sharded_message(
+                target_node=node, timeout=None
+            )
             return message
-        # A cluster's pub/sub reads its masters' connections in turn, each under a lock that
-        # SSUBSCRIBE on that connection waits for, and the confirmation waits for the next
-        # read there: short reads while a subscription waits keep subscribing quick, longer
-        # ones otherwise keep an idle node's CPU low. It raises only when every master's
-        # connection failed: a master that is down leaves the others' channels flowing (its
-        # channels resync when their subscription is confirmed again).
-        wait = _SHARDED_HURRY_S if self._confirming else _SHARDED_READ_S
-        message = await pubsub.get_sharded_message(timeout=wait)
-        return message
+
+        await self._read_from(pubsub, name, read, lambda p: name in p.node_pubsub_mapping)
+
+    async def _read_from(
+        self,
+        pubsub: Any,
+        source: str,
+        read: Callable[[Any], Awaitable[dict[str, Any] | None]],
+        reading: Callable[[Any], bool],
+    ) -> None:
+        """Handle what ``read(pubsub)`` gets from one connection of ``pubsub`` (``source``
+        names it) while ``reading(pubsub)`` and ``pubsub`` is the current one. A connection
+        that fails is read again with a growing pause (redis-py reconnects it and subscribes
+        again); when it answers again, every channel catches up from the log."""
+        backoff = 0.1
+        try:
+            while pubsub is self._pubsub and reading(pubsub):
+                try:
+                    message = await read(pubsub)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if pubsub is not self._pubsub:
+                        return  # a pub/sub that was replaced (and closed) meanwhile
+                    if source not in self._lost:
+                        where = f" to {source}" if source else ""
+                        log.warning(
+                            "lost the Redis bus connection%s (%s); reconnecting",
+                            where,
+                            describe(exc),
+                        )
+                    self._lost[source] = describe(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                if source in self._lost and pubsub is self._pubsub:
+                    del self._lost[source]
+                    backoff = 0.1
+                    log.info("the Redis bus connection is back")
+                    for channel in list(self._feeds):
+                        self._spawn(self._resync(channel))
+                if message is not None:
+                    try:
+                        self._handle(message)
+                    except Exception:
+                        log.exception("could not handle a Redis bus message")
+        finally:
+            if pubsub is self._pubsub:
+                self._lost.pop(source, None)  # not read any more, so not lost either
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
