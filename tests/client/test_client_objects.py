@@ -195,10 +195,15 @@ async def test_boards_keep_items_in_creation_order(
         first = await boards.add_item(board.board_id, "tomatoes")
         bob_boards = bob.channels.get(channel_name).boards
         await bob.channels.get(channel_name).objects.sync()
+        # Creation order is the ids' millisecond: two clients' items made within the same
+        # millisecond sort by their random part. Bob's comes a millisecond later at least.
+        await asyncio.sleep(0.002)
         second = await bob_boards.add_item(board.board_id, "basil")
         await bob_boards.set_done(board.board_id, first)
         await eventually(lambda: len(boards.get(board.board_id).items) == 2)
-        await eventually(lambda: boards.get(board.board_id).items[0].done)
+        await eventually(
+            lambda: any(i.done for i in boards.get(board.board_id).items if i.item_id == first)
+        )
         items = boards.get(board.board_id).items
         assert [(i.item_id, i.text, i.author, i.done) for i in items] == [
             (first, "tomatoes", "alice", True),

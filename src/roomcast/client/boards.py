@@ -41,7 +41,8 @@ class Board:
 
 
 def new_item_id() -> str:
-    """Sorts in creation order: 13 digits of milliseconds, then 6 random hex digits."""
+    """Sorts in creation order: 13 digits of milliseconds, then 6 random hex digits (items
+    that two clients make within the same millisecond sort by that random part)."""
     return f"{time.time_ns() // 1_000_000:013d}-{secrets.token_hex(3)}"
 
 
