@@ -165,10 +165,12 @@ class RedisClusterProcesses:
         return self
 
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
-        cmd = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        folder = self.folder / str(port)  # each its own: an AOF directory is per server
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
         cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
         cmd += ["--save", "", "--appendonly", "no", *self.args]
-        with (self.folder / f"redis-{port}.log").open("ab") as log:
+        with (folder / "redis.log").open("ab") as log:
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def restart(self, port: int, timeout: float = 30.0) -> None:

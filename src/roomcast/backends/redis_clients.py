@@ -8,8 +8,8 @@ deployment):
   pub/sub connection included), and the next command or read goes to the new primary.
 - ``redis+cluster://`` and ``rediss+cluster://``: a Redis Cluster. redis-py's cluster
   client learns from the startup nodes which master holds each slot and sends each
-  command there; every script and MULTI of the store names keys of one slot (a channel's
-  hash tag, or one node-level key).
+  command there; every script of the store names keys of one slot (a channel's hash
+  tag, or one node-level key).
 
 Either way a node talks to Redis over a blocking pool of at most 64 connections (on a
 cluster: at most 64 commands at once, see :class:`BoundedCluster`): a burst of requests
