@@ -9,29 +9,21 @@ its own. Without ``redis-server`` or that Redis they fail, they never skip.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from test_scale_out import room, store_url  # noqa: F401  (store_url is a fixture)
-from test_scale_out_failures import node_env, until
+from test_scale_out_failures import (  # noqa: F401  (private_redis is a fixture)
+    node_env,
+    private_redis,
+    until,
+)
 
 from redis_servers import RedisServer
 from roomcast.testing import ServerProcess, WireClient
 
 Msg = dict[str, Any]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def members(node: ServerProcess, channel: str) -> list[tuple[str, Any]]:
@@ -53,19 +45,20 @@ def flush(server: RedisServer) -> None:
 
 
 async def test_a_member_entered_after_a_flush_on_a_node_that_dies_still_leaves(
-    redis_server: RedisServer, test_env: dict[str, str]
+    private_redis: RedisServer,  # noqa: F811
+    test_env: dict[str, str],
 ) -> None:
     # Node a beats every 5 s (its liveness lasts 8 s): alice enters between two beats.
     slow = node_env(test_env, ROOMCAST_HEARTBEAT_S="20", ROOMCAST_PRESENCE_GRACE_S="8")
-    a = ServerProcess(store=redis_server.url, env=slow)
-    b = ServerProcess(store=redis_server.url, env=node_env(test_env))
+    a = ServerProcess(store=private_redis.url, env=slow)
+    b = ServerProcess(store=private_redis.url, env=node_env(test_env))
     try:
         a.start()
         b.start()
         channel = room()
         watcher = await WireClient.connect(b.ws_url, client_id="watcher")
         await watcher.request("attach", channel=channel)
-        flush(redis_server)  # the node registry goes, with everything else
+        flush(private_redis)  # the node registry goes, with everything else
         alice = await WireClient.connect(a.ws_url, client_id="alice")
         # Entered at once, before node a's next heartbeat could register it again.
         await alice.request("presence", channel=channel, op="enter", data="here")
@@ -80,12 +73,13 @@ async def test_a_member_entered_after_a_flush_on_a_node_that_dies_still_leaves(
 
 
 async def test_after_a_flush_nodes_put_their_members_back_and_subscribers_attach_again(
-    redis_server: RedisServer, test_env: dict[str, str]
+    private_redis: RedisServer,  # noqa: F811
+    test_env: dict[str, str],
 ) -> None:
     env = node_env(test_env)
     a, b = (
-        ServerProcess(store=redis_server.url, env=env),
-        ServerProcess(store=redis_server.url, env=env),
+        ServerProcess(store=private_redis.url, env=env),
+        ServerProcess(store=private_redis.url, env=env),
     )
     try:
         a.start()
@@ -99,7 +93,7 @@ async def test_after_a_flush_nodes_put_their_members_back_and_subscribers_attach
                 attached[client, channel] = await client.request("attach", channel=channel)
                 await client.request("presence", channel=channel, op="enter", data=data)
         await alice.request("publish", channel=busy, data="before")
-        flush(redis_server)
+        flush(private_redis)
         # Both nodes notice, put back what they hold, and close their subscribers (1012)
         # so that they attach again: a channel with no events included.
         for client in (alice, bob):
@@ -176,9 +170,10 @@ async def test_leaves_while_redis_is_down_happen_once_it_is_back(
 
 
 async def test_the_first_attach_after_a_redis_restart_works_on_a_node_with_no_subscriptions(
-    redis_server: RedisServer, test_env: dict[str, str]
+    private_redis: RedisServer,  # noqa: F811
+    test_env: dict[str, str],
 ) -> None:
-    with ServerProcess(store=redis_server.url, env=node_env(test_env)) as node:
+    with ServerProcess(store=private_redis.url, env=node_env(test_env)) as node:
         client = await WireClient.connect(node.ws_url, client_id="alice")
         await client.request("attach", channel=room())
         await client.request(
@@ -186,8 +181,8 @@ async def test_the_first_attach_after_a_redis_restart_works_on_a_node_with_no_su
         )
         await client.close()
         await asyncio.sleep(0.5)  # the node has no subscription left
-        redis_server.stop()
-        redis_server.start()
+        private_redis.stop()
+        private_redis.start()
         async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
             assert await until(lambda: _status(http, "/readyz", 200), within=20, every=0.25)
         await asyncio.sleep(12)  # past the idle pub/sub connection's health check interval
