@@ -16,7 +16,7 @@ import pytest
 from test_contract import Recorder, create, member
 
 from redis_cluster import cluster_client, masters_of
-from roomcast.backends import BackendURLError, StoreOptions, open_backend
+from roomcast.backends import BackendURLError, StoreOptions, open_backend, shown_url
 from roomcast.backends.base import ResumeSession
 from roomcast.backends.redis import parse_cluster_url
 from roomcast.backends.redis_store import RedisStore
@@ -65,6 +65,9 @@ def test_the_cluster_url_names_startup_nodes_and_a_prefix() -> None:
     assert (target.prefix, target.password, target.tls) == ("x", "s3cret", False)
     assert "s3cret" not in target.where and "10.0.0.2:6379" in target.where
     assert parse_cluster_url("rediss+cluster://h:1/0").tls
+    assert shown_url("redis+cluster://:s3cret@h:1,h:2?prefix=x") == (
+        "redis+cluster://:***@h:1,h:2?prefix=x"
+    )
     for bad, says in [
         ("redis+cluster://", "host:port"),
         ("redis+cluster://h:1/2", "only database 0"),
@@ -167,6 +170,12 @@ async def test_sessions_claims_counters_and_a_burst_of_requests(
     await asyncio.gather(*(a.save_session(f"k{i}", session) for i in range(500)))
     taken = await asyncio.gather(*(b.take_session(f"k{i}") for i in range(500)))
     assert taken == [session] * 500
+    # Pipelines across masters too (a presence set writes three slots).
+    await asyncio.gather(
+        *(a.presence_set(CHANNELS[i % 30], member(f"u{i}", f"c{i}"), "node-a") for i in range(300))
+    )
+    counts = await asyncio.gather(*(b.presence_members(ch) for ch in CHANNELS))
+    assert sum(map(len, counts)) == 300
     wins = await asyncio.gather(a.claim("job", "node-a", 5), b.claim("job", "node-b", 5))
     assert sorted(wins) == [False, True]
     assert await a.incr_counter("n", 1, 5) + await b.incr_counter("n", 2, 5) == 4
@@ -232,7 +241,11 @@ async def test_a_master_restart_is_survived_with_a_new_epoch_on_its_channels(
     port = master(CHANNELS[0])
     reset = [ch for ch in CHANNELS if master(ch) == port]
 
-    cluster_service.restart(port)  # no persistence: that master's channels are empty now
+    lifetime = await a.lifetime()
+    assert await b.lifetime() == lifetime == await a.lifetime()  # one id, read by any node
+
+    # No persistence: that master's channels are empty now.
+    await asyncio.to_thread(cluster_service.restart, port)
 
     async def append_after(channel: str) -> int | None:
         deadline = time.monotonic() + 20
@@ -246,6 +259,8 @@ async def test_a_master_restart_is_survived_with_a_new_epoch_on_its_channels(
 
     serials = dict(zip(CHANNELS, await asyncio.gather(*map(append_after, CHANNELS)), strict=True))
     assert serials == {ch: 1 if ch in reset else 2 for ch in CHANNELS}  # a new log there
+    # Whichever master it was, the nodes see that the store lost data (and put theirs back).
+    assert await a.lifetime() != lifetime
     await eventually(lambda: len(seen.events) == 2 * len(CHANNELS), "the events after", 30)
     for channel in CHANNELS:
         assert seen.serials(channel) == ([1, 1] if channel in reset else [1, 2])

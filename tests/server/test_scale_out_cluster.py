@@ -154,6 +154,45 @@ async def test_claims_and_live_objects_across_nodes_on_every_master(
     await on_b.close()
 
 
+async def test_a_master_restarted_without_its_data_gets_the_nodes_members_back(
+    cluster: RedisClusterProcesses,
+    prefix: str,
+    two_nodes: tuple[ServerProcess, ServerProcess],
+    channels: list[str],
+) -> None:
+    a, b = two_nodes
+    alice = await WireClient.connect(a.ws_url, client_id="alice")
+    for ch in channels:
+        await alice.request("attach", channel=ch)
+        await alice.request("presence", channel=ch, op="enter", data={"on": ch})
+    # A master other than the one that holds <prefix>:lifetime: the nodes must notice that
+    # a part of the data was lost too.
+    lifetime_master = masters_of(cluster, [f"{prefix}:lifetime"]).pop()
+    port = next(p for p in cluster.ports if p != lifetime_master)
+    on_it = [ch for ch in channels if masters_of(cluster, [f"{prefix}:{{{ch}}}:head"]) == {port}]
+    assert on_it
+
+    # Its channels' logs and presence hashes are gone. (In a thread: the clients here
+    # answer the server's pings meanwhile.)
+    await asyncio.to_thread(cluster.restart, port)
+
+    # Node a puts alice's session and members back, then closes her connection (1012) so
+    # that she attaches again; she resumes, as the SDK does, on the other node.
+    await asyncio.wait_for(alice.closed.wait(), 30)
+    assert alice.close_code == 1012
+    assert "the store's data was reset" in a.output()
+    again = await WireClient.connect(
+        b.ws_url, client_id="alice", resume=alice.connected["resume_key"]
+    )
+    assert again.connected["resumed"] is True
+    watcher = await WireClient.connect(b.ws_url, client_id="watcher")
+    for ch in channels:
+        members = (await watcher.request("attach", channel=ch))["presence"]
+        assert [(m["client_id"], m["data"]) for m in members] == [("alice", {"on": ch})]
+    await again.close()
+    await watcher.close()
+
+
 def test_a_redis_url_naming_a_cluster_node_refuses_to_start(
     cluster: RedisClusterProcesses, test_env: dict[str, str]
 ) -> None:

@@ -752,9 +752,35 @@ class RedisStore(Store):
 
     async def lifetime(self) -> str:
         candidate = new_epoch()
+        ids: list[str] = []
         with self._errors():
-            found = await self.redis.set(self.k.lifetime, candidate, nx=True, get=True)
-        return candidate if found is None else found.decode()
+            for key in await self._lifetime_keys():
+                found = await self.redis.set(key, candidate, nx=True, get=True)
+                ids.append(candidate if found is None else found.decode())
+        return "/".join(ids)
+
+    async def _lifetime_keys(self) -> list[str]:
+        """``P:lifetime``, and on a cluster one key more on each other master: a master
+        restarted without its data resets only its own slots, and the nodes must notice
+        that too. (A change of the masters, as in a resharding, changes the keys and reads
+        as a reset: the nodes then put back what they hold, which is harmless.)"""
+        keys = [self.k.lifetime]
+        if not self._cluster:
+            return keys
+        if self.redis.nodes_manager.default_node is None:
+            await self.redis.initialize()
+        masters = {node.name for node in self.redis.get_primaries()}
+        owner = self.redis.nodes_manager.get_node_from_slot
+        covered = {owner(self.redis.keyslot(self.k.lifetime)).name}
+        tag = 0
+        while covered < masters and tag < 100_000:
+            key = f"{self.k.lifetime}:{{{tag}}}"
+            name = owner(self.redis.keyslot(key)).name
+            if name not in covered:
+                covered.add(name)
+                keys.append(key)
+            tag += 1
+        return keys
 
     async def reap_dead_nodes(self) -> list[tuple[str, PresenceMember]]:
         reaped: list[tuple[str, PresenceMember]] = []
