@@ -184,6 +184,32 @@ class RedisClusterProcesses:
         for each in self.ports:
             self._wait(each, "CLUSTER INFO", "cluster_state:ok", timeout)
 
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Move a hash slot and its keys to the master on ``to_port`` (as a resharding does,
+        one slot at a time)."""
+        owner = next(p for p in self.ports if self._owns(p, slot))
+        if owner == to_port:
+            return
+        source, target = self.ask(owner, "CLUSTER", "MYID"), self.ask(to_port, "CLUSTER", "MYID")
+        self.ask(to_port, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source)
+        self.ask(owner, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target)
+        while keys := self.ask(owner, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
+            self.ask(owner, "MIGRATE", "127.0.0.1", str(to_port), "", "0", "5000", "KEYS", *keys)
+        for port in self.ports:
+            self.ask(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target)
+
+    def _owns(self, port: int, slot: int) -> bool:
+        # CLUSTER COUNTKEYSINSLOT answers on any node; CLUSTER NODES says who has the slot.
+        for line in self.ask(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "myself" not in fields[2]:
+                continue
+            for part in fields[8:]:
+                lo, _, hi = part.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return True
+        return False
+
     def ask(self, port: int, *command: str) -> str:
         """One command to one node (``redis-cli``), its answer as text."""
         done = subprocess.run(

@@ -273,3 +273,33 @@ async def test_a_master_restart_is_survived_with_a_new_epoch_on_its_channels(
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def test_a_channel_whose_slot_moves_to_another_master_keeps_flowing(
+    nodes: Callable[[], Awaitable[RedisStore]], cluster_service: RedisClusterProcesses
+) -> None:
+    a, b = await nodes(), await nodes()
+    seen = attach(b)
+    channel = CHANNELS[0]
+    await b.bus.subscribe(channel)
+    for i in range(3):
+        await a.append(create(channel, i))
+    await eventually(lambda: len(seen.events) == 3, "the first events")
+    key = f"{a.k.prefix}:{{{channel}}}:head"
+    owner = masters_of(cluster_service, [key]).pop()
+    slot = int(cluster_service.ask(owner, "CLUSTER", "KEYSLOT", key))
+    target = next(p for p in cluster_service.ports if p != owner)
+
+    await asyncio.to_thread(cluster_service.move_slot, slot, target)  # a resharding
+    assert masters_of(cluster_service, [key]) == {target}
+
+    for i in range(3, 6):
+        assert (await a.append(create(channel, i))).serial == i + 1
+    await eventually(lambda: len(seen.events) >= 6, "the events after the move", 20)
+    # Node b subscribes there, and later events come live (no catching up triggers them).
+    await eventually(lambda: "ssub=1" in cluster_service.ask(target, "CLIENT", "LIST"), "b", 10)
+    for i in range(6, 9):
+        await a.append(create(channel, i))
+    await eventually(lambda: len(seen.events) >= 9, "the live events", 5)
+    await asyncio.sleep(0.2)
+    assert seen.serials(channel) == list(range(1, 10))

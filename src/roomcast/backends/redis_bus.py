@@ -469,17 +469,26 @@ class RedisBus(Bus):
         channel = self._names.get(message["channel"])
         if channel is None:
             return
-        if kind == "ssubscribe":
-            feed = self._feeds.get(channel)
-            if feed is not None:
-                if not feed.confirmed.done():
-                    feed.confirmed.set_result(None)
-                elif feed.delivered is not None:  # resubscribed after a reconnect
-                    self._spawn(self._resync(channel))
+        if kind == "smessage":
+            self._on_message(channel, message["data"])
+        elif kind in ("ssubscribe", "sunsubscribe"):
+            self._on_subscription(channel, confirmed=kind == "ssubscribe")
+
+    def _on_subscription(self, channel: str, *, confirmed: bool) -> None:
+        feed = self._feeds.get(channel)
+        if feed is None:
             return
-        if kind != "smessage":
-            return
-        data: bytes = message["data"]
+        if confirmed and not feed.confirmed.done():
+            feed.confirmed.set_result(None)
+        elif feed.delivered is not None:
+            # Subscribed again after a reconnect: catch up. Or unsubscribed without asking
+            # (this node's own unsubscribe forgets the channel first): the master gave the
+            # channel's slot away (a resharding). Reading the channel's head makes the
+            # cluster client learn the new owner and move the subscription there, and the
+            # log fills what was published meanwhile.
+            self._spawn(self._resync(channel))
+
+    def _on_message(self, channel: str, data: bytes) -> None:
         head, _, body = data[1:].partition(b"\n")
         tag = data[:1]
         if tag == b"e":
