@@ -15,10 +15,12 @@ from roomcast.testing import RedisClusterProcesses
 
 
 @contextlib.contextmanager
-def redis_cluster(folder: Path, masters: int = 3) -> Iterator[RedisClusterProcesses]:
-    """A started cluster of ``masters`` masters, stopped after."""
+def redis_cluster(
+    folder: Path, masters: int = 3, args: list[str] | None = None, replicas: int = 0
+) -> Iterator[RedisClusterProcesses]:
+    """A started cluster of ``masters`` masters (with ``replicas`` each), stopped after."""
     try:
-        cluster = RedisClusterProcesses(folder, masters)
+        cluster = RedisClusterProcesses(folder, masters, args, replicas)
     except FileNotFoundError as exc:
         pytest.fail(f"the Redis Cluster tests need redis-server and redis-cli ({exc})")
     with cluster:

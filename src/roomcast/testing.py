@@ -121,8 +121,9 @@ class ServerProcess:
 
 
 class RedisClusterProcesses:
-    """A Redis Cluster of ``masters`` ``redis-server`` processes on free ports (no replicas,
-    no persistence unless ``args`` ask for it), made with ``redis-cli --cluster create``.
+    """A Redis Cluster of ``masters`` ``redis-server`` processes on free ports, each with
+    ``replicas`` replicas (none by default), no persistence unless ``args`` ask for it, made
+    with ``redis-cli --cluster create``.
 
     Example::
 
@@ -134,11 +135,14 @@ class RedisClusterProcesses:
         FileNotFoundError: ``redis-server`` or ``redis-cli`` is not on the PATH.
     """
 
-    def __init__(self, folder: Path, masters: int = 3, args: list[str] | None = None) -> None:
+    def __init__(
+        self, folder: Path, masters: int = 3, args: list[str] | None = None, replicas: int = 0
+    ) -> None:
         self.exe = _which("redis-server")
         self.cli = _which("redis-cli")
         self.folder = folder
-        self.ports = _cluster_ports(masters)
+        self.replicas = replicas
+        self.ports = _cluster_ports(masters * (1 + replicas))
         self.args = list(args or [])
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -155,10 +159,12 @@ class RedisClusterProcesses:
                 self._wait(port, "PING", "PONG", timeout)
             create = [self.cli, "--cluster", "create"]
             create += [f"127.0.0.1:{port}" for port in self.ports]
-            create += ["--cluster-replicas", "0", "--cluster-yes"]
+            create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
             subprocess.run(create, check=True, capture_output=True, timeout=timeout)
             for port in self.ports:
                 self._wait(port, "CLUSTER INFO", "cluster_state:ok", timeout)
+                if self.ask(port, "ROLE").startswith("slave"):  # synced: it can take over
+                    self._wait(port, "INFO replication", "master_link_status:up", timeout)
         except BaseException:
             self.stop()
             raise
@@ -169,7 +175,7 @@ class RedisClusterProcesses:
         folder.mkdir(parents=True, exist_ok=True)
         cmd = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
         cmd += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
-        cmd += ["--save", "", "--appendonly", "no", *self.args]
+        cmd += ["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", *self.args]
         with (folder / "redis.log").open("ab") as log:
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -182,7 +188,14 @@ class RedisClusterProcesses:
         self.procs[index] = self._spawn(port)
         self._wait(port, "PING", "PONG", timeout)
         for each in self.ports:
-            self._wait(each, "CLUSTER INFO", "cluster_state:ok", timeout)
+            if self.procs[self.ports.index(each)].poll() is None:
+                self._wait(each, "CLUSTER INFO", "cluster_state:ok", timeout)
+
+    def kill(self, port: int) -> None:
+        """Kill the server on ``port`` (SIGKILL), for good."""
+        proc = self.procs[self.ports.index(port)]
+        proc.kill()
+        proc.wait()
 
     def move_slot(self, slot: int, to_port: int) -> None:
         """Move a hash slot and its keys to the master on ``to_port`` (as a resharding does,

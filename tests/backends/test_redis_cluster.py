@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from test_contract import Recorder, create, member
 
-from redis_cluster import cluster_client, masters_of
+from redis_cluster import cluster_client, masters_of, redis_cluster
 from roomcast.backends import BackendURLError, StoreOptions, open_backend, shown_url
 from roomcast.backends.base import ResumeSession
 from roomcast.backends.redis import parse_cluster_url
@@ -303,3 +304,55 @@ async def test_a_channel_whose_slot_moves_to_another_master_keeps_flowing(
     await eventually(lambda: len(seen.events) >= 9, "the live events", 5)
     await asyncio.sleep(0.2)
     assert seen.serials(channel) == list(range(1, 10))
+
+
+async def test_a_replica_promoted_in_place_of_a_dead_master_takes_over(tmp_path: Path) -> None:
+    args = ["--cluster-node-timeout", "1000"]  # a dead master is failed over within seconds
+    with redis_cluster(tmp_path, replicas=1, args=args) as cluster:
+        url = cluster.url(prefix="failover")
+        a, b = open_backend(url), open_backend(url)
+        assert isinstance(a, RedisStore) and isinstance(b, RedisStore)
+        try:
+            for store in (a, b):
+                await store.bus.open()
+                await store.open()
+            seen = attach(b)
+            for channel in CHANNELS:
+                await b.bus.subscribe(channel)
+            await asyncio.gather(*(a.append(create(ch, "before")) for ch in CHANNELS))
+            await eventually(lambda: len(seen.events) == len(CHANNELS), "the first events")
+            await asyncio.sleep(0.5)  # the replicas have them (replication is asynchronous)
+            port = masters_of(cluster, [f"failover:{{{CHANNELS[0]}}}:head"]).pop()
+
+            await asyncio.to_thread(cluster.kill, port)
+
+            async def append_after(channel: str) -> int | None:
+                deadline = time.monotonic() + 30
+                while True:  # refused until the replica is promoted and the nodes see it
+                    try:
+                        return (await a.append(create(channel, "after"))).serial
+                    except Unavailable:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
+
+            serials = await asyncio.gather(*map(append_after, CHANNELS))
+            assert serials == [2] * len(CHANNELS)  # nothing lost: the replica had it all
+            await eventually(lambda: len(seen.events) == 2 * len(CHANNELS), "the events", 30)
+            for channel in CHANNELS:
+                assert seen.serials(channel) == [1, 2]
+            # Node b follows on its own: later events come live from the new master.
+            await asyncio.gather(*(a.append(create(ch, "later")) for ch in CHANNELS))
+            await eventually(lambda: len(seen.events) == 3 * len(CHANNELS), "live events", 10)
+            deadline = time.monotonic() + 15
+            while True:  # node b's bus reports itself whole again (/readyz)
+                try:
+                    await b.ping()
+                    break
+                except Unavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await a.aclose()
+            await b.aclose()

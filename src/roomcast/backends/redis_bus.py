@@ -417,6 +417,15 @@ class RedisBus(Bus):
 
         await self._read_from(pubsub, name, read, lambda p: name in p.node_pubsub_mapping)
 
+    async def _refresh_layout(self) -> None:
+        """A master's connection failed: ask the cluster for its layout again. If a replica
+        took the master's place, redis-py then moves the subscriptions there (the node
+        may not send a command to those slots itself for a long time)."""
+        try:
+            await self.redis.nodes_manager.initialize()
+        except Exception as exc:
+            log.debug("could not refresh the Redis Cluster's layout: %s", describe(exc))
+
     async def _read_from(
         self,
         pubsub: Any,
@@ -446,6 +455,8 @@ class RedisBus(Bus):
                             describe(exc),
                         )
                     self._lost[source] = describe(exc)
+                    if self.sharded:
+                        self._spawn(self._refresh_layout())
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
