@@ -10,6 +10,12 @@ echo from Redis is then dropped as already delivered.
 
 Presence and signals go through the same pub/sub channel, tagged with the sending node, which
 delivers them to itself directly and ignores its own echo.
+
+On a Redis Cluster the pub/sub channel is on the master that holds the channel's slot: the
+node's pub/sub holds a connection to each master it subscribes on, each read by a task of its
+own. It follows the cluster: a master that gives a slot away unsubscribes the node, and a
+master's connection that fails makes it ask the cluster for its layout again; either way
+redis-py moves the subscriptions to the new owner and the channels catch up from the log.
 """
 
 from __future__ import annotations
@@ -404,10 +410,14 @@ class RedisBus(Bus):
         async def read(pubsub: Any) -> dict[str, Any] | None:
             node = self.redis.get_node(node_name=name)
             connection = pubsub.node_pubsub_mapping.get(name)
-            if node is None or connection is None:
-                return None
-            if connection.connection is None or not connection.subscribed:
-                # SSUBSCRIBE not sent yet: its sender opens the connection.
+            if (
+                node is None
+                or connection is None
+                or connection.connection is None
+                or not connection.subscribed
+            ):
+                # Nothing to read yet (SSUBSCRIBE's sender opens the connection) or any more
+                # (a master gone from the layout, whose connection redis-py drops next).
                 await asyncio.sleep(0.01)
                 return None
             message: dict[str, Any] | None = await pubsub.get_sharded_message(
