@@ -68,6 +68,7 @@ class Fuzzer:
         self.frames = 0
         self._sockets = contextlib.ExitStack()
         self.next_ref = 1_000_000
+        self.probe_ref = -1_000_000_000_000
         self.pending: dict[Any, Any] = {}
 
     def socket(self) -> ClientConnection:
@@ -104,9 +105,13 @@ class Fuzzer:
         frame = self._tag(frame)
         self.pending = _refs_to_channels(frame)
         ws.send(frame)
+        # The probe's ref is one no fuzzed request carries (fuzzed refs include small ones
+        # like -1): a fuzzed ping's pong must not pass for the answer to this frame.
+        self.probe_ref -= 1
+        probe = self.probe_ref
         try:
-            ws.send(json.dumps({"action": "ping", "ref": -1}))
-            self._read_until(lambda m: m["action"] == "pong" and m.get("ref") == -1)
+            ws.send(json.dumps({"action": "ping", "ref": probe}))
+            self._read_until(lambda m: m["action"] == "pong" and m.get("ref") == probe)
         except ConnectionClosed as exc:
             assert exc.rcvd is not None and exc.rcvd.code in (1007, 1003), exc
             assert not _is_json(frame)
