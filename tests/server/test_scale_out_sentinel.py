@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from test_scale_out import room
+from test_scale_out_failures import until
 
 from redis_sentinel import sentinel_setup
 from redis_servers import RedisServer
@@ -26,18 +27,6 @@ Msg = dict[str, Any]
 # Once the new primary takes writes, every node's writes succeed within this (docs/deploy.md:
 # a node follows within about a second of the Sentinels' switch, long before then).
 FOLLOW_WITHIN_S = 2.0
-
-
-async def until(check: Any, within: float, every: float = 0.05) -> Any:
-    """Wait for ``check()`` (sync or async) to return something true; returns it."""
-    async with asyncio.timeout(within):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(every)
 
 
 def takes_writes(server: RedisServer) -> bool:
@@ -130,7 +119,7 @@ async def _publish_through_a_failover(setup: Any, nodes: list[Node]) -> None:
         for i, (node, client) in enumerate(zip(nodes, publishers, strict=True))
     ] + [asyncio.create_task(node.probe(stop)) for node in nodes]
     try:
-        await until(lambda: all(node.acked_since(0) >= 20 for node in nodes), within=20)
+        await until(lambda: all(node.acked_since(0) >= 20 for node in nodes), within=20, every=0.05)
         old, new = setup.primary(), setup.replica()
         assert shard_subscribers(old) == 2  # each node's bus
         # A planned failover that loses nothing (docs/deploy.md): writes paused on the
@@ -143,14 +132,14 @@ async def _publish_through_a_failover(setup: Any, nodes: list[Node]) -> None:
         setup.wait_in_sync()
         failed_over_at = loop.time()
         setup.failover()
-        writable_at = await until(lambda: takes_writes(new) and loop.time(), within=60)
-        await until(lambda: all(node.acked_since(writable_at) >= 20 for node in nodes), 20)
+        writable_at = await until(lambda: takes_writes(new) and loop.time(), within=60, every=0.05)
+        await until(lambda: all(node.acked_since(writable_at) >= 20 for node in nodes), 20, 0.05)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
 
     # The nodes' bus follows the new primary (the old one turned into its replica).
-    await until(lambda: shard_subscribers(new) == 2, within=10)
+    await until(lambda: shard_subscribers(new) == 2, within=10, every=0.05)
     for i, node in enumerate(nodes):
         before = [ok for t, ok in node.publishes if t < failed_over_at]
         after = [(t, ok) for t, ok in node.publishes if t > failed_over_at]

@@ -258,6 +258,11 @@ SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
 
 
+def hosts_text(addresses: tuple[tuple[str, int], ...]) -> str:
+    """``host:port,...`` for messages (IPv6 hosts in brackets)."""
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
+
+
 @dataclass(frozen=True, slots=True)
 class SentinelURL:
     """What a ``redis+sentinel://`` store URL names (see :func:`parse_sentinel_url`)."""
@@ -274,8 +279,7 @@ class SentinelURL:
     @property
     def where(self) -> str:
         """The service and its Sentinels, for messages (never a password)."""
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
-        return f"{self.service} (Sentinels {hosts})"
+        return f"{self.service} (Sentinels {hosts_text(self.sentinels)})"
 
 
 def _sentinel_address(
@@ -375,8 +379,7 @@ class ClusterURL:
     @property
     def where(self) -> str:
         """The cluster's startup nodes, for messages (never a password)."""
-        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
-        return f"the Redis Cluster at {hosts}"
+        return f"the Redis Cluster at {hosts_text(self.nodes)}"
 
 
 def parse_cluster_url(url: str) -> ClusterURL:
