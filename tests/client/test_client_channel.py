@@ -216,3 +216,20 @@ async def test_channels_are_one_object_per_name(server: ServerProcess, channel_n
         assert client.channels.get(channel_name) is client.channels.get(channel_name)
         assert channel_name in client.channels and len(client.channels) == 1
         assert client.client_id is not None and client.client_id.startswith("anon-")
+
+
+async def test_claim_is_granted_to_one_connection_and_renewed_by_it(
+    server: ServerProcess, channel_name: str
+) -> None:
+    async with (
+        connect(server.url, client_id="worker") as first,
+        connect(server.url, client_id="worker") as second,
+    ):
+        mine = first.channels.get(channel_name)
+        theirs = second.channels.get(channel_name)
+        assert await mine.claim("answer:1", ttl_s=30) is True
+        assert await theirs.claim("answer:1", ttl_s=30) is False
+        assert await mine.claim("answer:1", ttl_s=30) is True  # a renewal
+        assert await theirs.claim("answer:2", ttl_s=30) is True
+        with pytest.raises(BadRequest):
+            await mine.claim("answer:3", ttl_s=0)

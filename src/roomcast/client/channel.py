@@ -253,6 +253,29 @@ class Channel:
         """:meth:`annotate` with a reaction: add it, or remove it with ``remove=True``."""
         return await self.annotate(msg_serial, name, "remove" if remove else "add")
 
+    async def claim(self, key: str, *, ttl_s: float) -> bool:
+        """Claim ``key`` on this channel for this connection until ``ttl_s`` passes.
+
+        One connection holds a key at a time, so of several workers of one agent (which
+        share a client_id) exactly one gets it. Claiming a key this connection holds
+        renews it.
+
+        Args:
+            key: What is claimed (1 to 200 characters), e.g. ``answer:42``.
+            ttl_s: Seconds the claim lasts, more than 0 and at most 86400.
+
+        Returns:
+            True if this connection holds the key now, False if another one holds it.
+
+        Raises:
+            RoomcastError: The server refused it, typed by code: ``Forbidden`` (no
+                ``claim`` capability), ``BadRequest``, ...
+        """
+        reply = await self._client.call(m.Claim(channel=self.name, key=key, ttl_s=ttl_s))
+        if not isinstance(reply, m.Ok) or not isinstance(reply.granted, bool):
+            raise BadRequest(f"unexpected reply to claim: {reply!r}")
+        return reply.granted
+
     async def _change(self, request: m.Request) -> int | None:
         reply = await self._client.call(request)
         if not isinstance(reply, m.Ok):
