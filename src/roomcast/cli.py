@@ -108,7 +108,7 @@ def run_server(settings: Settings) -> None:
 
     from roomcast.backends import BackendURLError
     from roomcast.server import create_app
-    from roomcast.server.protocol import RoomcastWebSocketProtocol
+    from roomcast.server.uvicorn_websocket import RoomcastWebSocketProtocol
 
     logging.basicConfig(
         level=settings.log_level.upper(),

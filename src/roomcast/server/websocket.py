@@ -25,7 +25,7 @@ from roomcast.protocol.messages import ErrorReply
 from .auth import resolve
 from .errors import shed_response
 from .overload import OVERLOADED, RETRY_CONNECTIONS_S, Overload
-from .protocol import DIRECT_SEND
+from .uvicorn_websocket import DIRECT_SEND
 
 log = logging.getLogger("roomcast.ws")
 

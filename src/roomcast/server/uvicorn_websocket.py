@@ -13,8 +13,16 @@ Two additions to uvicorn's:
   ``send`` when the extension is absent (another ASGI server) or the socket is backed up.
 
 It also swaps two asyncio primitives for slimmer ones, because idle connections are mostly
-their bookkeeping (see the memory figures in docs/benchmarks.md). uvicorn is pinned to a
-minor range in pyproject.toml, since this leans on its protocol's attributes.
+their bookkeeping (see the memory figures in docs/benchmarks.md).
+
+uvicorn's public API (``uvicorn.Config``, ``Server``, ``run``) takes a protocol class as
+``Config(ws=...)`` but offers no hook into one: no event for a lost connection, no access to
+its transport or its websockets connection. So this subclasses the implementation behind
+``ws="websockets-sansio"`` and reads its attributes (``conn``, ``transport``, ``queue``,
+``writable``, ``handshake_complete``, ``close_sent``, ``disconnected``). The pin in
+pyproject.toml (``uvicorn>=0.54,<0.60``) keeps a release that may change them from being
+installed unnoticed: widening it is a deliberate step, checked by the WebSocket tests, which
+run ``roomcast serve`` (dropped connections included).
 """
 
 from __future__ import annotations
@@ -94,6 +102,9 @@ class _Flag:
 
 
 class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, with 1006 for a lost connection and the
+    ``roomcast.direct_send`` scope extension; pass it as ``uvicorn.Config(ws=...)``."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = _ReceiveQueue()  # type: ignore[assignment]
