@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from roomcast.testing import Msg, ServerProcess, WireClient
@@ -245,6 +246,39 @@ async def test_cancel_of_a_finished_message_is_409(streams_server: ServerProcess
     refused = await a.request("cancel", channel=channel, msg_serial=msg_serial)
     assert refused["action"] == "error" and refused["code"] == 40900
     await a.close()
+
+
+async def test_an_append_after_a_cancel_names_the_canceller_in_a_field(
+    alice_and_bob: tuple[WireClient, WireClient],
+) -> None:
+    channel = room()
+    a, b = alice_and_bob
+    msg_serial = await start_stream(a, channel)
+    await b.request("cancel", channel=channel, msg_serial=msg_serial)
+    [refused] = await send_appends(a, channel, msg_serial, ["more"])
+    assert refused["action"] == "error" and refused["code"] == 40900
+    assert refused["cancelled_by"] == "bob"
+    assert refused["message"] == f"message {msg_serial} was cancelled by bob"
+    plain = (await a.request("publish", channel=channel, data="x"))["serial"]
+    [other] = await send_appends(a, channel, plain, ["y"])
+    assert other["code"] == 40900 and "cancelled_by" not in other  # only after a cancel
+
+
+async def test_an_http_append_after_a_cancel_names_the_canceller_in_a_field(
+    streams_server: ServerProcess, alice_and_bob: tuple[WireClient, WireClient]
+) -> None:
+    channel = room()
+    a, b = alice_and_bob
+    msg_serial = await start_stream(a, channel)
+    await b.request("cancel", channel=channel, msg_serial=msg_serial)
+    url = f"{streams_server.url}/v1/channels/{channel}/messages/{msg_serial}/append"
+    async with httpx.AsyncClient(timeout=30) as http:
+        refused = await http.post(
+            url, json={"data": "more"}, headers={"X-Roomcast-Client-Id": "alice"}
+        )
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert (error["code"], error["cancelled_by"]) == (40900, "bob")
 
 
 # ---------------------------------------------------------------------------- criterion 4

@@ -14,10 +14,11 @@ Example::
 
     asyncio.run(main())
 
-The SDK speaks PROTOCOL.md with the types of :mod:`roomcast.protocol.messages` (``Event``,
-``Message``, ``PresenceMember``, ``Attached`` are those types). It reconnects with backoff,
-resumes, re-attaches every channel from the last serial it delivered and re-sends unanswered
-publishes (each carries an idempotency ``id``), so subscribers see every event exactly once.
+The SDK speaks the wire protocol (docs/protocol.md) with the types of
+:mod:`roomcast.protocol.messages` (``Event``, ``Message``, ``PresenceMember``, ``Attached``
+are those types). It reconnects with backoff, resumes, re-attaches every channel from the
+last serial it delivered and re-sends unanswered publishes (each carries an idempotency
+``id``), so subscribers see every event exactly once.
 See ``docs/sdk.md``.
 """
 
@@ -28,6 +29,7 @@ from roomcast.protocol.errors import (
     NotFound,
     RateLimited,
     RoomcastError,
+    StreamCancelled,
     TooLarge,
     Unauthorized,
     Unavailable,
@@ -83,6 +85,7 @@ __all__ = [
     "State",
     "StateChange",
     "StateEvent",
+    "StreamCancelled",
     "Subscription",
     "TooLarge",
     "Unauthorized",

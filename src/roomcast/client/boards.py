@@ -1,4 +1,4 @@
-"""Boards (PROTOCOL.md §5 conventions): notes, lists of ideas, a garden plan.
+"""Boards (docs/protocol.md §5 conventions): notes, lists of ideas, a garden plan.
 
 A board is a map ``{kind: "board", title, items}``: ``items`` references a map item_id →
 ``{text, author, ts, done}``. Item ids sort in creation order (a millisecond timestamp, then

@@ -48,7 +48,7 @@ class HistoryPage:
     """One page of :meth:`Channel.history`.
 
     Attributes:
-        messages: The messages of the page, oldest first (PROTOCOL.md §3).
+        messages: The messages of the page, oldest first (docs/protocol.md §3).
         has_more: Whether there are more in the direction of the walk.
     """
 

@@ -643,7 +643,7 @@ def connect(
             is derived) or its WebSocket URL (``ws://host:port/v1/ws``).
         client_id: Who you are, where anonymous access is on. The server picks one if not
             given; reconnects keep it.
-        token: A signed token (PROTOCOL.md §6). Without ``auth_callback`` the client
+        token: A signed token (docs/protocol.md §6). Without ``auth_callback`` the client
             fails with :class:`AuthError` when it expires.
         key: An API key ``name:secret`` (server-side callers only; they may add
             ``client_id``). Not with ``token`` or ``auth_callback``.

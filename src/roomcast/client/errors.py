@@ -5,6 +5,8 @@ The tree::
     RoomcastError (roomcast.protocol.errors)   an ``error`` reply, typed by its code
     ├── Unauthorized                           40100
     │   └── AuthError                          40100, as the SDK raises it
+    ├── Conflict                               40900
+    │   └── StreamCancelled                    40900, ``cancelled_by``: append after a cancel
     ├── Unavailable                            50300
     │   └── Overloaded                         50300 at connect: the server is full, retry
     └── ...                                    BadRequest, Forbidden, TooLarge, RateLimited, ...
@@ -54,7 +56,7 @@ class ClientClosed(Exception):
 
 
 class Discontinuity(Exception):
-    """A subscription could not resume without a gap (PROTOCOL.md §2, ``discontinuity``).
+    """A subscription could not resume without a gap (docs/protocol.md §2, ``discontinuity``).
 
     Raised by a subscription's iterator where the gap is, after every event before it. The
     subscription stays usable: iterate it again to get the events that follow the new
@@ -78,7 +80,7 @@ class Discontinuity(Exception):
 
 
 class Cancelled(Exception):
-    """The streamed message was cancelled (PROTOCOL.md §3 "Streams"): stop producing it.
+    """The streamed message was cancelled (docs/protocol.md §3 "Streams"): stop producing it.
 
     Raised by :meth:`MessageStream.append <roomcast.client.MessageStream.append>`; the
     ``async with channel.stream()`` block that raised it ends the message ``cancelled`` and
@@ -102,7 +104,7 @@ def error_from_reply(reply: ErrorReply) -> RoomcastError:
     """The exception for an ``error`` reply (40100 becomes :class:`AuthError`)."""
     if reply.code == Unauthorized.code:
         return AuthError(reply.message)
-    return error_for_code(reply.code, reply.message)
+    return error_for_code(reply.code, reply.message, cancelled_by=_given(reply.cancelled_by))
 
 
 def error_from_http(status: int, body: bytes, what: str) -> RoomcastError:
@@ -112,14 +114,18 @@ def error_from_http(status: int, body: bytes, what: str) -> RoomcastError:
     try:
         detail = msgspec.json.decode(body, type=ErrorBody).error
     except msgspec.DecodeError:
-        code, message = status * 100, f"{what} answered HTTP {status}"
+        code, message, cancelled_by = status * 100, f"{what} answered HTTP {status}", None
     else:
-        code, message = detail.code, detail.message
+        code, message, cancelled_by = detail.code, detail.message, _given(detail.cancelled_by)
         if code != Unauthorized.code:
             message += f" (correlation id {detail.correlation_id})"
     if code == Unauthorized.code:
         return AuthError(message)
-    return error_for_code(code, message)
+    return error_for_code(code, message, cancelled_by=cancelled_by)
+
+
+def _given(value: str | msgspec.UnsetType) -> str | None:
+    return None if value is msgspec.UNSET else value
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Live objects in the SDK (PROTOCOL.md §5): a channel's maps and counters, kept current.
+"""Live objects in the SDK (docs/protocol.md §5): a channel's maps and counters, kept current.
 
 ``channel.objects`` holds a copy of the channel's objects: the snapshot of ``attached``,
 then every ``object`` event applied in serial order with the same rules the server uses

@@ -1,4 +1,4 @@
-"""Polls (PROTOCOL.md §5 conventions), built on the channel's live objects.
+"""Polls (docs/protocol.md §5 conventions), built on the channel's live objects.
 
 A poll is a map ``{kind: "poll", question, options, votes, closed, created_by}``:
 ``options`` references a map option_id → label, ``votes`` a map client_id → option_id (one

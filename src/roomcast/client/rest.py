@@ -1,4 +1,4 @@
-"""The HTTP API (PROTOCOL.md §7) where the WebSocket has no equivalent: listing channels."""
+"""The HTTP API (docs/protocol.md §7) where the WebSocket has no equivalent: listing channels."""
 
 from __future__ import annotations
 

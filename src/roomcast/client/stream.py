@@ -1,4 +1,4 @@
-"""Streaming answers: one message that grows by appends (PROTOCOL.md §3 "Streams").
+"""Streaming answers: one message that grows by appends (docs/protocol.md §3 "Streams").
 
 :meth:`Channel.stream <roomcast.client.Channel.stream>` returns a :class:`MessageStream`::
 
@@ -22,7 +22,7 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from roomcast.protocol.errors import Conflict, Forbidden
+from roomcast.protocol.errors import Conflict, Forbidden, StreamCancelled
 from roomcast.protocol.messages import Event, Status
 
 from .errors import Cancelled
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from .subscription import Subscription
 
 MAX_IN_FLIGHT = 256  # fragments sent and not yet acknowledged, at most
-
-_CANCELLED_BY = "was cancelled by "  # the server's 40900 text for an append after a cancel
 
 
 class MessageStream:
@@ -165,9 +163,8 @@ class MessageStream:
                 continue
             if self._failure is not None:
                 continue
-            if isinstance(error, Conflict) and _CANCELLED_BY in error.message:
-                who = error.message.rsplit(_CANCELLED_BY, 1)[1] or None
-                self._mark_cancelled(self.cancelled_by or who)
+            if isinstance(error, StreamCancelled):
+                self._mark_cancelled(error.cancelled_by)
             else:
                 self._failure = error
 

@@ -1,4 +1,4 @@
-"""Typed errors, each mapped to one PROTOCOL.md §8 code.
+"""Typed errors, each mapped to one docs/protocol.md §8 code.
 
 The tree::
 
@@ -8,6 +8,7 @@ The tree::
     ├── Forbidden                 40300  the capability does not allow the operation
     ├── NotFound                  40400  no such message or object
     ├── Conflict                  40900  the request conflicts with the current state
+    │   └── StreamCancelled       40900  an append to a message that was cancelled
     ├── TooLarge                  41300  a message, stream or object state over its limit
     ├── RateLimited               42900  a per-connection rate limit was exceeded
     └── Unavailable               50300  the store cannot take writes right now
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 
 class RoomcastError(Exception):
-    """Base of every error a client can see; the code is PROTOCOL.md §8's."""
+    """Base of every error a client can see; the code is docs/protocol.md §8's."""
 
     code = 50000
 
@@ -50,6 +51,19 @@ class Conflict(RoomcastError):
     code = 40900
 
 
+class StreamCancelled(Conflict):
+    """An append refused because its message was cancelled; the ``error`` message carries
+    ``cancelled_by`` (docs/protocol.md §8), so a client need not read it from the text.
+
+    Attributes:
+        cancelled_by: The ``client_id`` that cancelled the message.
+    """
+
+    def __init__(self, message: str, cancelled_by: str) -> None:
+        super().__init__(message)
+        self.cancelled_by = cancelled_by
+
+
 class TooLarge(RoomcastError):
     code = 41300
 
@@ -68,9 +82,12 @@ ERRORS_BY_CODE: dict[int, type[RoomcastError]] = {
 } | {Unavailable.code: Unavailable, RoomcastError.code: RoomcastError}
 
 
-def error_for_code(code: int, message: str) -> RoomcastError:
+def error_for_code(code: int, message: str, *, cancelled_by: str | None = None) -> RoomcastError:
     """The typed error for an ``error`` reply's code: how a client turns a reply back into
-    the exception the server raised. A code this version does not know keeps its number."""
+    the exception the server raised. A code this version does not know keeps its number.
+    A 40900 with ``cancelled_by`` is a :class:`StreamCancelled`."""
+    if code == Conflict.code and cancelled_by is not None:
+        return StreamCancelled(message, cancelled_by)
     cls = ERRORS_BY_CODE.get(code)
     if cls is not None:
         return cls(message)
@@ -88,7 +105,7 @@ class ProtocolViolation(Exception):
         self.reason = reason
 
 
-# WebSocket close codes (PROTOCOL.md §8).
+# WebSocket close codes (docs/protocol.md §8).
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_ABNORMAL = 1006

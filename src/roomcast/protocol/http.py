@@ -139,6 +139,7 @@ class ErrorDetail(Struct, kw_only=True):
     code: int
     message: str
     correlation_id: str
+    cancelled_by: str | UnsetType = UNSET  # as in the `error` message (docs/protocol.md §8)
 
 
 class ErrorBody(Struct, kw_only=True):

@@ -314,6 +314,7 @@ class ErrorReply(Reply, tag="error", kw_only=True):
     code: int
     message: str
     channel: str | UnsetType = UNSET
+    cancelled_by: str | UnsetType = UNSET  # 40900 for an append after a cancel: who
 
 
 class Discontinuity(Reply, tag="discontinuity", kw_only=True):

@@ -11,7 +11,7 @@ from typing import Any
 
 from msgspec import UNSET, structs
 
-from .errors import Conflict, NotFound, TooLarge
+from .errors import Conflict, NotFound, StreamCancelled, TooLarge
 from .messages import FINAL_STATUSES, Event, Message
 
 
@@ -112,7 +112,7 @@ def append_refusal(
     if status != "streaming":
         return Conflict(f"{what} is not streaming")
     if cancelled_by is not None:
-        return Conflict(f"{what} was cancelled by {cancelled_by}")
+        return StreamCancelled(f"{what} was cancelled by {cancelled_by}", cancelled_by)
     if appender != author:
         return Conflict(f"{what} is not yours to append to")
     if size > max_stream_bytes:
