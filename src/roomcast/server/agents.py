@@ -1,4 +1,4 @@
-"""``GET /v1/agents``: the agents this server runs (PROTOCOL.md §7)."""
+"""``GET /v1/agents``: the agents this server runs (docs/protocol.md §7)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,15 @@
-"""The Starlette application: routes, and the node's lifetime as the app's lifespan."""
+"""The Starlette application: routes, and the node's lifetime as the app's lifespan.
+
+:data:`API_TABLES` lists every API table once; the router and the OpenAPI document both
+read it, so they cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -42,9 +47,11 @@ from .sse import EventStreams
 from .websocket import websocket_endpoint
 
 log = logging.getLogger("roomcast.server")
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
 
 # Only the API is shed under overload: probes, metrics, the API document and the UI answer.
 SHED_PREFIX = "/v1/"
+WEBSOCKET_PATH = "/v1/ws"
 
 system = Api()
 
@@ -82,10 +89,10 @@ async def readyz(call: Call) -> Response | HealthStatus:
 
 system.document(
     "GET",
-    "/v1/ws",
+    WEBSOCKET_PATH,
     summary="The WebSocket protocol (an upgrade request)",
     description=(
-        "Upgrade to a WebSocket that speaks PROTOCOL.md §2: JSON frames (or MessagePack "
+        "Upgrade to a WebSocket that speaks docs/protocol.md §2: JSON frames (or MessagePack "
         "with `format=msgpack`), each a protocol message or an array of them."
     ),
     tag="websocket",
@@ -127,7 +134,7 @@ class RoomcastApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+        if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:
             scope["app"] = self
             await websocket_endpoint(WebSocket(scope, receive, send))
             return
@@ -157,6 +164,79 @@ class RoomcastApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+@dataclass(frozen=True, slots=True)
+class ApiTable:
+    """An API table in the app: the router serves its operations and the OpenAPI document
+    lists them; ``served_elsewhere`` gives the routes of those it only documents."""
+
+    api: Api
+    served_elsewhere: Callable[[Settings], list[BaseRoute]] = lambda settings: []
+
+    def routes(self, settings: Settings) -> list[BaseRoute]:
+        return [*self.served_elsewhere(settings), *self.api.routes()]
+
+
+# Every API table, in the document's order: a new transport adds itself here.
+API_TABLES = (
+    ApiTable(system, lambda settings: [WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint)]),
+    ApiTable(rest.api),
+    ApiTable(object_routes.api),
+    ApiTable(agent_routes.api),
+    ApiTable(sse.api),
+    ApiTable(metrics_routes.api),
+    ApiTable(openapi_routes.api),
+    ApiTable(web.api, lambda settings: web.routes(settings.auth_url)),  # `/`, `/static/...`
+)
+
+
+def open_store(settings: Settings, metrics: Metrics, overload: Overload) -> SheddingStore:
+    """The store of ``settings.store_url``, shedding work under overload."""
+    options = StoreOptions(
+        dedup_window_s=settings.dedup_window_s,
+        max_stream_bytes=settings.max_stream_bytes,
+        max_objects_bytes=settings.max_objects_bytes,
+    )
+    return SheddingStore(open_backend(settings.store_url, options), metrics, overload)
+
+
+def node_lifespan(node: Node, streams: EventStreams, settings: Settings) -> Lifespan:
+    """The app's lifespan: it starts the node (opening the store) and, at shutdown, ends the
+    SSE streams and stops the node (flushing the store)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        log.info("store %s is open", settings.store_shown)
+        try:
+            yield
+        finally:
+            streams.close_all()
+            await node.stop()
+            log.info("store %s is flushed and closed", settings.store_shown)
+
+    return lifespan
+
+
+@contextlib.asynccontextmanager
+async def unmanaged_lifespan(app: Starlette) -> AsyncIterator[None]:
+    """The lifespan of an app whose node is started and stopped by its caller."""
+    yield
+
+
+def middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
+    """Request metrics, then CORS for the origins of ``settings``."""
+    return [
+        Middleware(RequestMetrics, metrics=metrics),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=sorted(settings.origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", CLIENT_ID_HEADER, "Last-Event-ID"],
+            expose_headers=["X-Correlation-Id"],
+        ),
+    ]
+
+
 def create_app(settings: Settings | None = None, *, manage_node: bool = True) -> Starlette:
     """An ASGI app serving ``settings`` (default: from the environment).
 
@@ -167,80 +247,21 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     metrics = Metrics()
     streams = EventStreams()
     overload = Overload(settings, streams)
-    store = SheddingStore(
-        open_backend(
-            settings.store_url,
-            StoreOptions(
-                dedup_window_s=settings.dedup_window_s,
-                max_stream_bytes=settings.max_stream_bytes,
-                max_objects_bytes=settings.max_objects_bytes,
-            ),
-        ),
-        metrics,
-        overload,
-    )
-    node = Node(store, settings)
+    node = Node(open_store(settings, metrics, overload), settings)
     metrics.watch(node, streams)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if not manage_node:
-            yield
-            return
-        await node.start()
-        log.info("store %s is open", settings.store_shown)
-        try:
-            yield
-        finally:
-            streams.close_all()
-            await node.stop()
-            log.info("store %s is flushed and closed", settings.store_shown)
-
-    operations = [
-        *system.operations,
-        *rest.api.operations,
-        *object_routes.api.operations,
-        *agent_routes.api.operations,
-        *sse.api.operations,
-        *metrics_routes.api.operations,
-        *openapi_routes.api.operations,
-        *web.api.operations,
-    ]
-    routes: list[BaseRoute] = [WebSocketRoute("/v1/ws", websocket_endpoint)]
-    tables = (
-        system,
-        rest.api,
-        object_routes.api,
-        agent_routes.api,
-        sse.api,
-        metrics_routes.api,
-        openapi_routes.api,
-    )
-    for table in tables:
-        routes.extend(table.routes())
-    routes.extend(web.routes(settings.auth_url))  # the UI: `/` and `/static/...` only
     app = RoomcastApp(
-        routes=routes,
-        middleware=[
-            Middleware(RequestMetrics, metrics=metrics),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=sorted(settings.origins),
-                allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", CLIENT_ID_HEADER, "Last-Event-ID"],
-                expose_headers=["X-Correlation-Id"],
-            ),
-        ],
+        routes=[route for table in API_TABLES for route in table.routes(settings)],
+        middleware=middleware(settings, metrics),
         exception_handlers={
             HTTPException: http_exception_handler,
             Exception: unhandled_exception_handler,
         },
-        lifespan=lifespan,
+        lifespan=node_lifespan(node, streams, settings) if manage_node else unmanaged_lifespan,
     )
     app.state.node = node
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.event_streams = streams
     app.state.overload = overload
-    app.state.operations = operations
+    app.state.operations = [op for table in API_TABLES for op in table.api.operations]
     return app

@@ -1,4 +1,4 @@
-"""HTTP error responses (PROTOCOL.md §7): ``{"error": {"code", "message", "correlation_id"}}``
+"""HTTP error responses (docs/protocol.md §7): ``{"error": {"code", "message", "correlation_id"}}``
 with HTTP status ``code // 100``.
 
 Every error gets a fresh correlation id, which is logged with it (client errors at INFO,

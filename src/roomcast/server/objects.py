@@ -1,4 +1,4 @@
-"""The live-object routes of PROTOCOL.md §7: read a channel's objects, apply an operation.
+"""The live-object routes of docs/protocol.md §7: read a channel's objects, apply an operation.
 
 Thin adapters over :meth:`Node.objects` and :meth:`Node.object_op`; the rules (§5) live in
 ``protocol/objects.py`` and the node.

@@ -48,15 +48,15 @@ STREAM_TYPES: tuple[type[msgspec.Struct], ...] = (
 )
 
 TAGS = [
-    {"name": "messages", "description": "Publish, read and change messages (PROTOCOL.md §3)."},
+    {"name": "messages", "description": "Publish, read and change messages (docs/protocol.md §3)."},
     {"name": "channels", "description": "Channels, presence, and Server-Sent Events."},
-    {"name": "tokens", "description": "Tokens signed by API keys (PROTOCOL.md §6)."},
-    {"name": "websocket", "description": "The realtime protocol (PROTOCOL.md §2)."},
+    {"name": "tokens", "description": "Tokens signed by API keys (docs/protocol.md §6)."},
+    {"name": "websocket", "description": "The realtime protocol (docs/protocol.md §2)."},
     {"name": "operations", "description": "Health, readiness, metrics, this document."},
 ]
 
 DESCRIPTION = """\
-The HTTP side of the roomcast protocol (PROTOCOL.md §7). Every `/v1` route takes
+The HTTP side of the roomcast protocol (docs/protocol.md §7). Every `/v1` route takes
 `Authorization: Bearer <token or NAME:SECRET>` (SSE also `?token=`). Without credentials a
 caller is anonymous when the server allows it (by default only on loopback with no API
 keys): it picks its client id with the `X-Roomcast-Client-Id` header or `?client_id=` (else

@@ -1,4 +1,4 @@
-"""Load shedding (PROTOCOL.md §8: HTTP 503, close 1013): under overload the server refuses
+"""Load shedding (docs/protocol.md §8: HTTP 503, close 1013): under overload the server refuses
 new work with a clear "retry later" instead of queueing it until memory runs out.
 
 This process is overloaded while either bound is reached:
