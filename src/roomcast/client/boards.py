@@ -11,15 +11,13 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from roomcast.protocol.errors import BadRequest, NotFound
 
 from .objects import LiveMap, LiveObjects
 from .polls import ensure_index, me
-
-if TYPE_CHECKING:
-    from .client import Client
+from .session import Session
 
 BOARDS_KEY = "boards"
 
@@ -49,7 +47,7 @@ def new_item_id() -> str:
 class Boards:
     """``channel.boards``: create boards, add, check off and remove items."""
 
-    def __init__(self, objects: LiveObjects, client: Client) -> None:
+    def __init__(self, objects: LiveObjects, client: Session) -> None:
         self._objects = objects
         self._client = client
 

@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from msgspec import UNSET
 
@@ -26,13 +26,10 @@ from .errors import ClientClosed, Discontinuity, error_from_reply
 from .objects import LiveObjects
 from .polls import Polls
 from .presence import Presence
+from .session import ChannelState, Session
 from .stream import MessageStream
 from .subscription import DiscontinuityCallback, EventCallback, Subscription
 
-if TYPE_CHECKING:
-    from .client import Client
-
-ChannelState = Literal["initialized", "attaching", "attached", "detached", "failed"]
 Direction = Literal["backwards", "forwards"]
 
 _CHANNEL = re.compile(m.CHANNEL_PATTERN)
@@ -75,7 +72,7 @@ class Channel:
         boards: Boards on those objects: :class:`~roomcast.client.Boards`.
     """
 
-    def __init__(self, client: Client, name: str) -> None:
+    def __init__(self, client: Session, name: str) -> None:
         self.name = name
         self.state: ChannelState = "initialized"
         self.serial: int | None = None
@@ -510,7 +507,7 @@ class Channel:
 class Channels:
     """The client's channels by name. ``get`` makes one on first use."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Session) -> None:
         self._client = client
         self._by_name: dict[str, Channel] = {}
 

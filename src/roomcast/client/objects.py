@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from roomcast.protocol import messages as m
 from roomcast.protocol import objects as live
 from roomcast.protocol.errors import BadRequest, Forbidden, NotFound
 
-if TYPE_CHECKING:
-    from .channel import Channel
-    from .client import Client
+from .session import ChannelHandle, Session
 
 log = logging.getLogger("roomcast.client")
 
@@ -38,7 +36,7 @@ class LiveObjects:
         serial: The serial the copy is current as of (None before the first snapshot).
     """
 
-    def __init__(self, channel: Channel, client: Client) -> None:
+    def __init__(self, channel: ChannelHandle, client: Session) -> None:
         self._channel = channel
         self._client = client
         self._state: dict[str, m.ObjectState] | None = None

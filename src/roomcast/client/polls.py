@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from roomcast.protocol.errors import BadRequest, Conflict, NotFound
 
 from .objects import LiveMap, LiveObjects
-
-if TYPE_CHECKING:
-    from .client import Client
+from .session import Session
 
 POLLS_KEY = "polls"
 
@@ -50,7 +47,7 @@ class Poll:
 class Polls:
     """``channel.polls``: create polls, vote, close them, read results."""
 
-    def __init__(self, objects: LiveObjects, client: Client) -> None:
+    def __init__(self, objects: LiveObjects, client: Session) -> None:
         self._objects = objects
         self._client = client
 
@@ -168,7 +165,7 @@ async def ensure_index(objects: LiveObjects, key: str) -> LiveMap:
     return found if isinstance(found, LiveMap) else made
 
 
-def me(client: Client) -> str:
+def me(client: Session) -> str:
     """The client's client_id (known once connected)."""
     if client.client_id is None:
         raise BadRequest("the client is not connected yet")

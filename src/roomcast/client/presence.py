@@ -9,13 +9,11 @@ period ran out first), it enters again with the latest data, by itself.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from roomcast.protocol import messages as m
 
-if TYPE_CHECKING:
-    from .channel import Channel
-    from .client import Client
+from .session import ChannelHandle, Session
 
 log = logging.getLogger("roomcast.client")
 
@@ -24,7 +22,7 @@ class Presence:
     """Who is on a channel; ``channel.presence``. Members are keyed by
     (``client_id``, ``connection_id``): one person with two tabs is two members."""
 
-    def __init__(self, channel: Channel, client: Client) -> None:
+    def __init__(self, channel: ChannelHandle, client: Session) -> None:
         self.channel = channel
         self.client = client
         self._members: dict[tuple[str, str], m.PresenceMember] = {}

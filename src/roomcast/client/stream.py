@@ -20,18 +20,53 @@ import asyncio
 import contextlib
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from roomcast.protocol.errors import Conflict, Forbidden, StreamCancelled
 from roomcast.protocol.messages import Event, Status
 
 from .errors import Cancelled
-
-if TYPE_CHECKING:
-    from .channel import Channel
-    from .subscription import Subscription
+from .session import ChannelState
+from .subscription import EventCallback, Subscription
 
 MAX_IN_FLIGHT = 256  # fragments sent and not yet acknowledged, at most
+
+
+class StreamingChannel(Protocol):
+    """What a stream needs from its channel (a :class:`~roomcast.client.Channel` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> ChannelState: ...
+
+    @property
+    def has_subscriptions(self) -> bool: ...
+
+    def subscribe(self, callback: EventCallback) -> Subscription: ...
+
+    async def detach(self) -> None: ...
+
+    async def publish(
+        self,
+        data: Any,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        extras: dict[str, Any] | None = None,
+        streaming: bool = False,
+    ) -> int: ...
+
+    def send_append(self, msg_serial: int, data: str) -> asyncio.Future[int | None]: ...
+
+    async def update(
+        self,
+        msg_serial: int,
+        *,
+        extras: dict[str, Any] | None = None,
+        status: Status | None = None,
+    ) -> int | None: ...
 
 
 class MessageStream:
@@ -48,7 +83,7 @@ class MessageStream:
 
     def __init__(
         self,
-        channel: Channel,
+        channel: StreamingChannel,
         *,
         name: str = "text",
         extras: dict[str, Any] | None = None,

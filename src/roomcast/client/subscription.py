@@ -14,19 +14,25 @@ import logging
 from collections import deque
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from roomcast.protocol.messages import Event
 
 from .errors import Discontinuity
-
-if TYPE_CHECKING:
-    from .channel import Channel
+from .session import ChannelHandle
 
 log = logging.getLogger("roomcast.client")
 
 EventCallback = Callable[[Event], object]
 DiscontinuityCallback = Callable[[Discontinuity], object]
+
+
+class SubscribedChannel(ChannelHandle, Protocol):
+    """What a subscription needs from its channel: attach, and forget it when closed."""
+
+    def remove(self, subscription: Subscription) -> None:
+        """Forget a closed subscription."""
+        ...
 
 
 class Subscription:
@@ -40,7 +46,7 @@ class Subscription:
 
     def __init__(
         self,
-        channel: Channel,
+        channel: SubscribedChannel,
         callback: EventCallback | None,
         on_discontinuity: DiscontinuityCallback | None,
     ) -> None:
