@@ -11,11 +11,18 @@ import logging
 import secrets
 
 import msgspec
+from msgspec import UNSET, UnsetType
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from roomcast.protocol.errors import BadRequest, NotFound, RoomcastError, Unavailable
+from roomcast.protocol.errors import (
+    BadRequest,
+    NotFound,
+    RoomcastError,
+    StreamCancelled,
+    Unavailable,
+)
 from roomcast.protocol.http import ErrorBody, ErrorDetail
 
 log = logging.getLogger("roomcast.http")
@@ -50,7 +57,8 @@ def error_response(request: Request, exc: RoomcastError) -> Response:
         exc.message,
         correlation_id,
     )
-    return _render(exc.code, exc.message, correlation_id)
+    cancelled_by = exc.cancelled_by if isinstance(exc, StreamCancelled) else UNSET
+    return _render(exc.code, exc.message, correlation_id, cancelled_by)
 
 
 def shed_response(message: str, retry_after: int) -> Response:
@@ -77,8 +85,13 @@ def internal_error_response(request: Request, exc: BaseException) -> Response:
     return _render(50000, f"internal error (correlation id {correlation_id})", correlation_id)
 
 
-def _render(code: int, message: str, correlation_id: str) -> Response:
-    body = ErrorBody(error=ErrorDetail(code=code, message=message, correlation_id=correlation_id))
+def _render(
+    code: int, message: str, correlation_id: str, cancelled_by: str | UnsetType = UNSET
+) -> Response:
+    detail = ErrorDetail(
+        code=code, message=message, correlation_id=correlation_id, cancelled_by=cancelled_by
+    )
+    body = ErrorBody(error=detail)
     response = json_response(body, status=code // 100)
     response.headers[CORRELATION_HEADER] = correlation_id
     if code == Unavailable.code:
