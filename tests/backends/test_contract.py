@@ -29,6 +29,7 @@ class Recorder:
         self.calls: list[tuple[str, list[Event]]] = []
         self.presence: list[PresenceEvent] = []
         self.signals: list[SignalEvent] = []
+        self.epochs: list[tuple[str, str]] = []
 
     def on_events(self, channel: str, events: list[Event]) -> None:
         assert all(e.channel == channel for e in events)
@@ -40,6 +41,12 @@ class Recorder:
 
     def on_signal(self, event: SignalEvent) -> None:
         self.signals.append(event)
+
+    def on_epoch(self, channel: str, epoch: str) -> None:
+        self.epochs.append((channel, epoch))
+
+    def occupancy(self, channel: str) -> int:
+        return 0  # no subscribers: the bus may let a channel go
 
     def serials(self, channel: str) -> list[int]:
         return [e.serial for e in self.events if e.channel == channel]

@@ -92,13 +92,23 @@ class ResumeSession(msgspec.Struct, frozen=True):
 
 
 class BusSink(Protocol):
-    """What the Bus delivers to on this node (the core's channel hub)."""
+    """What the Bus delivers to on this node (the core's fan-out), and asks it."""
 
-    def on_events(self, channel: str, events: Sequence[Event]) -> None: ...
+    def on_events(self, channel: str, events: Sequence[Event]) -> None:
+        """``channel``'s events, in serial order, each once."""
+        ...
 
     def on_presence(self, event: PresenceEvent) -> None: ...
 
     def on_signal(self, event: SignalEvent) -> None: ...
+
+    def on_epoch(self, channel: str, epoch: str) -> None:
+        """``channel``'s log started over under ``epoch`` (a shared store lost its data)."""
+        ...
+
+    def occupancy(self, channel: str) -> int:
+        """The subscribers of ``channel`` on this node (the Bus keeps a channel while any)."""
+        ...
 
 
 class Bus(ABC):

@@ -197,8 +197,7 @@ class RedisBus(Bus):
 
     async def unsubscribe(self, channel: str) -> None:
         # The node may have got a new subscriber since it asked (its request is a task).
-        occupancy = getattr(self.sink, "occupancy", None)
-        if callable(occupancy) and occupancy(channel):
+        if self.sink is not None and self.sink.occupancy(channel):
             return
         feed = self._feeds.pop(channel, None)
         if feed is None:
@@ -264,10 +263,9 @@ class RedisBus(Bus):
     def _reset(self, channel: str, epoch: str) -> None:
         """Tell the sink that ``channel``'s log started over: its subscribers hold serials of
         the old one."""
-        on_epoch = getattr(self.sink, "on_epoch", None)
-        if callable(on_epoch):
+        if self.sink is not None:
             try:
-                on_epoch(channel, epoch)
+                self.sink.on_epoch(channel, epoch)
             except Exception:
                 log.exception("bus sink failed on the new epoch of %s", channel)
 

@@ -22,19 +22,18 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from roomcast.backends.base import ResumeSession
+from roomcast.backends.base import ResumeSession, Store
 from roomcast.protocol.errors import Unavailable
-from roomcast.protocol.messages import PresenceMember
+from roomcast.protocol.messages import PresenceMember, PresenceOp
+from roomcast.protocol.session import Session
+from roomcast.settings import Settings
 
 from .authz import Principal
-
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .node import Node
+from .fanout import FanOut, Subscriber
 
 log = logging.getLogger("roomcast.node")
 
@@ -52,6 +51,39 @@ def member_of(client_id: str, connection_id: str, data: Any) -> PresenceMember:
     )
 
 
+class Client(Subscriber, Protocol):
+    """A client's connection, as presence and resume see it."""
+
+    session: Session
+    resume_key: str
+    principal: Principal
+    replaced: bool  # another connection resumed it
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class PresenceHost(Protocol):
+    """What the keeper needs of its node."""
+
+    store: Store
+    settings: Settings
+    node_id: str
+    fanout: FanOut
+
+    @property
+    def connections(self) -> Mapping[str, Client]: ...
+
+    def connection_for(self, resume_key: str) -> Client | None: ...
+
+    def forget(self, conn: Client) -> None: ...
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]: ...
+
+    async def broadcast_presence(
+        self, channel: str, op: PresenceOp, member: PresenceMember
+    ) -> None: ...
+
+
 @dataclass(slots=True)
 class _Grace:
     """A dropped connection waiting for its client to resume."""
@@ -65,7 +97,7 @@ class _Grace:
 class PresenceKeeper:
     """Presence members, resume sessions and grace periods of one node's connections."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: PresenceHost) -> None:
         self.node = node
         self.store = node.store
         self.settings = node.settings
@@ -80,7 +112,7 @@ class PresenceKeeper:
     def node_id(self) -> str:
         return self.node.node_id
 
-    def _live(self, conn: Connection) -> ResumeSession:
+    def _live(self, conn: Client) -> ResumeSession:
         session = conn.session
         expires = time.time() + LIVE_SESSION_S
         return ResumeSession(session.client_id, session.connection_id, session.presence, expires)
@@ -143,7 +175,7 @@ class PresenceKeeper:
                 kept[channel] = data
         return session.connection_id, kept
 
-    async def connected(self, conn: Connection) -> None:
+    async def connected(self, conn: Client) -> None:
         """Store the new connection's session before the client learns its resume key."""
         key = conn.resume_key
         try:
@@ -153,12 +185,12 @@ class PresenceKeeper:
             log.debug("could not store the session of %s: %s", conn.session.connection_id, exc)
             self._dirty.add(key)
 
-    def changed(self, conn: Connection) -> Awaitable[None]:
+    def changed(self, conn: Client) -> Awaitable[None]:
         """The connection's presence changed: keep its stored session current. Await the
         result to know it is stored (or, with the store unreachable, left for a tick)."""
         return asyncio.shield(self._schedule(conn))
 
-    def _schedule(self, conn: Connection) -> asyncio.Task[None]:
+    def _schedule(self, conn: Client) -> asyncio.Task[None]:
         key = conn.resume_key
         self._dirty.add(key)
         saving = self._saving.get(key)
@@ -166,7 +198,7 @@ class PresenceKeeper:
             saving = self._saving[key] = self.node.spawn(self._keep(conn))
         return saving
 
-    async def _keep(self, conn: Connection) -> None:
+    async def _keep(self, conn: Client) -> None:
         key = conn.resume_key
         try:
             while key in self._dirty and not conn.replaced:
@@ -181,7 +213,7 @@ class PresenceKeeper:
         finally:
             self._saving.pop(key, None)
 
-    def _resumed_elsewhere(self, conn: Connection) -> None:
+    def _resumed_elsewhere(self, conn: Client) -> None:
         """Another node took this connection's session: the client is there now."""
         self._dirty.discard(conn.resume_key)
         if conn.replaced:
@@ -193,7 +225,7 @@ class PresenceKeeper:
 
     # ------------------------------------------------------------------ disconnect
 
-    async def disconnected(self, conn: Connection, *, clean: bool) -> None:
+    async def disconnected(self, conn: Client, *, clean: bool) -> None:
         """The connection is gone. A clean close leaves at once; a drop waits
         ``presence_grace_s`` for a resume. Never raises: what the store cannot take now is
         retried on later ticks."""
@@ -304,7 +336,7 @@ class PresenceKeeper:
             for channel, data in grace.presence.items():
                 member = member_of(grace.client_id, connection_id, data)
                 await self.store.presence_set(channel, member, self.node_id)
-        self.node.reattach_all("the store was reset: attach again")
+        self.node.fanout.reattach_all("the store was reset: attach again")
 
     def stop(self) -> None:
         """At shutdown: the members of dropped connections stay until another node reaps

@@ -59,7 +59,6 @@ async def apply_object_op(call: Call) -> msgspec.Struct:
     node = call.node
     raw = await call.json(limit=single_body_limit(node.settings))
     req = call.body_as(raw, ObjectRequest, channel=call.where.channel)
-    node.check_message_size(req.op, None, what="the operation")
-    ok = await node.object_op(call.principal, req.channel, req.op)
+    ok = await node.object_op(call.principal, req.channel, req.op, what="the operation")
     assert isinstance(ok.serial, int), "an object operation always takes a serial"
     return ObjectOpResult(serial=ok.serial, object_id=ok.object_id)

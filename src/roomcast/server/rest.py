@@ -100,7 +100,6 @@ async def publish_messages(call: Call) -> msgspec.Struct:
             msg_serials=await node.publish_batch(call.principal, channel, requests)
         )
     req = call.body_as(body, Publish, channel=channel)
-    node.check_message_size(req.data, req.extras)
     return PublishResult(msg_serial=serial_of(await node.publish(call.principal, req)))
 
 
@@ -176,8 +175,7 @@ async def append_to_message(call: Call) -> msgspec.Struct:
     node = call.node
     raw = await call.json(limit=single_body_limit(node.settings))
     req = call.body_as(raw, Append, channel=call.where.channel, msg_serial=call.where.msg_serial)
-    node.check_message_size(req.data, None)
-    return ChangeResult(serial=(await node.change(call.principal, req)).serial)
+    return ChangeResult(serial=(await node.append_to(call.principal, req)).serial)
 
 
 @api.operation(
@@ -193,11 +191,7 @@ async def update_message(call: Call) -> msgspec.Struct:
     node = call.node
     raw = await call.json(limit=single_body_limit(node.settings))
     req = call.body_as(raw, Update, channel=call.where.channel, msg_serial=call.where.msg_serial)
-    node.check_message_size(
-        None if req.data is msgspec.UNSET else req.data,
-        None if req.extras is msgspec.UNSET else req.extras,
-    )
-    return ChangeResult(serial=(await node.change(call.principal, req)).serial)
+    return ChangeResult(serial=(await node.update(call.principal, req)).serial)
 
 
 @api.operation(
@@ -210,7 +204,7 @@ async def update_message(call: Call) -> msgspec.Struct:
 )
 async def delete_message(call: Call) -> msgspec.Struct:
     req = Delete(channel=call.where.channel, msg_serial=call.where.msg_serial)
-    return ChangeResult(serial=(await call.node.change(call.principal, req)).serial)
+    return ChangeResult(serial=(await call.node.delete(call.principal, req)).serial)
 
 
 @api.operation(
@@ -226,7 +220,7 @@ async def delete_message(call: Call) -> msgspec.Struct:
 async def cancel_message(call: Call) -> msgspec.Struct:
     raw = await call.json(limit=single_body_limit(call.node.settings), required=False)
     req = call.body_as(raw, Cancel, channel=call.where.channel, msg_serial=call.where.msg_serial)
-    return ChangeResult(serial=(await call.node.change(call.principal, req)).serial)
+    return ChangeResult(serial=(await call.node.cancel(call.principal, req)).serial)
 
 
 @api.operation(

@@ -1,4 +1,4 @@
-"""``GET /v1/channels/{channel}/events``: one channel as Server-Sent Events (PROTOCOL.md §7).
+"""``GET /v1/channels/{channel}/events``: one channel as Server-Sent Events (docs/protocol.md §7).
 
 An :class:`EventStream` is a subscriber of the node's fan-out, as a WebSocket connection
 is, and attaches the same way: subscribe first, then read the snapshot, holding live
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,12 +38,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from roomcast.core.authz import authorize
-from roomcast.core.keys import LEEWAY_S
-from roomcast.core.node import AttachResult, Node
+from roomcast.core.fanout import AttachResult
+from roomcast.core.node import Node
+from roomcast.core.subscriber import SubscriberCore
 from roomcast.protocol.codec import codec_for
-from roomcast.protocol.errors import BadRequest, RoomcastError
+from roomcast.protocol.errors import BadRequest
 from roomcast.protocol.http import ChannelPath, ErrorBody, ErrorDetail
-from roomcast.protocol.messages import Attach, Discontinuity, Event
+from roomcast.protocol.messages import Attach, Discontinuity, Event, Heartbeat, Reply
 from roomcast.protocol.session import Attachment
 
 from .api import Api, Call, Param, Returns
@@ -62,13 +62,6 @@ _HEADERS = [
 ]
 
 
-class _Tagged(msgspec.Struct):
-    action: str
-
-
-_action_of = msgspec.json.Decoder(_Tagged).decode
-
-
 def event_chunk(serial: int, frame: bytes) -> bytes:
     # msgspec's JSON has no raw newline, so one `data:` line holds the whole event.
     return b"id: %d\ndata: %b\n\n" % (serial, frame)
@@ -77,6 +70,31 @@ def event_chunk(serial: int, frame: bytes) -> bytes:
 def named_chunk(name: str, frame: bytes, serial: int | None = None) -> bytes:
     head = f"event: {name}\n" + ("" if serial is None else f"id: {serial}\n")
     return head.encode() + b"data: " + frame + b"\n\n"
+
+
+class SseFraming:
+    """Protocol messages as SSE chunks: an event as ``id``/``data``, presence, signals and
+    ``discontinuity`` as named events, a heartbeat as a keep-alive comment. Chunks are
+    simply concatenated."""
+
+    format = "sse"
+
+    def __init__(self) -> None:
+        self._json = codec_for("json")
+
+    def encode(self, message: Reply) -> bytes:
+        if isinstance(message, Heartbeat):
+            return KEEP_ALIVE
+        frame = self._json.encode(message)
+        if isinstance(message, Event):
+            return event_chunk(message.serial, frame)
+        return named_chunk(str(type(message).__struct_config__.tag), frame)
+
+    def join(self, frames: Sequence[bytes]) -> bytes:
+        return b"".join(frames)
+
+
+_FRAMING = SseFraming()
 
 
 class EventStreams:
@@ -92,112 +110,93 @@ class EventStreams:
         """End every stream cleanly (clients reconnect with ``Last-Event-ID``). A server
         that shuts down should call this first: an open stream never ends by itself."""
         for stream in list(self.open):
-            stream.close()
+            stream.end()
 
 
-class EventStream:
-    """One SSE client: a fan-out subscriber with a bounded queue of encoded chunks."""
+class _ResponseBody:
+    """The transport of a stream: the body of its HTTP response, once it has started."""
 
-    def __init__(self, node: Node, channel: str, registry: EventStreams, *, limit: int) -> None:
-        self.codec = codec_for("json")
-        self.node = node
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.asgi_send: Send | None = None
+
+    def send_now(self, frame: bytes) -> bool:
+        return False  # ASGI has only an awaited send
+
+    async def send(self, frame: bytes) -> None:
+        assert self.asgi_send is not None, "nothing is queued before the response starts"
+        await self.asgi_send({"type": "http.response.body", "body": frame, "more_body": True})
+
+    async def close(self, code: int, reason: str) -> None:
+        self.stream.end()
+
+
+class EventStream(SubscriberCore):
+    """One SSE client: a subscriber of one channel whose transport is a response body."""
+
+    __slots__ = ("attachment", "body", "channel", "ended", "from_serial", "registry")
+
+    def __init__(
+        self, node: Node, channel: str, registry: EventStreams, from_serial: int | None
+    ) -> None:
         self.channel = channel
         self.attachment = Attachment(channel)
+        self.body = _ResponseBody(self)
+        super().__init__(node.fanout, self.body, _FRAMING, {channel: self.attachment})
         self.registry = registry
+        self.from_serial = from_serial
         self.ended = asyncio.Event()
-        self.dropped = False
-        self._limit = limit
-        self._out: list[bytes] = []
-        self._wake = asyncio.Event()
+
+    def describe(self) -> str:
+        return f"SSE stream on {self.channel}"
 
     def open(self) -> None:
         """Subscribe (before the snapshot is read, as attach does)."""
         self.registry.open.add(self)
-        self.node.subscribe(self, self.channel)
+        self.fanout.subscribe(self, self.channel)
 
-    def close(self) -> None:
+    def end(self) -> None:
         """Unsubscribe; the response ends. Safe to call more than once."""
+        self.closed = True
         if not self.ended.is_set():
             self.ended.set()
-            self.node.unsubscribe(self, self.channel)
+            self.fanout.unsubscribe(self, self.channel)
+            self.fanout.close(self)
             self.registry.open.discard(self)
-            self._wake.set()
 
-    # ------------------------------------------------------------------ fan-out side
+    def transport_lost(self) -> None:
+        self.end()
 
-    def deliver(self, channel: str, events: Sequence[Event], frames: Sequence[bytes]) -> None:
-        if self.ended.is_set():
-            return
-        attachment = self.attachment
-        for event, frame in zip(events, frames, strict=True):
-            out = attachment.offer(event.serial, event_chunk(event.serial, frame))
-            if out is not None:
-                self._push(out)
-            elif attachment.held_count > self._limit:
-                self._drop()  # live events pile up behind a long replay
-            if self.ended.is_set():
-                return
+    def head_frames(self, result: AttachResult) -> list[bytes]:
+        """``event: attached`` with the ``id`` to resume from if the stream drops before the
+        next event: ``from_serial`` when resuming, else the snapshot's serial."""
+        attached = result.attached
+        resume_from = attached.serial if not attached.resumed else self.from_serial
+        json = _FRAMING._json
+        head = named_chunk("attached", json.encode(attached), resume_from)
+        if result.discontinuity is not None:
+            gone = Discontinuity(channel=attached.channel, reason=result.discontinuity)
+            head += _FRAMING.encode(gone)
+        return [head]
 
-    def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
-        if self.ended.is_set():
-            return
-        kind = _action_of(frame).action  # "presence" or "signal"
-        out = self.attachment.offer(None, named_chunk(kind, frame))
-        if out is not None:
-            self._push(out)
-
-    def _push(self, chunk: bytes) -> None:
-        self._out.append(chunk)
-        if len(self._out) > self._limit:
-            self._drop()
-        else:
-            self._wake.set()
-
-    def _drop(self) -> None:
-        self._out.clear()
-        self.dropped = True
-        self.node.stats.slow_consumers += 1
-        log.warning(
-            "ending slow SSE stream on %s: more than %d messages queued",
+    def expired_frame(self) -> bytes:
+        correlation_id = new_correlation_id()
+        log.info(
+            "ending SSE stream on %s: token expired (correlation id %s)",
             self.channel,
-            self._limit,
+            correlation_id,
         )
-        self.close()
-
-    # ------------------------------------------------------------------ HTTP side
-
-    def go_live(self, serial: int) -> None:
-        """The snapshot at ``serial`` and its replay are out: release the held events."""
-        held = self.attachment.go_live(serial)
-        if held:
-            self._out[:0] = held
-            self._wake.set()
-
-    async def next_chunks(self, idle_s: float) -> bytes | None:
-        """What is queued, as one chunk; None after ``idle_s`` idle seconds."""
-        if not self._out:
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), idle_s)
-            except TimeoutError:
-                return None
-        chunks, self._out = self._out, []
-        return b"".join(chunks)
+        detail = ErrorDetail(code=40100, message="token expired", correlation_id=correlation_id)
+        return named_chunk("error", msgspec.json.encode(ErrorBody(error=detail)))
 
 
 class EventStreamResponse(Response):
     """Streams an attached :class:`EventStream` until the client goes, the stream is
-    dropped, or an error ends it. The stream is always closed (unsubscribed) at the end."""
+    dropped, or an error ends it. The stream is always ended (unsubscribed) at the end."""
 
     media_type = "text/event-stream"
 
-    def __init__(
-        self,
-        stream: EventStream,
-        result: AttachResult,
-        from_serial: int | None,
-        expires_at: float | None = None,
-    ):
+    def __init__(self, stream: EventStream, result: AttachResult, expires_at: float | None):
         # Not Response.__init__: it would add a Content-Length to an endless body.
         self.status_code = 200
         self.background = None
@@ -205,9 +204,7 @@ class EventStreamResponse(Response):
         self.raw_headers = list(_HEADERS)
         self.stream = stream
         self.result = result
-        self.from_serial = from_serial
-        # The stream ends (after `event: error` 40100) once the caller's token expires.
-        self.deadline = None if expires_at is None else expires_at + LEEWAY_S
+        self.expires_at = expires_at  # the stream ends (after `event: error`) once it passes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self.stream
@@ -222,10 +219,11 @@ class EventStreamResponse(Response):
             # timed out). End it cleanly instead of dying with a stack trace in the log.
             log.info("SSE stream on %s cancelled by the server", stream.channel)
         finally:
-            stream.close()
+            stream.end()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await stream.stop()
         failure = None if produce.cancelled() else produce.exception()
         if failure is not None:
             log.error("SSE stream on %s failed", stream.channel, exc_info=failure)
@@ -237,58 +235,13 @@ class EventStreamResponse(Response):
                 )
 
     async def _produce(self, send: Send) -> None:
-        stream, node, result = self.stream, self.stream.node, self.result
-        attached = result.attached
-        channel = attached.channel
+        stream = self.stream
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-
-        async def body(chunk: bytes) -> None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        resume_from = attached.serial if not attached.resumed else self.from_serial
-        encode = stream.codec.encode
-        head = named_chunk("attached", encode(attached), resume_from)
-        if result.discontinuity is not None:
-            gone = Discontinuity(channel=channel, reason=result.discontinuity)
-            head += named_chunk("discontinuity", encode(gone))
-        await body(head)
-        page, until = result.replay, attached.serial
-        while page:
-            await body(b"".join(event_chunk(e.serial, encode(e)) for e in page))
-            if page[-1].serial >= until:
-                break
-            try:
-                page = await node.replay_page(channel, page[-1].serial, until)
-            except RoomcastError as exc:
-                gone = Discontinuity(channel=channel, reason=exc.message)
-                await body(named_chunk("discontinuity", encode(gone)))
-                break
-        stream.go_live(until)
-        heartbeat = node.settings.heartbeat_s
-        deadline = self.deadline
-        while not stream.ended.is_set():
-            wait = heartbeat
-            if deadline is not None:
-                left = deadline - time.time()
-                if left <= 0:
-                    await body(self._expired())
-                    return
-                wait = min(wait, left)
-            chunk = await stream.next_chunks(wait)
-            if chunk is not None:
-                await body(chunk)
-            elif wait == heartbeat:
-                await body(KEEP_ALIVE)
-
-    def _expired(self) -> bytes:
-        correlation_id = new_correlation_id()
-        log.info(
-            "ending SSE stream on %s: token expired (correlation id %s)",
-            self.stream.channel,
-            correlation_id,
-        )
-        detail = ErrorDetail(code=40100, message="token expired", correlation_id=correlation_id)
-        return named_chunk("error", msgspec.json.encode(ErrorBody(error=detail)))
+        stream.body.asgi_send = send
+        stream.fanout.open(stream)  # keep-alives when idle
+        stream.expire_at(self.expires_at)
+        await stream.finish_attach(stream.attachment, self.result)
+        await stream.ended.wait()
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -344,14 +297,14 @@ async def channel_events(call: Call) -> Response:
     req = call.query(Attach, **fixed)
     authorize(call.principal, "subscribe", channel)
     registry: EventStreams = call.request.app.state.event_streams
-    stream = EventStream(node, channel, registry, limit=node.settings.outbound_queue)
+    stream = EventStream(node, channel, registry, req.from_serial)
     stream.open()
     try:
         result = await node.attach(call.principal, req)
     except BaseException:
-        stream.close()
+        stream.end()
         raise
-    return EventStreamResponse(stream, result, req.from_serial, call.expires_at)
+    return EventStreamResponse(stream, result, call.expires_at)
 
 
 __all__ = ["EventStream", "EventStreamResponse", "EventStreams", "api"]

@@ -22,7 +22,6 @@ from roomcast.protocol.errors import (
 )
 from roomcast.protocol.messages import ErrorReply
 
-from .auth import resolve
 from .errors import shed_response
 from .overload import OVERLOADED, RETRY_CONNECTIONS_S, Overload
 from .uvicorn_websocket import DIRECT_SEND
@@ -107,8 +106,7 @@ async def _serve(websocket: WebSocket, node: Node) -> None:
     params = websocket.query_params
     try:
         codec = codec_for(params.get("format", "json"))
-        identity = resolve(
-            node,
+        identity = node.identities.resolve(
             token=params.get("token"),
             key=params.get("key"),
             client_id=params.get("client_id"),

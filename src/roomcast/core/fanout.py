@@ -1,0 +1,209 @@
+"""The node's fan-out: who reads which channel here, and handing them what the Bus brings.
+
+:class:`FanOut` is the Bus's sink on this node. It keeps the subscribers of each channel,
+encodes each event once per wire format for all of them, and asks each to write what it
+queued once per turn of the event loop. A :class:`Subscriber` is anything the fan-out
+delivers to: a WebSocket connection, an SSE stream, and every later transport; they all
+build on :class:`~roomcast.core.subscriber.SubscriberCore`, which owns the rules of
+delivery. This module names everything the fan-out calls on them, so nothing probes a
+subscriber for a method or branches on its type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from roomcast.backends.base import REPLAY_PAGE, Store
+from roomcast.protocol.errors import Conflict
+from roomcast.protocol.messages import Attached, Event, PresenceEvent, Reply, SignalEvent
+from roomcast.settings import Settings
+
+
+class Framing(Protocol):
+    """How a transport frames messages: one (``encode``) and a batch of them (``join``).
+
+    The fan-out encodes each event once per ``format`` for all subscribers of that format.
+    A WebSocket's :class:`~roomcast.protocol.codec.Codec` is one; SSE has its own.
+    """
+
+    @property
+    def format(self) -> str: ...
+
+    def encode(self, message: Reply) -> bytes: ...
+
+    def join(self, frames: Sequence[bytes]) -> bytes: ...
+
+
+class Subscriber(Protocol):
+    """What the fan-out calls on a reader of channels.
+
+    ``deliver`` gets the live events of a channel the subscriber is subscribed to, each
+    already encoded with ``codec`` (once for every subscriber of that format);
+    ``deliver_ephemeral`` gets presence and signal messages. Neither may block. ``flush``
+    writes what was queued in this turn of the event loop; ``send_heartbeat`` is called when
+    nothing was sent for ``heartbeat_s``; ``reset`` ends the subscriber for its client to
+    attach again (the channel's log started over).
+    """
+
+    last_sent: float
+
+    @property
+    def codec(self) -> Framing: ...
+
+    def deliver(self, channel: str, events: Sequence[Event], frames: Sequence[bytes]) -> None: ...
+
+    def deliver_ephemeral(self, channel: str, frame: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def send_heartbeat(self) -> None: ...
+
+    def reset(self, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """Counters the fan-out keeps as plain integers; ``/metrics`` reads them when scraped."""
+
+    deliveries: int = 0  # event frames handed to subscribers
+    slow_consumers: int = 0  # subscribers dropped for a backlog over ``outbound_queue``
+
+
+@dataclass(slots=True)
+class AttachResult:
+    """What the ``attached`` reply needs, read consistently as of ``attached.serial``.
+
+    ``replay`` is the first page of events after ``from_serial``; when it ends before
+    ``attached.serial``, the rest is read with :meth:`FanOut.replay_page`.
+    """
+
+    attached: Attached
+    replay: Sequence[Event]
+    discontinuity: str | None
+
+
+class FanOut:
+    """The subscribers of this node, by channel; the sink of the store's Bus."""
+
+    def __init__(
+        self, store: Store, settings: Settings, spawn: Callable[[Awaitable[Any]], Any]
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.spawn = spawn  # runs a task the node waits for at shutdown
+        self.stats = NodeStats()
+        self.readers: set[Subscriber] = set()  # every open subscriber, for heartbeats
+        self._channels: dict[str, set[Subscriber]] = {}
+        self._dirty: list[Subscriber] = []
+        store.bus.bind(self)
+
+    # ------------------------------------------------------------------ subscribers
+
+    def open(self, subscriber: Subscriber) -> None:
+        """A subscriber starts: it gets heartbeats when idle."""
+        self.readers.add(subscriber)
+
+    def close(self, subscriber: Subscriber) -> None:
+        self.readers.discard(subscriber)
+
+    def subscribe(self, subscriber: Subscriber, channel: str) -> None:
+        self._channels.setdefault(channel, set()).add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
+        subscribers = self._channels.get(channel)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._channels[channel]
+                self.spawn(self.store.bus.unsubscribe(channel))
+
+    def occupancy(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
+    @property
+    def subscribed_channels(self) -> int:
+        """Channels with at least one subscriber on this node."""
+        return len(self._channels)
+
+    def flush_soon(self, subscriber: Subscriber) -> None:
+        """Have ``subscriber`` write its queue once the current turn of the event loop is over."""
+        self._dirty.append(subscriber)
+        if len(self._dirty) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for subscriber in dirty:
+            subscriber.flush()
+
+    def beat(self, now: float) -> None:
+        """Heartbeats for the subscribers that sent nothing for ``heartbeat_s``."""
+        heartbeat_s = self.settings.heartbeat_s
+        for subscriber in list(self.readers):
+            if now - subscriber.last_sent >= heartbeat_s:
+                subscriber.send_heartbeat()
+
+    async def replay_page(self, channel: str, after: int, until: int) -> Sequence[Event]:
+        """The next events after ``after`` and up to ``until``, for a client catching up.
+
+        Raises :class:`Conflict` if retention removed events since the replay began.
+        """
+        events = await self.store.read_events(channel, after, min(REPLAY_PAGE, until - after))
+        if not events or events[0].serial != after + 1:
+            raise Conflict(f"events after {after} were removed by retention during the replay")
+        return [e for e in events if e.serial <= until]
+
+    # ------------------------------------------------------------------ bus sink
+
+    def on_events(self, channel: str, events: Sequence[Event]) -> None:
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return
+        self.stats.deliveries += len(events) * len(subscribers)
+        encoded: dict[str, list[bytes]] = {}
+        for subscriber in tuple(subscribers):
+            codec = subscriber.codec
+            frames = encoded.get(codec.format)
+            if frames is None:
+                frames = encoded[codec.format] = [codec.encode(e) for e in events]
+            subscriber.deliver(channel, events, frames)
+
+    def on_presence(self, event: PresenceEvent) -> None:
+        self._fan_out_ephemeral(event.channel, event)
+
+    def on_signal(self, event: SignalEvent) -> None:
+        self._fan_out_ephemeral(event.channel, event)
+
+    def _fan_out_ephemeral(self, channel: str, event: PresenceEvent | SignalEvent) -> None:
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return
+        encoded: dict[str, bytes] = {}
+        for subscriber in tuple(subscribers):
+            codec = subscriber.codec
+            frame = encoded.get(codec.format)
+            if frame is None:
+                frame = encoded[codec.format] = codec.encode(event)
+            subscriber.deliver_ephemeral(channel, frame)
+
+    def on_epoch(self, channel: str, epoch: str) -> None:
+        """The store's log of ``channel`` started over under ``epoch`` (a shared store lost
+        its data). Subscribers here hold serials of the old log: they end (a WebSocket with
+        1012) to attach again from their serial and epoch, which gives them
+        ``discontinuity``, then the new log's events."""
+        self._reset(channel, f"the log of {channel} was reset: attach again")
+
+    def reattach_all(self, reason: str) -> None:
+        """Have every subscriber here attach again (the store lost its data)."""
+        for channel in list(self._channels):
+            self._reset(channel, reason)
+
+    def _reset(self, channel: str, reason: str) -> None:
+        for subscriber in tuple(self._channels.get(channel, ())):
+            subscriber.reset(reason)
+
+
+__all__ = ["AttachResult", "FanOut", "Framing", "NodeStats", "Subscriber"]
