@@ -22,7 +22,7 @@ from roomcast.client import (
     StateChange,
     connect,
 )
-from roomcast.client.client import renew_delay, token_expiry
+from roomcast.client.tokens import renew_delay, token_expiry
 from roomcast.testing import ServerProcess
 
 KEY = "ops:" + "s" * 32

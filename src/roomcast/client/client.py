@@ -5,24 +5,15 @@ positions, and the requests still waiting for a reply. When the socket drops it 
 with backoff, resumes (``?resume=``), re-attaches every channel from the last serial it
 delivered, and re-sends the unanswered requests in their original order. A server that is
 full (:class:`Overloaded`) is retried too, after the delay it asks for, even on the first
-connection.
-
-It also keeps the credentials fresh: with an ``auth_callback``, a token that expires is
-renewed on the open connection (the ``auth`` action) before it does, and a reconnect uses
-the newest token, so a connection outlives any one token.
+connection. It keeps the credentials fresh too (:mod:`roomcast.client.tokens`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import inspect
-import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -39,7 +30,8 @@ from .channel import Channels
 from .errors import AuthError, ClientClosed, Overloaded, error_from_reply
 from .link import Format, Link, request_encoder
 from .rest import list_channels
-from .state import STATE_EVENTS, State, StateCallback, StateChange, StateEvent
+from .state import State, StateCallback, StateChange, StateEvent, StateListeners
+from .tokens import AuthCallback, TokenKeeper
 from .urls import websocket_url
 
 log = logging.getLogger("roomcast.client")
@@ -50,37 +42,8 @@ TERMINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, CLOSE_AUTH})
 # A connection that stayed up this long resets the backoff, so a server that accepts and
 # then drops at once is not hammered at the initial delay.
 STABLE_AFTER_S = 1.0
-# Renewal starts at 2/3 of a token's remaining lifetime or 30 s before it expires, whichever
-# is sooner, but never before half of it (a short token would otherwise renew at once).
-RENEW_BEFORE_S = 30.0
-# A token closer than this to its expiry is replaced before a (re)connect uses it.
-FRESH_FOR_S = 5.0
 # How long the first connect waits for a full server (Overloaded) to take it, by default.
 OVERLOAD_TIMEOUT_S = 60.0
-
-AuthCallback = Callable[[], str | Awaitable[str]]
-
-
-def token_expiry(token: str) -> float | None:
-    """A token's ``exp`` (seconds since the epoch), read without verifying it (only the
-    server can); None if it has none or is not a JWT."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, binascii.Error):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-
-
-def renew_delay(remaining: float) -> float:
-    """Seconds from now until a token with ``remaining`` seconds of life should be renewed."""
-    if remaining <= 0:
-        return 0.0
-    return min(remaining * 2 / 3, max(remaining - RENEW_BEFORE_S, remaining / 2))
 
 
 @dataclass(slots=True)
@@ -94,7 +57,32 @@ class _Pending:
 class Client:
     """A connection to a roomcast server that reconnects and resumes by itself.
 
-    Create it with :func:`connect`. Use it as ``async with``, or call :meth:`close`.
+    Create it with :func:`connect`, which takes the same arguments. Use it as ``async
+    with``, or call :meth:`close`.
+
+    Args:
+        url: The server's HTTP base (``http://host:port``, from which ``ws://host:port/v1/ws``
+            is derived) or its WebSocket URL (``ws://host:port/v1/ws``).
+        client_id: Who you are, where anonymous access is on. The server picks one if not
+            given; reconnects keep it.
+        token: A signed token (docs/protocol.md §6). Without ``auth_callback`` the client
+            fails with :class:`AuthError` when it expires.
+        key: An API key ``name:secret`` (server-side callers only; they may add
+            ``client_id``). Not with ``token`` or ``auth_callback``.
+        auth_callback: A function (plain or async) that returns a fresh token, e.g. from
+            your backend's ``POST /v1/tokens``. Called to connect when no ``token`` is
+            given, to renew the token on the open connection before it expires (at 2/3 of
+            its remaining lifetime or 30 s before, whichever is sooner), and before a
+            reconnect when the token held is expired or about to be. If it raises
+            :class:`Unauthorized` the client fails; other errors are retried.
+        format: ``json`` or ``msgpack`` on the wire.
+        backoff: The reconnect policy (default: :class:`Backoff` with 0.1 s initial and
+            10 s maximum, full jitter). A full server's ``Retry-After`` is waited out, up
+            to the policy's maximum.
+        timeout: Seconds to wait for each connection attempt.
+        overload_timeout: Seconds the first connection keeps retrying a server that
+            refuses it as full (HTTP 503 at the upgrade) before raising
+            :class:`Overloaded`; 0 raises at once. Reconnects retry it without a limit.
 
     Attributes:
         url: The URL it was given.
@@ -125,11 +113,8 @@ class Client:
         self.url = url
         self._ws_url = websocket_url(url)
         self.client_id = client_id
-        self._token = token
+        self._tokens = TokenKeeper(token, auth_callback)
         self._key = key
-        self._auth_callback = auth_callback
-        self._token_changed = asyncio.Event()
-        self._token_lock = asyncio.Lock()
         self._renewer: asyncio.Task[None] | None = None
         self._format: Format = format
         self._encode = request_encoder(format)
@@ -146,10 +131,9 @@ class Client:
         self._idle = asyncio.Event()
         self._idle.set()
         self._ref = 0
-        self._listeners: dict[str, list[StateCallback]] = {e: [] for e in STATE_EVENTS}
+        self._listeners = StateListeners()
         self._supervisor: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -162,7 +146,7 @@ class Client:
     def token(self) -> str | None:
         """The token in use: the one given, or the latest from ``auth_callback`` (each
         renewal replaces it)."""
-        return self._token
+        return self._tokens.token
 
     def on(self, event: StateEvent, callback: StateCallback) -> Callable[[], None]:
         """Call ``callback(StateChange)`` on each ``event``.
@@ -177,21 +161,18 @@ class Client:
         Returns:
             A function that removes the callback.
         """
-        if event not in STATE_EVENTS:
-            raise ValueError(f"unknown event {event!r}: use one of {sorted(STATE_EVENTS)}")
-        self._listeners[event].append(callback)
+        self._listeners.add(event, callback)
         return lambda: self.off(event, callback)
 
     def off(self, event: StateEvent, callback: StateCallback) -> None:
         """Remove a callback added with :meth:`on` (nothing happens if it is not there)."""
-        with contextlib.suppress(ValueError):
-            self._listeners[event].remove(callback)
+        self._listeners.remove(event, callback)
 
     async def list_channels(self, prefix: str = "", limit: int = 100) -> list[ChannelSummary]:
         """The server's channels by name (``GET /v1/channels``, with this client's
         credentials); see :func:`roomcast.client.rest.list_channels`."""
         return await list_channels(
-            self.url, prefix=prefix, limit=limit, token=self._token, key=self._key
+            self.url, prefix=prefix, limit=limit, token=self._tokens.token, key=self._key
         )
 
     async def ping(self) -> float:
@@ -326,7 +307,7 @@ class Client:
     def _query_url(self) -> str:
         params: dict[str, str | None] = {
             "client_id": self.client_id,
-            "token": self._token,
+            "token": self._tokens.token,
             "key": self._key,
             "resume": self._resume_key,
             "format": None if self._format == "json" else self._format,
@@ -349,8 +330,9 @@ class Client:
             raise
         self._link_up(link)
         self._supervisor = asyncio.create_task(self._supervise(), name="roomcast-client")
-        if self._auth_callback is not None:
-            self._renewer = asyncio.create_task(self._renew_loop(), name="roomcast-client-auth")
+        if self._tokens.callback is not None:
+            renewals = self._tokens.renew_forever(self._renew)
+            self._renewer = asyncio.create_task(renewals, name="roomcast-client-auth")
 
     async def _first_link(self) -> Link:
         loop = asyncio.get_running_loop()
@@ -367,14 +349,14 @@ class Client:
                 await asyncio.sleep(delay)
 
     async def _open_first(self) -> Link:
-        fetched = await self._fresh_token()
+        fetched = await self._tokens.fresh()
         try:
             return await Link.open(self._query_url(), self._format, self._timeout)
         except AuthError:
-            if self._auth_callback is None or fetched:
+            if self._tokens.callback is None or fetched:
                 raise
             # The token given with it was refused: one more try with the callback's.
-            await self._fresh_token(force=True)
+            await self._tokens.fresh(force=True)
             return await Link.open(self._query_url(), self._format, self._timeout)
 
     def _link_up(self, link: Link) -> None:
@@ -412,7 +394,7 @@ class Client:
             assert link is not None
             await link.done.wait()
             error = self._terminal_error(link)
-            expired = isinstance(error, AuthError) and self._auth_callback is not None
+            expired = isinstance(error, AuthError) and self._tokens.callback is not None
             if error is not None and not expired:
                 self._fail(error)
                 return
@@ -433,7 +415,7 @@ class Client:
             log.info("roomcast client: reconnecting in %.2fs", delay)
             await asyncio.sleep(delay)
             try:
-                fetched = await self._fresh_token(force=token_refused)
+                fetched = await self._tokens.fresh(force=token_refused)
             except Unauthorized as exc:  # the callback says: no more tokens for us
                 self._fail(exc if isinstance(exc, AuthError) else AuthError(exc.message))
                 return None
@@ -446,7 +428,7 @@ class Client:
                 retry_after = exc.retry_after
                 log.info("roomcast client: server refused the connection: %s", exc)
             except RoomcastError as exc:
-                if exc.code == Unauthorized.code and self._auth_callback and not fetched:
+                if exc.code == Unauthorized.code and self._tokens.callback and not fetched:
                     token_refused = True  # try once more with a token fresh from the callback
                     continue
                 if exc.code < 50000:  # refused (bad credentials, bad client_id): final
@@ -470,55 +452,9 @@ class Client:
 
     # ------------------------------------------------------------------ tokens
 
-    def _set_token(self, token: str) -> None:
-        if token != self._token:
-            self._token = token
-            self._token_changed.set()
-
-    async def _call_auth_callback(self) -> str:
-        callback = self._auth_callback
-        assert callback is not None
-        result = callback()
-        token = await result if inspect.isawaitable(result) else result
-        if not isinstance(token, str) or not token:
-            raise TypeError(f"auth_callback must return a token string, not {token!r}")
-        return token
-
-    async def _fresh_token(self, *, force: bool = False) -> bool:
-        """Make sure the token a connect will use is not expired or about to: ask
-        ``auth_callback`` for one if needed (or if ``force``). True if it did."""
-        if self._auth_callback is None:
-            return False
-        async with self._token_lock:
-            token = self._token
-            exp = token_expiry(token) if token is not None else None
-            if not force and token is not None and (exp is None or exp - time.time() > FRESH_FOR_S):
-                return False
-            self._set_token(await self._call_auth_callback())
-            return True
-
-    async def _renew_loop(self) -> None:
-        """Renew the token before it expires, on the open connection (``auth``)."""
-        while True:
-            self._token_changed.clear()
-            exp = token_expiry(self._token) if self._token is not None else None
-            if exp is None:
-                await self._token_changed.wait()
-                continue
-            try:
-                await asyncio.wait_for(self._token_changed.wait(), renew_delay(exp - time.time()))
-                continue  # a reconnect brought a newer token: start over from it
-            except TimeoutError:
-                pass
-            if not await self._renew():
-                # Try again a little later (until the server closes the connection with 4001).
-                remaining = exp - time.time()
-                await asyncio.sleep(min(5.0, max(0.5, remaining / 4)))
-
     async def _renew(self) -> bool:
         try:
-            async with self._token_lock:
-                token = await self._call_auth_callback()
+            token = await self._tokens.from_callback()
         except Exception as exc:
             self._renewal_failed(f"auth_callback failed: {exc!r}", exc)
             return False
@@ -530,7 +466,7 @@ class Client:
                 return False
             except Exception:  # closed, or failed for good: nothing to renew
                 return False
-        self._set_token(token)
+        self._tokens.set(token)
         log.debug("roomcast client: token renewed")
         self._emit("renewed")
         return True
@@ -564,32 +500,10 @@ class Client:
         for channel in self.channels:
             channel.on_client_end(None if isinstance(error, ClientClosed) else error)
 
-    # ------------------------------------------------------------------ callbacks
-
     def _emit(
         self, event: StateEvent, *, reason: str | None = None, error: BaseException | None = None
     ) -> None:
-        change = StateChange(event, self.state, self.connection_id, reason, error)
-        for callback in list(self._listeners[event]):
-            self._run_callback(callback, change)
-
-    def _run_callback(self, callback: Callable[[Any], object], arg: Any) -> None:
-        """Call a user callback; await it in a task if it is a coroutine function. Errors are
-        logged: a user's bug must not break the connection."""
-        try:
-            result = callback(arg)
-        except Exception:
-            log.exception("roomcast client: callback %r failed", callback)
-            return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            self._tasks.add(task)
-            task.add_done_callback(self._callback_done)
-
-    def _callback_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("roomcast client: callback failed", exc_info=task.exception())
+        self._listeners.emit(StateChange(event, self.state, self.connection_id, reason, error))
 
 
 class _Connecting:
@@ -639,28 +553,9 @@ def connect(
     ``client = await connect(...)`` works too (then call ``await client.close()``).
 
     Args:
-        url: The server's HTTP base (``http://host:port``, from which ``ws://host:port/v1/ws``
-            is derived) or its WebSocket URL (``ws://host:port/v1/ws``).
-        client_id: Who you are, where anonymous access is on. The server picks one if not
-            given; reconnects keep it.
-        token: A signed token (docs/protocol.md §6). Without ``auth_callback`` the client
-            fails with :class:`AuthError` when it expires.
-        key: An API key ``name:secret`` (server-side callers only; they may add
-            ``client_id``). Not with ``token`` or ``auth_callback``.
-        auth_callback: A function (plain or async) that returns a fresh token, e.g. from
-            your backend's ``POST /v1/tokens``. Called to connect when no ``token`` is
-            given, to renew the token on the open connection before it expires (at 2/3 of
-            its remaining lifetime or 30 s before, whichever is sooner), and before a
-            reconnect when the token held is expired or about to be. If it raises
-            :class:`Unauthorized` the client fails; other errors are retried.
-        format: ``json`` or ``msgpack`` on the wire.
-        backoff: The reconnect policy (default: :class:`Backoff` with 0.1 s initial and
-            10 s maximum, full jitter). A full server's ``Retry-After`` is waited out, up
-            to the policy's maximum.
-        timeout: Seconds to wait for each connection attempt.
-        overload_timeout: Seconds the first connection keeps retrying a server that
-            refuses it as full (HTTP 503 at the upgrade) before raising
-            :class:`Overloaded`; 0 raises at once. Reconnects retry it without a limit.
+        url: The server's HTTP base or WebSocket URL; the other arguments are
+            :class:`Client`'s (``client_id``, ``token``, ``key``, ``auth_callback``,
+            ``format``, ``backoff``, ``timeout``, ``overload_timeout``), documented there.
 
     Returns:
         An awaitable that connects and gives the :class:`Client`; also an async context
