@@ -1,0 +1,177 @@
+"""The subscriber core in this process: delivery, batching, the attach barrier, replay
+pacing, the slow-consumer rule, token expiry and reset, over a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from inproc_node import RecordingTransport, running_node, settle
+
+from roomcast.backends.base import REPLAY_PAGE
+from roomcast.core.authz import Principal
+from roomcast.core.fanout import AttachResult
+from roomcast.core.node import Node
+from roomcast.core.subscriber import MAX_FRAME_MESSAGES, SubscriberCore
+from roomcast.protocol.capabilities import ALL
+from roomcast.protocol.codec import codec_for
+from roomcast.protocol.errors import CLOSE_AUTH, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER
+from roomcast.protocol.messages import Attach, Publish
+from roomcast.protocol.session import Attachment
+
+CHANNEL = "room:core"
+
+
+def subscriber(
+    node: Node, transport: RecordingTransport, kind: type[SubscriberCore] = SubscriberCore
+) -> SubscriberCore:
+    return kind(node.fanout, transport, codec_for("json"), {})
+
+
+async def publish(node: Node, count: int, channel: str = CHANNEL) -> None:
+    alice = Principal("alice", ALL, "key")
+    for start in range(0, count, 1000):
+        batch = [Publish(channel=channel, data=i) for i in range(start, min(count, start + 1000))]
+        await node.publish_batch(alice, channel, batch)
+
+
+async def attach(
+    node: Node, sub: SubscriberCore, from_serial: int | None = None
+) -> tuple[Attachment, AttachResult]:
+    """Subscribe first, then read the snapshot, as every transport does."""
+    attachment = sub.attachments[CHANNEL] = Attachment(CHANNEL)
+    node.fanout.subscribe(sub, CHANNEL)
+    req = Attach(channel=CHANNEL, from_serial=from_serial)
+    return attachment, await node.attach(Principal("bob", ALL, "key"), req)
+
+
+async def test_everything_queued_in_one_turn_goes_out_as_one_frame() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        attachment, result = await attach(node, sub)
+        await sub.finish_attach(attachment, result)
+        await settle()
+        transport.frames.clear()
+        await publish(node, 3)
+        await settle()
+        serials = [m["serial"] for m in transport.messages() if m["action"] == "event"]
+        assert serials == [1, 2, 3]
+        assert len(transport.frames) <= 3
+
+
+async def test_live_events_wait_behind_the_snapshot_and_are_not_sent_twice() -> None:
+    async with running_node() as node:
+        await publish(node, 5)
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        attachment, result = await attach(node, sub, from_serial=2)
+        await publish(node, 2)  # live while the snapshot is out: held back
+        await settle()
+        assert transport.frames == []
+        await sub.finish_attach(attachment, result)
+        await settle()
+        sent = transport.messages()
+        assert sent[0]["action"] == "attached" and sent[0]["serial"] == 5
+        serials = [m["serial"] for m in sent if m["action"] == "event"]
+        assert serials == [3, 4, 5, 6, 7]
+
+
+async def test_a_long_replay_is_paced_by_what_the_client_drains() -> None:
+    total = REPLAY_PAGE + 2 * MAX_FRAME_MESSAGES
+    async with running_node() as node:
+        await publish(node, total)
+        transport = RecordingTransport()
+        transport.backed_up = True
+        sub = subscriber(node, transport)
+        attachment, result = await attach(node, sub, from_serial=0)
+        replay = asyncio.ensure_future(sub.finish_attach(attachment, result))
+        await settle()
+        assert not replay.done()  # waits for the client before it reads the next page
+        transport.release.set()
+        await asyncio.wait_for(replay, 5)
+        await asyncio.sleep(0.05)
+        serials = [m["serial"] for m in transport.messages() if m["action"] == "event"]
+        assert serials == list(range(1, total + 1))
+
+
+async def test_a_backlog_over_the_outbound_queue_closes_with_4008() -> None:
+    async with running_node(outbound_queue=10) as node:
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        attachment, result = await attach(node, sub)
+        await sub.finish_attach(attachment, result)
+        await settle()
+        transport.backed_up = True
+        slow = node.stats.slow_consumers
+        await publish(node, 30)
+        await settle()
+        assert transport.closed is not None and transport.closed[0] == CLOSE_SLOW_CONSUMER
+        assert node.stats.slow_consumers == slow + 1
+
+
+async def test_held_events_over_the_limit_close_a_subscriber_behind_its_replay() -> None:
+    async with running_node(outbound_queue=5) as node:
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        await attach(node, sub)  # the snapshot is never sent: everything live is held
+        await publish(node, 10)
+        await settle()
+        assert transport.closed is not None and transport.closed[0] == CLOSE_SLOW_CONSUMER
+
+
+async def test_an_expired_token_sends_40100_then_closes_with_4001() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        sub.expire_at(time.time() - 5)  # past its leeway already
+        for _ in range(100):
+            if transport.closed is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert transport.closed == (CLOSE_AUTH, "token expired")
+        [error] = transport.messages()
+        assert (error["action"], error["code"]) == ("error", 40100)
+
+
+async def test_a_renewed_token_moves_the_expiry() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        sub.expire_at(time.time() - 5)
+        sub.expire_at(time.time() + 3600)  # renewed before the timer ran
+        await asyncio.sleep(0.05)
+        assert transport.closed is None
+
+
+async def test_a_channel_whose_log_restarted_closes_its_subscribers_with_1012() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        await attach(node, sub)
+        node.fanout.on_epoch(CHANNEL, "new-epoch")
+        await settle()
+        assert transport.closed is not None and transport.closed[0] == CLOSE_SERVICE_RESTART
+
+
+class Broken(RecordingTransport):
+    async def send(self, frame: bytes) -> None:
+        raise ConnectionResetError("gone")
+
+
+class Noticing(SubscriberCore):
+    __slots__ = ("lost",)
+
+    def transport_lost(self) -> None:
+        self.lost = True
+
+
+async def test_a_failed_send_ends_the_subscriber_and_leaves_no_task_unretrieved() -> None:
+    async with running_node() as node:
+        transport = Broken()
+        transport.backed_up = True
+        sub = subscriber(node, transport, Noticing)
+        sub.push(b"{}")
+        await settle()
+        assert sub.closed and getattr(sub, "lost", False)
+        assert sub._send_task is None
