@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from roomcast.settings import Settings, SettingsError, parse_duration_ms
@@ -49,3 +52,15 @@ def test_durations() -> None:
     assert parse_duration_ms("12h", "x") == 12 * 3_600_000
     assert parse_duration_ms("0", "x") == 0
     assert parse_duration_ms("1.5s", "x") == 1500
+
+
+def test_settings_are_parsed_without_the_core() -> None:
+    """The settings sit below the core: keys and capabilities are parsed by protocol/."""
+    code = (
+        "import sys, roomcast.settings\n"
+        "print([m for m in sys.modules if m.startswith('roomcast.core')])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

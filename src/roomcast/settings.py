@@ -17,10 +17,10 @@ from typing import Any
 import platformdirs
 
 from roomcast.backends import shown_url
-from roomcast.core.authz import OPERATIONS
-from roomcast.core.keys import KeyRing, KeySpecError
+from roomcast.protocol.capabilities import OPERATIONS
+from roomcast.protocol.keys import KeyRing, KeySpecError
 
-# Anonymous clients may do everything except the ``*-any`` operations (PROTOCOL.md §6).
+# Anonymous clients may do everything except the ``*-any`` operations (docs/protocol.md §6).
 DEFAULT_ANONYMOUS_CAPABILITY = json.dumps(
     {"*": sorted(op for op in OPERATIONS if not op.endswith("-any"))}
 )
@@ -84,7 +84,7 @@ class Settings:
     )
     anonymous_capability: str = _field(
         default=DEFAULT_ANONYMOUS_CAPABILITY,
-        metadata=_spec("Capability JSON granted to anonymous clients (PROTOCOL.md §6)."),
+        metadata=_spec("Capability JSON granted to anonymous clients (docs/protocol.md §6)."),
     )
     presence_grace_s: float = _field(
         default=15.0,

@@ -1,4 +1,4 @@
-"""API keys, Capability.covers and tokens (PROTOCOL.md §6), without a server."""
+"""API keys, Capability.covers and tokens (docs/protocol.md §6), without a server."""
 
 from __future__ import annotations
 
