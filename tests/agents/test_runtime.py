@@ -1,5 +1,5 @@
 """Agents in rooms, end to end: real servers, real worker processes, the scripted provider
-(PROTOCOL.md §4 presence, DESIGN.md §Agents)."""
+(docs/protocol.md §4 presence, docs/agents.md)."""
 
 from __future__ import annotations
 

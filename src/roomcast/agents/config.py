@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from roomcast.core.authz import validate_pattern
 from roomcast.protocol.errors import BadRequest
+from roomcast.protocol.patterns import validate_pattern
 
 ProviderName = Literal["openai", "anthropic", "scripted"]
 Policy = Literal["mention", "auto", "always"]

@@ -1,6 +1,6 @@
 """What an agent reads before it answers: the room's history, within a token budget.
 
-The context is built from the channel itself (DESIGN.md §Agents): the last messages with
+The context is built from the channel itself (docs/agents.md): the last messages with
 their speakers' names, the reply chain of the trigger, the agent's own earlier answers (as
 its own turns), and a summary of the room's live objects. Nobody re-sends anything.
 """

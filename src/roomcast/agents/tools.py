@@ -1,4 +1,4 @@
-"""The tools an agent may call (DESIGN.md §Agents): the room's live objects, its history,
+"""The tools an agent may call (docs/agents.md): the room's live objects, its history,
 and Python functions of your own.
 
 Built-in tools work on the room the agent is answering in, through the SDK, as the agent:

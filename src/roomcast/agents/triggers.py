@@ -1,4 +1,4 @@
-"""When an agent speaks: the answer policies and the loop guards (DESIGN.md §Agents).
+"""When an agent speaks: the answer policies and the loop guards (docs/agents.md).
 
 Pure functions and small counters, no I/O: the runtime asks them about each finished
 message of a room.

@@ -1,0 +1,69 @@
+"""One room as one agent sees it: its channel, its answer queue, its running answers, and
+what the agent reads of the room's history and live objects."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from roomcast.client import Channel, LiveMap, Message, MessageStream
+from roomcast.protocol.objects import AGENTS_KEY
+
+from .triggers import RateWindow, agent_info
+
+
+@dataclass(slots=True)
+class Room:
+    """One room of one agent."""
+
+    channel: Channel
+    queue: asyncio.Lock = field(default_factory=asyncio.Lock)
+    agent_answers: RateWindow = field(default_factory=lambda: RateWindow(60))
+    running: dict[int, MessageStream | None] = field(default_factory=dict)  # trigger → answer
+
+    def lists(self, name: str) -> bool:
+        """Whether agent ``name`` is in the room: ``root.agents`` lists the room's agents
+        once someone set it; until then every agent whose ``rooms`` match is in."""
+        objects = self.channel.objects
+        try:
+            root = objects.get("root") if objects.serial is not None else None
+        except Exception:
+            root = None
+        if isinstance(root, LiveMap):
+            agents = root.get(AGENTS_KEY)
+            if isinstance(agents, LiveMap):
+                return name in agents
+        return True
+
+
+async def latest_messages(channel: Channel, limit: int) -> list[Message]:
+    """The last ``limit`` messages of ``channel``, oldest first."""
+    async for page in channel.history(limit=limit):
+        return page.messages
+    return []
+
+
+async def message_at(channel: Channel, msg_serial: int) -> Message | None:
+    """The message ``msg_serial`` of ``channel`` as it is now, or None if there is none."""
+    async for page in channel.history(limit=1, direction="forwards", start=msg_serial - 1):
+        found = page.messages[0] if page.messages else None
+        return found if found is not None and found.msg_serial == msg_serial else None
+    return None
+
+
+async def answered_by(channel: Channel, name: str, trigger: Message) -> bool:
+    """Whether an answer of agent ``name`` to ``trigger`` is already in ``channel``."""
+    async for page in channel.history(limit=200, direction="forwards", start=trigger.msg_serial):
+        for message in page.messages:
+            if (
+                message.extras.get("reply_to") == trigger.msg_serial
+                and message.client_id == name
+                and message.name == "text"
+                and agent_info(message) is not None
+            ):
+                return True
+        break  # the answer follows its trigger closely; one page is enough
+    return False
+
+
+__all__ = ["Room", "answered_by", "latest_messages", "message_at"]
