@@ -1,0 +1,77 @@
+"""``roomcast agents``: agents as a worker process of a server, connected with one of its
+API keys (any number of workers may run; each trigger is claimed by one)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Annotated, Any
+
+import typer
+
+from roomcast.cli.root import DEFAULT_SERVER, ServerOption, note, run_client
+
+
+def agents_command(
+    agents_file: Annotated[
+        str, typer.Option("--agents", help="The agents file (TOML, [[agents]] entries).")
+    ],
+    server: ServerOption = DEFAULT_SERVER,
+    key: Annotated[
+        str,
+        typer.Option(
+            "--key",
+            envvar="ROOMCAST_AGENT_KEY",
+            help="An API key NAME:SECRET of the server (env ROOMCAST_AGENT_KEY).",
+        ),
+    ] = "",
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds running answers get at shutdown.")
+    ] = 5.0,
+) -> None:
+    """Run agents as a worker of a server: answer in its rooms until Ctrl-C or SIGTERM.
+
+    Any number of workers may run, on any machine: each trigger is claimed, so exactly one
+    of them answers it.
+    """
+    from roomcast.agents.config import AgentConfigError, load_agents
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    if not key:
+        raise typer.BadParameter(
+            "workers connect with an API key of the server", param_hint="--key"
+        )
+    try:
+        agents = load_agents(agents_file)
+    except AgentConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--agents") from None
+    if not agents:
+        raise typer.BadParameter(f"{agents_file} has no [[agents]]", param_hint="--agents")
+    from roomcast.agents.providers import ProviderConfigError
+    from roomcast.agents.runtime import AgentRuntime
+    from roomcast.agents.tools import ToolError
+
+    try:
+        runtime = AgentRuntime(server, agents, key=key)
+    except (ProviderConfigError, ToolError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--agents") from None
+    run_client(_run_agents(server, runtime, grace), server)
+
+
+async def _run_agents(server: str, runtime: Any, grace: float) -> int:
+    agents = [worker.config for worker in runtime.workers]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    note(f"agents {', '.join(a.name for a in agents)} answering on {server}; Ctrl-C stops")
+    try:
+        await stop.wait()
+    finally:
+        note("stopping: running answers get a few seconds to finish")
+        await runtime.aclose(grace)
+    return 0
