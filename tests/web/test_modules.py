@@ -1,5 +1,5 @@
-"""The browser modules on their own: the docs' ``roomcast.js`` example runs as written, and
-the Markdown renderer makes only safe elements."""
+"""The browser modules on their own: the docs' ``roomcast.js`` example runs as written, the
+Markdown renderer makes only safe elements, and only the client library calls the server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from playwright.sync_api import Browser, Page
 
 from roomcast.testing import ServerProcess
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "web.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "web.md"
+WEB = ROOT / "src" / "roomcast" / "web"
+# The client library: the only files of the UI that may call the server.
+CLIENT_LIBRARY = {WEB / "roomcast.js", *(WEB / "roomcast").glob("*.js")}
+# A call to the server: a request, a socket, an event stream, or an address of the API.
+SERVER_CALL = re.compile(r"\b(?:fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon)\b|/v1/")
+MAX_LINES = 600
 
 
 @pytest.fixture
@@ -75,3 +82,24 @@ CASES = {
 def test_markdown_is_rendered_without_html(blank: Page) -> None:
     rendered = blank.evaluate(RENDER, list(CASES))
     assert dict(zip(CASES, rendered, strict=True)) == CASES
+
+
+def test_only_the_client_library_calls_the_server() -> None:
+    pages = [p for p in WEB.rglob("*") if p.suffix in (".js", ".html")]
+    assert {WEB / "app.js", WEB / "index.html"} <= set(pages)
+    calls = [
+        f"{path.relative_to(WEB)}:{number}: {line.strip()}"
+        for path in pages
+        if path not in CLIENT_LIBRARY
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if SERVER_CALL.search(line)
+    ]
+    assert calls == []
+    library = "".join(path.read_text() for path in CLIENT_LIBRARY)
+    for call in ("fetch(", "new WebSocket(", '"/v1/agents"', '"/v1/channels"'):
+        assert call in library, call
+
+
+def test_no_module_is_over_600_lines() -> None:
+    sizes = {str(p.relative_to(WEB)): len(p.read_text().splitlines()) for p in WEB.rglob("*.js")}
+    assert {name: lines for name, lines in sizes.items() if lines > MAX_LINES} == {}

@@ -45,6 +45,22 @@ def test_other_paths_are_not_found(server: ServerProcess, path: str) -> None:
     assert response.json()["error"]["code"] == 40400
 
 
+def test_the_client_library_modules_are_served_from_their_folder(server: ServerProcess) -> None:
+    for path in ["/static/roomcast/link.js", "/static/roomcast/http.js"]:
+        response = httpx.get(server.url + path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        again = httpx.get(server.url + path, headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304
+    for path in ["/static/roomcast/nope.js", "/static/nope/link.js", "/static/roomcast/a/link.js"]:
+        response = httpx.get(server.url + path)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == 40400
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert paths["/static/{folder}/{name}"]["get"]["tags"] == ["web"]
+
+
 def test_the_api_is_not_shadowed(server: ServerProcess) -> None:
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     channels = httpx.get(server.url + "/v1/channels")

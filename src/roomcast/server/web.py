@@ -43,6 +43,13 @@ class StaticName(msgspec.Struct, frozen=True):
     name: str
 
 
+class StaticFolderName(msgspec.Struct, frozen=True):
+    """The path parameters of ``/static/{folder}/{name}``."""
+
+    folder: str
+    name: str
+
+
 # The UI's routes in the OpenAPI document (they are served by :func:`routes`).
 api = Api()
 api.document(
@@ -56,23 +63,36 @@ api.document(
         Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
     ),
 )
-api.document(
-    "GET",
-    "/static/{name}",
-    summary="A file of the web UI: its ES modules (`roomcast.js`, ...) and `style.css`",
-    tag="web",
-    authenticated=False,
-    path_params=StaticName,
-    returns=(
-        Returns(
-            "200",
-            "The file (`text/javascript`; `text/css` for `style.css`).",
-            media_type="text/javascript",
-            schema={"type": "string"},
+
+
+def _document_files(path: str, summary: str, params: type[msgspec.Struct], served: str) -> None:
+    api.document(
+        "GET",
+        path,
+        summary=summary,
+        tag="web",
+        authenticated=False,
+        path_params=params,
+        returns=(
+            Returns("200", served, media_type="text/javascript", schema={"type": "string"}),
+            Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
+            Returns("404", "No such file (error 40400)."),
         ),
-        Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
-        Returns("404", "No such file (error 40400)."),
-    ),
+    )
+
+
+_document_files(
+    "/static/{name}",
+    "A file of the web UI: its ES modules (`roomcast.js`, ...) and `style.css`",
+    StaticName,
+    "The file (`text/javascript`; `text/css` for `style.css`).",
+)
+# The modules of a folder: those of `roomcast.js`, in `roomcast/`.
+_document_files(
+    "/static/{folder}/{name}",
+    "A file of a folder of the web UI: the modules of `roomcast.js` (`roomcast/...`)",
+    StaticFolderName,
+    "The file (`text/javascript`).",
 )
 
 
@@ -91,11 +111,18 @@ def _load(name: str, body: bytes) -> StaticFile:
 
 
 def load_files() -> dict[str, StaticFile]:
-    """Every file of ``roomcast/web`` by name (no subdirectories)."""
+    """Every file of ``roomcast/web`` by name, and of its folders as ``folder/name``."""
     files: dict[str, StaticFile] = {}
     for entry in (resources.files("roomcast") / "web").iterdir():
-        if entry.is_file() and not entry.name.startswith((".", "_")):
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_file():
             files[entry.name] = _load(entry.name, entry.read_bytes())
+            continue
+        for inner in entry.iterdir():
+            if inner.is_file() and not inner.name.startswith((".", "_")):
+                name = f"{entry.name}/{inner.name}"
+                files[name] = _load(name, inner.read_bytes())
     return files
 
 
@@ -111,7 +138,8 @@ def _respond(request: Request, found: StaticFile) -> Response:
 
 
 def routes(auth_url: str = "") -> list[BaseRoute]:
-    """The UI's routes: ``GET /`` (the page) and ``GET /static/{name}``.
+    """The UI's routes: ``GET /`` (the page), ``GET /static/{name}`` and
+    ``GET /static/{folder}/{name}``.
 
     Args:
         auth_url: Where the page gets a token (empty: it connects anonymously).
@@ -128,7 +156,9 @@ def routes(auth_url: str = "") -> list[BaseRoute]:
         return response
 
     async def static(request: Request) -> Response:
-        found = files.get(request.path_params["name"])
+        folder = request.path_params.get("folder")
+        name = request.path_params["name"]
+        found = files.get(f"{folder}/{name}" if folder else name)
         if found is None:
             return error_response(request, NotFound(f"no static file {request.url.path}"))
         return _respond(request, found)
@@ -136,4 +166,5 @@ def routes(auth_url: str = "") -> list[BaseRoute]:
     return [
         Route("/", index_page, methods=["GET", "HEAD"]),
         Route("/static/{name}", static, methods=["GET", "HEAD"]),
+        Route("/static/{folder}/{name}", static, methods=["GET", "HEAD"]),
     ]

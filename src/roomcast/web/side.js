@@ -1,5 +1,5 @@
 // The side panel: who is here (people and agents), the room's agents, polls and boards.
-// Polls and boards are the channel's live objects (PROTOCOL.md §5), the same ones the
+// Polls and boards are the channel's live objects (docs/protocol.md §5), the same ones the
 // agents' tools change, so a vote cast by an agent shows in the same chart.
 
 import { el, keepFocus } from "./dom.js";

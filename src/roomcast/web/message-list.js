@@ -1,0 +1,307 @@
+// The message list: each message with its author, time, Markdown body, reactions and
+// actions, kept in serial order and updated in place; earlier pages on demand.
+
+import { startReply, snippet } from "./composer.js";
+import { el, keepFocus } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
+import { $, app, attempt, displayName, toast } from "./state.js";
+
+const PAGE = 50;
+const REACTIONS = ["👍", "❤️", "😂", "🎉", "👀"];
+
+function initials(name) {
+  const parts = String(name).split(/[\s._-]+/).filter(Boolean);
+  const letters = parts.length > 1 ? parts[0][0] + parts[1][0] : String(name).slice(0, 2);
+  return letters.toUpperCase();
+}
+
+function hue(text) {
+  let h = 0;
+  for (const ch of String(text)) h = (h * 31 + ch.codePointAt(0)) % 360;
+  return h;
+}
+
+function timeOf(ms) {
+  const date = new Date(ms);
+  return { short: date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), iso: date.toISOString() };
+}
+
+function isAgent(message) {
+  return Boolean(message.extras?.agent) || app.configuredAgents.some((a) => a.name === message.client_id);
+}
+
+/** Whether the list is scrolled to (about) its end. */
+export function isNearEnd() {
+  const scroller = $("scroller");
+  return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+}
+
+export function scrollToEnd() {
+  const scroller = $("scroller");
+  scroller.scrollTop = scroller.scrollHeight;
+}
+
+/** Show `message`: a new item in serial order, or the one shown updated in place. */
+export function renderMessage(message) {
+  const existing = app.elements.get(message.msg_serial);
+  const node = buildMessage(message);
+  if (existing) {
+    // Keep an open editor and the focus where they are; update the item in place.
+    if (existing.querySelector(".editor")) return;
+    keepFocus(existing, () => {
+      existing.className = node.className;
+      Object.assign(existing.dataset, node.dataset);
+      existing.replaceChildren(...node.childNodes);
+    });
+    setBusy(existing, message);
+    return;
+  } else {
+    const list = $("messages");
+    const after = [...app.elements.keys()].filter((serial) => serial > message.msg_serial).sort((a, b) => a - b)[0];
+    if (after === undefined) list.append(node);
+    else list.insertBefore(node, app.elements.get(after));
+  }
+  setBusy(node, message);
+  app.elements.set(message.msg_serial, node);
+}
+
+/** A streaming answer is aria-busy, so screen readers read it once, when it is done. */
+function setBusy(node, message) {
+  if (message.status === "streaming") node.setAttribute("aria-busy", "true");
+  else node.removeAttribute("aria-busy");
+}
+
+function badgeList(message) {
+  const badges = [];
+  if (message.cancelled_by || message.status === "cancelled") {
+    badges.push(el("span", { class: "badge stopped", text: message.cancelled_by ? `stopped by ${displayName(message.cancelled_by)}` : "stopped" }));
+  }
+  if (message.status === "failed") {
+    const reason = typeof message.extras?.failure === "string" ? message.extras.failure : "unknown error";
+    badges.push(el("span", { class: "badge failed", text: `failed: ${reason}` }));
+  }
+  if (message.status === "streaming" && !message.cancelled_by) badges.push(el("span", { class: "badge live", text: "streaming…" }));
+  if (message.extras?.edited_at && !message.deleted) badges.push(el("span", { class: "badge", text: "edited" }));
+  return badges;
+}
+
+function buildMessage(message) {
+  const mine = message.client_id === app.client?.clientId;
+  const author = displayName(message.client_id);
+  const when = timeOf(message.timestamp || Date.now());
+  const agent = isAgent(message);
+  const li = el("li", {
+    class: `msg${mine ? " mine" : ""}${agent ? " agent" : ""}${message.name === "tool" ? " tool" : ""}`,
+    id: `m-${message.msg_serial}`,
+    tabindex: "-1",
+    dataset: { serial: String(message.msg_serial), status: message.status || "complete", author: message.client_id || "" },
+  });
+  if (message.name === "tool") {
+    li.append(buildTool(message, author));
+    return li;
+  }
+  const avatar = el("span", { class: "avatar", "aria-hidden": "true", text: initials(author) });
+  avatar.style.setProperty("--hue", hue(message.client_id || ""));
+  const head = el(
+    "div",
+    { class: "msg-head" },
+    el("span", { class: "author", text: author }),
+    agent ? el("span", { class: "tag", text: "agent" }) : null,
+    el("time", { datetime: when.iso, title: new Date(message.timestamp).toLocaleString(), text: when.short }),
+    el("span", { class: "badges" }, badgeList(message)),
+    message.status === "streaming" && !message.cancelled_by
+      ? el("button", { type: "button", class: "stop", text: "Stop", "aria-label": `Stop ${author}'s answer`, onclick: () => stop(message) })
+      : null,
+  );
+  const main = el("div", { class: "msg-main" }, head);
+  const replyTo = message.extras?.reply_to;
+  if (Number.isInteger(replyTo)) {
+    const target = app.store.get(replyTo);
+    const label = target ? `${displayName(target.client_id)}: ${snippet(target)}` : "an earlier message";
+    main.append(
+      el("a", {
+        class: "reply-link",
+        href: `#m-${replyTo}`,
+        text: `↪ ${label}`,
+        onclick: (event) => {
+          event.preventDefault();
+          const found = document.getElementById(`m-${replyTo}`);
+          if (found) {
+            found.scrollIntoView({ block: "center" });
+            found.focus();
+          }
+        },
+      }),
+    );
+  }
+  const body = el("div", { class: "body" });
+  if (message.deleted) body.append(el("em", { class: "muted", text: "message deleted" }));
+  else if (typeof message.data === "string") body.append(renderMarkdown(message.data));
+  else body.append(el("code", { text: JSON.stringify(message.data) }));
+  main.append(body, buildReactions(message), buildActions(message, mine));
+  li.append(avatar, main);
+  return li;
+}
+
+function buildTool(message, author) {
+  const data = message.data && typeof message.data === "object" ? message.data : {};
+  const args = data.arguments ? JSON.stringify(data.arguments) : "";
+  const result = typeof data.result === "string" ? data.result : JSON.stringify(data.result ?? "");
+  return el(
+    "div",
+    { class: "tool-line" },
+    el("span", { "aria-hidden": "true", text: "🔧 " }),
+    el("strong", { text: author }),
+    el("span", { text: ` used ${data.tool || "a tool"} ` }),
+    el("code", { text: args }),
+    el("span", { class: data.error ? "error" : "muted", text: ` → ${result}` }),
+  );
+}
+
+function buildReactions(message) {
+  const box = el("div", { class: "reactions" });
+  for (const [name, who] of Object.entries(message.reactions || {})) {
+    if (!who.length) continue;
+    const mine = who.includes(app.client.clientId);
+    box.append(
+      el("button", {
+        type: "button",
+        class: "reaction",
+        dataset: { focus: `reaction ${name}` },
+        "aria-pressed": mine ? "true" : "false",
+        "aria-label": `${name} ${who.length}: ${who.map(displayName).join(", ")}`,
+        title: who.map(displayName).join(", "),
+        text: `${name} ${who.length}`,
+        onclick: () => react(message, name, mine),
+      }),
+    );
+  }
+  return box;
+}
+
+function buildActions(message, mine) {
+  const actions = el("div", { class: "actions" });
+  if (message.deleted) return actions;
+  actions.append(el("button", { type: "button", text: "Reply", onclick: () => startReply(message) }));
+  const picker = el("span", { class: "picker", hidden: true });
+  for (const emoji of REACTIONS) {
+    picker.append(el("button", { type: "button", text: emoji, "aria-label": `React with ${emoji}`, onclick: () => react(message, emoji, (message.reactions?.[emoji] || []).includes(app.client.clientId)) }));
+  }
+  actions.append(
+    el("button", {
+      type: "button",
+      text: "React",
+      "aria-expanded": "false",
+      onclick: (event) => {
+        picker.hidden = !picker.hidden;
+        event.currentTarget.setAttribute("aria-expanded", String(!picker.hidden));
+        if (!picker.hidden) picker.querySelector("button").focus();
+      },
+    }),
+    picker,
+  );
+  picker.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      picker.hidden = true;
+      actions.querySelector('[aria-expanded="true"]')?.setAttribute("aria-expanded", "false");
+    }
+  });
+  if (mine && message.status !== "streaming" && typeof message.data === "string") {
+    actions.append(el("button", { type: "button", text: "Edit", onclick: () => startEdit(message) }));
+    const del = el("button", {
+      type: "button",
+      text: "Delete",
+      onclick: () => {
+        if (del.dataset.armed) remove(message);
+        else {
+          del.dataset.armed = "1";
+          del.textContent = "Delete for everyone?";
+          setTimeout(() => {
+            delete del.dataset.armed;
+            del.textContent = "Delete";
+          }, 4000);
+        }
+      },
+    });
+    actions.append(del);
+  }
+  return actions;
+}
+
+async function stop(message) {
+  try {
+    await app.channel.cancel(message.msg_serial, "stopped from the web UI");
+  } catch (error) {
+    // Without cancel-any, only your own messages and answers to yours can be stopped.
+    const why = error.code === 40300 ? "only the person who asked (or an admin) can stop it" : error.message;
+    toast(`Could not stop the answer: ${why}`);
+  }
+}
+
+function react(message, name, remove) {
+  return attempt("react", app.channel.react(message.msg_serial, name, { remove }));
+}
+
+function remove(message) {
+  return attempt("delete", app.channel.delete(message.msg_serial));
+}
+
+function startEdit(message) {
+  const node = app.elements.get(message.msg_serial);
+  const body = node?.querySelector(".body");
+  if (!body) return;
+  const input = el("textarea", { class: "editor-input", "aria-label": "Edit the message", rows: "2" });
+  input.value = message.data;
+  const finish = () => {
+    editor.remove();
+    renderMessage(app.store.get(message.msg_serial));
+  };
+  const save = async () => {
+    const text = input.value.trim();
+    // extras.edited_at marks an edit by its author (a reaction also changes updated_at).
+    if (text && text !== message.data) await attempt("edit", app.channel.update(message.msg_serial, { data: text, extras: { edited_at: Date.now() } }));
+    finish();
+  };
+  const editor = el(
+    "form",
+    { class: "editor", onsubmit: (event) => (event.preventDefault(), save()) },
+    input,
+    el("button", { type: "submit", class: "primary", text: "Save" }),
+    el("button", { type: "button", text: "Cancel", onclick: finish }),
+  );
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") finish();
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      save();
+    }
+  });
+  body.replaceChildren(editor);
+  input.focus();
+}
+
+async function loadEarlier() {
+  if (!app.channel || !app.hasMore) return;
+  const oldest = app.store.list()[0];
+  const button = $("load-earlier");
+  button.disabled = true;
+  const scroller = $("scroller");
+  const before = scroller.scrollHeight - scroller.scrollTop;
+  const page = await attempt("load earlier messages", app.channel.history({ before: oldest?.msg_serial, limit: PAGE }));
+  button.disabled = false;
+  if (!page) return;
+  for (const message of page.messages) {
+    if (!app.store.get(message.msg_serial)) renderMessage(app.store.put(message));
+  }
+  app.hasMore = page.has_more;
+  button.hidden = !app.hasMore;
+  scroller.scrollTop = scroller.scrollHeight - before;
+}
+
+/** Wire "Load earlier messages" and scrolling to the top once. */
+export function setupMessageList() {
+  $("load-earlier").addEventListener("click", loadEarlier);
+  $("scroller").addEventListener("scroll", () => {
+    if ($("scroller").scrollTop < 20 && app.hasMore && !$("load-earlier").disabled) loadEarlier();
+  });
+}

@@ -1,0 +1,62 @@
+// What every part of the page shares: the state of the open room, and how to tell the
+// user something went wrong.
+
+import { MessageStore } from "./roomcast.js";
+
+const NAME_KEY = "roomcast.name";
+
+export const $ = (id) => document.getElementById(id);
+
+/** Everything the page knows; one room at a time. */
+export const app = {
+  name: localStorage.getItem(NAME_KEY) || "",
+  client: null,
+  channel: null,
+  room: null,
+  store: new MessageStore(),
+  elements: new Map(), // msg_serial -> <li>
+  unsubscribe: [],
+  hasMore: false,
+  replyTo: null,
+  typers: new Map(), // client_id -> {name, until}
+  lastTypingSent: 0,
+  everConnected: false,
+  configuredAgents: [],
+  toast,
+  displayName,
+};
+
+/** Remember the display name on this device. */
+export function saveName(name) {
+  app.name = name;
+  localStorage.setItem(NAME_KEY, name);
+}
+
+let toastTimer = null;
+/** Show `text` for a few seconds. */
+export function toast(text) {
+  const box = $("toast");
+  box.textContent = text;
+  box.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (box.hidden = true), 5000);
+}
+
+/** Await `promise`; on failure, say "Could not <what>" and resolve with null. */
+export async function attempt(what, promise) {
+  try {
+    return await promise;
+  } catch (error) {
+    toast(`Could not ${what}: ${error.message}`);
+    return null;
+  }
+}
+
+/** The name to show for a client_id: from presence data if we have it. */
+export function displayName(clientId) {
+  if (!clientId) return "server";
+  for (const member of app.channel?.presence.list() || []) {
+    if (member.client_id === clientId && member.data && typeof member.data.name === "string") return member.data.name;
+  }
+  return clientId;
+}
