@@ -15,6 +15,10 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from roomcast.backends import StoreOptions, open_backend
+from roomcast.cli.serve import host_agents
+from roomcast.core.node import Node
+from roomcast.settings import Settings
 from roomcast.testing import ServerProcess, free_port
 
 
@@ -439,3 +443,16 @@ def test_agents_and_serve_refuse_a_bad_agents_file_clearly(tmp_path: Path) -> No
     assert served.returncode == 2, served.stdout + served.stderr
     assert "[[agents]] #1 ('x'): provider: must be one of" in served.stderr
     assert "Traceback" not in served.stderr + served.stdout
+
+
+def test_hosted_agents_get_a_private_key_and_reserve_their_names() -> None:
+    settings = Settings.load({})
+    # A real node on a memory store (not started: serve only sets its agent lists).
+    server = Node(open_backend("memory://", StoreOptions()), settings)
+    hosted = host_agents(server, settings, {})
+    assert server.agent_names == frozenset({"assistant"})
+    assert [a.name for a in server.agents] == ["assistant"]
+    [key] = [k for k in settings.key_ring if k.name.startswith("roomcast-agents-")]
+    assert hosted.runtime is not None
+    assert key.name not in dict(settings.describe())["keys"]  # never printed
+    assert settings.anonymous_enabled  # the private key does not turn anonymous access off

@@ -54,6 +54,13 @@ def test_durations() -> None:
     assert parse_duration_ms("1.5s", "x") == 1500
 
 
+def test_local_url_reaches_the_server_over_loopback() -> None:
+    assert Settings.load({}, port=9000).local_url == "http://127.0.0.1:9000"
+    wildcard = Settings.load({}, host="0.0.0.0", port=9000, allow_anonymous=True)
+    assert wildcard.local_url == "http://127.0.0.1:9000"
+    assert Settings.load({}, host="::1", port=9).local_url == "http://[::1]:9"
+
+
 def test_settings_are_parsed_without_the_core() -> None:
     """The settings sit below the core: keys and capabilities are parsed by protocol/."""
     code = (

@@ -231,6 +231,16 @@ class Settings:
         return shown_url(self.store_url)
 
     @property
+    def local_url(self) -> str:
+        """How this process reaches its own server: over loopback when bound to all
+        addresses (or to another one)."""
+        host = self.host
+        if not is_loopback(host):
+            host = "::1" if ":" in host else "127.0.0.1"
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}"
+
+    @property
     def origins(self) -> frozenset[str]:
         """``allowed_origins`` as a set (``*`` stands for any origin)."""
         return frozenset(

@@ -1,9 +1,10 @@
 """Agents inside ``roomcast serve`` (the default): loaded with the settings, connected to the
 server over loopback once it listens, stopped before it closes its connections.
 
-They connect like any worker, with an API key that only this process knows (added to the
-key ring at start, never printed), so they may speak as their own names while no anonymous
-client or token holder may.
+They connect like any worker, with an API key that only this process knows (the server adds
+:attr:`HostedAgents.key` to its key ring at start and never prints it), so they may speak as
+their own names while no anonymous client or token holder may. This module knows the server
+only by its settings and its URL: ``roomcast serve`` hands the names and the key to the node.
 """
 
 from __future__ import annotations
@@ -12,23 +13,36 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
+from typing import Protocol
 
 from roomcast.agents.config import AgentConfig, default_agents, load_agents
 from roomcast.agents.providers import ProviderConfigError, make_provider
 from roomcast.agents.providers.base import Provider
 from roomcast.agents.providers.scripted import ScriptedProvider, no_model_script
-from roomcast.core.authz import ALL
-from roomcast.core.keys import ApiKey
-from roomcast.core.node import Node
+from roomcast.protocol.capabilities import ALL
 from roomcast.protocol.http import AgentInfo
-from roomcast.settings import Settings, is_loopback
+from roomcast.protocol.keys import ApiKey
 
 from .runtime import AgentRuntime
 
 log = logging.getLogger("roomcast.agents")
 
 
-def configured_agents(settings: Settings, environ: Mapping[str, str]) -> list[AgentConfig]:
+class HostingSettings(Protocol):
+    """What hosting reads of the server's settings (:class:`roomcast.settings.Settings`)."""
+
+    @property
+    def agents(self) -> str:
+        """An agents file, ``none``, or empty for the default agent."""
+        ...
+
+    @property
+    def local_url(self) -> str:
+        """How this process reaches its own server."""
+        ...
+
+
+def configured_agents(settings: HostingSettings, environ: Mapping[str, str]) -> list[AgentConfig]:
     """The agents ``settings.agents`` names: a file, ``none``, or the default agent.
 
     Raises:
@@ -42,6 +56,7 @@ def configured_agents(settings: Settings, environ: Mapping[str, str]) -> list[Ag
 
 
 def agent_info(agent: AgentConfig) -> AgentInfo:
+    """What the server lists of an agent (``GET /v1/agents``)."""
     return AgentInfo(
         name=agent.name,
         provider=agent.provider,
@@ -52,35 +67,32 @@ def agent_info(agent: AgentConfig) -> AgentInfo:
     )
 
 
-def local_url(settings: Settings) -> str:
-    """How this process reaches its own server."""
-    host = settings.host
-    if not is_loopback(host):
-        host = "::1" if ":" in host else "127.0.0.1"
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{settings.port}"
-
-
 class HostedAgents:
-    """The in-process agents of one server."""
+    """The in-process agents of one server.
 
-    def __init__(
-        self, node: Node, settings: Settings, environ: Mapping[str, str] | None = None
-    ) -> None:
+    Attributes:
+        agents: The configured agents (none for ``--agents none``).
+        names: Their names, which only they may take as client_id.
+        infos: What the server lists of them.
+        key: The API key they connect with, for the server's key ring; None without agents.
+        runtime: Their runtime; None without agents.
+    """
+
+    def __init__(self, settings: HostingSettings, environ: Mapping[str, str] | None = None) -> None:
         self.environ = os.environ if environ is None else environ
         self.agents = configured_agents(settings, self.environ)
-        self.settings = settings
-        node.agent_names = frozenset(agent.name for agent in self.agents)
-        node.agents = [agent_info(agent) for agent in self.agents]
+        self.names = frozenset(agent.name for agent in self.agents)
+        self.infos = [agent_info(agent) for agent in self.agents]
+        self.key: ApiKey | None = None
         self.runtime: AgentRuntime | None = None
         providers: dict[str, Provider] = {}
         if self.agents and not settings.agents:
             providers = self._default_provider()
         if self.agents:
             key = ApiKey("roomcast-agents-" + secrets.token_hex(4), secrets.token_urlsafe(32), ALL)
-            settings.key_ring.add(key)
+            self.key = key
             self.runtime = AgentRuntime(
-                local_url(settings),
+                settings.local_url,
                 self.agents,
                 key=f"{key.name}:{key.secret}",
                 environ=self.environ,
@@ -99,15 +111,17 @@ class HostedAgents:
             return {agent.name: ScriptedProvider(no_model_script())}
 
     async def start(self) -> None:
+        """Connect the agents (once the server listens) and let them answer."""
         if self.runtime is not None:
             await self.runtime.start()
             names = ", ".join(agent.name for agent in self.agents)
             log.info("agents running in this process: %s", names)
 
     async def aclose(self, grace_s: float = 5.0) -> None:
+        """Let running answers finish for ``grace_s``, then disconnect the agents."""
         if self.runtime is not None:
             runtime, self.runtime = self.runtime, None
             await runtime.aclose(grace_s)
 
 
-__all__ = ["HostedAgents", "agent_info", "configured_agents", "local_url"]
+__all__ = ["HostedAgents", "HostingSettings", "agent_info", "configured_agents"]

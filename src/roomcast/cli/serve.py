@@ -1,7 +1,7 @@
 """``roomcast serve``: the server with its in-process agents, until Ctrl-C or SIGTERM.
 
 This is where the server is put together: the settings, the app and its node, and the
-in-process agents.
+agents, whose names the node reserves and whose private key joins the key ring.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import inspect
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -20,6 +21,10 @@ from rich.table import Table
 from roomcast import __version__
 from roomcast.cli.root import console
 from roomcast.settings import Settings, SettingsError, is_loopback
+
+if TYPE_CHECKING:
+    from roomcast.agents.hosting import HostedAgents
+    from roomcast.core.node import Node
 
 
 def _setting_parameters() -> list[inspect.Parameter]:
@@ -171,12 +176,32 @@ def _print_banner(settings: Settings, agents: list[Any]) -> None:
     console.print(table)
 
 
-async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int:
+def host_agents(
+    node: Node, settings: Settings, environ: Mapping[str, str] | None = None
+) -> HostedAgents:
+    """The server's in-process agents, wired in: the node reserves their names and lists
+    them, and the key they connect with joins the key ring (it is never printed).
+
+    Raises:
+        AgentConfigError: The agents file cannot be used.
+        ProviderConfigError: An agent's provider cannot be used (e.g. its package is
+            missing).
+        ToolError: An agent names a tool that cannot be loaded.
+    """
     from roomcast.agents.hosting import HostedAgents
 
+    hosted = HostedAgents(settings, environ)
+    node.agent_names = hosted.names
+    node.agents = hosted.infos
+    if hosted.key is not None:
+        settings.key_ring.add(hosted.key)
+    return hosted
+
+
+async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int:
     node = app.state.node
     try:
-        agents = HostedAgents(node, settings)
+        agents = host_agents(node, settings)
     except Exception as exc:  # a bad agents file, a missing provider package
         console.print(f"cannot start the agents: {exc}", style="red", markup=False)
         return 2
