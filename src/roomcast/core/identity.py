@@ -18,11 +18,11 @@ import secrets
 from dataclasses import dataclass
 
 from roomcast.protocol.errors import BadRequest, Unauthorized
+from roomcast.protocol.keys import LEEWAY_S
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
 from .authz import Capability, Principal
-from .keys import LEEWAY_S
 
 
 @dataclass(frozen=True, slots=True)

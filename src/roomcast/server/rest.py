@@ -10,7 +10,6 @@ from __future__ import annotations
 import msgspec
 
 from roomcast.core.authz import Capability
-from roomcast.core.keys import issue_token
 from roomcast.protocol.errors import BadRequest, Unauthorized
 from roomcast.protocol.http import (
     MAX_BATCH,
@@ -27,6 +26,7 @@ from roomcast.protocol.http import (
     TokenRequest,
     TokenResult,
 )
+from roomcast.protocol.keys import issue_token
 from roomcast.protocol.messages import (
     Annotate,
     Append,

@@ -9,8 +9,8 @@ import jwt
 import pytest
 
 from roomcast.core.authz import ALL, Capability
-from roomcast.core.keys import ApiKey, KeyRing, KeySpecError, issue_token
 from roomcast.protocol.errors import BadRequest, Forbidden, Unauthorized
+from roomcast.protocol.keys import ApiKey, KeyRing, KeySpecError, issue_token
 from roomcast.settings import Settings, SettingsError
 
 SECRET = "s" * 32
