@@ -275,7 +275,7 @@ def _cluster_ports(count: int) -> list[int]:
 
 
 class WireClient:
-    """A raw PROTOCOL.md client: JSON frames over a WebSocket, batches flattened."""
+    """A raw protocol client (docs/protocol.md): JSON frames over a WebSocket, batches flattened."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws

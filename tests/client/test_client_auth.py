@@ -1,5 +1,5 @@
 """Credentials in the SDK: tokens renewed on the open connection before they expire, API
-keys, refused tokens, and a reconnect with a fresh token after an expiry (PROTOCOL.md §6)."""
+keys, refused tokens, and a reconnect with a fresh token after an expiry (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

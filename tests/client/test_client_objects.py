@@ -1,5 +1,5 @@
 """Live objects through the SDK: every client's copy equals the server's snapshot; polls
-and boards (PROTOCOL.md §5)."""
+and boards (docs/protocol.md §5)."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ async def test_polls_one_vote_per_person_and_a_revote_moves_it(
             await bob_polls.vote(poll.poll_id, "opt-1")
         assert [p.poll_id for p in bob_polls.list()] == [poll.poll_id]
         assert bob_polls.get(poll.poll_id).counts == {"opt-1": 0, "opt-2": 1, "opt-3": 0}
-        # The shapes are PROTOCOL.md §5's, as the server holds them.
+        # The shapes are docs/protocol.md §5's, as the server holds them.
         snapshot = await server_snapshot(server, channel_name)
         root = snapshot.objects["root"].entries
         assert isinstance(root, dict)

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §2 and §8: decoding requests, mapping bad input to 40000, encoding replies."""
+"""docs/protocol.md §2 and §8: decoding requests, mapping bad input to 40000, encoding replies."""
 
 from __future__ import annotations
 

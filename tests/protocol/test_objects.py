@@ -1,4 +1,4 @@
-"""Live objects (PROTOCOL.md §5): the rules every store and client apply, without I/O."""
+"""Live objects (docs/protocol.md §5): the rules every store and client apply, without I/O."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The capability matrix (PROTOCOL.md §6): each operation allowed and denied, over the
+"""The capability matrix (docs/protocol.md §6): each operation allowed and denied, over the
 WebSocket and REST. A denied operation gets 40300 and changes nothing in the store."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Live objects over the wire (PROTOCOL.md §5): the `object` action, `attached.objects`,
+"""Live objects over the wire (docs/protocol.md §5): the `object` action, `attached.objects`,
 and `GET|POST /v1/channels/{channel}/objects`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Load shedding (PROTOCOL.md §8): over `max_connections` the WebSocket upgrade and the HTTP
+"""Load shedding (docs/protocol.md §8): over `max_connections` the WebSocket upgrade and the HTTP
 API answer 503 with Retry-After (a server without the ASGI denial-response extension closes
 the accepted WebSocket with 50300 and 1013 instead); over `max_pending_writes` a write is
 refused with 50300 while its connection stays usable."""

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §7 REST routes, against a real server process, with httpx."""
+"""docs/protocol.md §7 REST routes, against a real server process, with httpx."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_the_api_keeps_the_promises_of_its_document(case: Any, api_server: Serve
     query = case.query or {}
     if case.operation.path.endswith("/messages") and case.method == "GET":
         if query.get("before") is not None and query.get("after") is not None:
-            # PROTOCOL.md §2: `before` and `after` together are 40000, a rule between two
+            # docs/protocol.md §2: `before` and `after` together are 40000, a rule between two
             # parameters that OpenAPI has no way to state; check it here instead.
             response = case.call(base_url=api_server.url, headers=AUTH, timeout=10)
             assert response.status_code == 400, response.text

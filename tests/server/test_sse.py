@@ -1,4 +1,4 @@
-"""Server-Sent Events (PROTOCOL.md §7): gap-free resume with Last-Event-ID, the attach
+"""Server-Sent Events (docs/protocol.md §7): gap-free resume with Last-Event-ID, the attach
 barrier, presence and signals, keep-alives, slow consumers and unsubscribe on close."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Streamed messages (PROTOCOL.md §2 "Rollup", "Replay", §3 "Streams") against real
+"""Streamed messages (docs/protocol.md §2 "Rollup", "Replay", §3 "Streams") against real
 ``roomcast serve`` processes, on the memory and the SQLite store."""
 
 from __future__ import annotations

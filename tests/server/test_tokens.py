@@ -1,4 +1,4 @@
-"""API keys and tokens against a real server (PROTOCOL.md §6, §7): POST /v1/tokens, tokens
+"""API keys and tokens against a real server (docs/protocol.md §6, §7): POST /v1/tokens, tokens
 and keys on the WebSocket, REST and SSE, expiry and renewal."""
 
 from __future__ import annotations

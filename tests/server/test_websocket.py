@@ -1,4 +1,4 @@
-"""PROTOCOL.md §2, §4 and §8 over a real WebSocket, against a real server process."""
+"""docs/protocol.md §2, §4 and §8 over a real WebSocket, against a real server process."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ class Appended(msgspec.Struct, frozen=True):
 
 
 class Snapshot(msgspec.Struct, frozen=True):
-    """A consistent read of one channel as of ``serial`` (PROTOCOL.md §2 ``attached``).
+    """A consistent read of one channel as of ``serial`` (docs/protocol.md §2 ``attached``).
 
     ``first_serial`` is the oldest serial still in the log (``serial + 1`` when the log is
     empty). ``events`` holds the first events after ``from_serial`` (up to ``serial``) when

@@ -1,4 +1,4 @@
-"""Streamed messages (PROTOCOL.md §2 "Rollup", §3 "Streams"): merging appends, ending
+"""Streamed messages (docs/protocol.md §2 "Rollup", §3 "Streams"): merging appends, ending
 ignored cancels, and sweeping abandoned streams.
 
 :class:`AppendRollup` merges the appends to one message that arrive within ``rollup_ms`` into

@@ -1,4 +1,4 @@
-"""Wire codecs: JSON (the default) and MessagePack, with errors mapped to PROTOCOL.md §8.
+"""Wire codecs: JSON (the default) and MessagePack, with errors mapped to docs/protocol.md §8.
 
 A frame holds one protocol message or an array of them. Decoding never raises for a bad
 *request* (it becomes a :class:`BadRequest` in the result list, and the rest of the frame

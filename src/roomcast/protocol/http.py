@@ -1,4 +1,4 @@
-"""The shapes of the HTTP API (PROTOCOL.md §7), defined once for the server, the OpenAPI
+"""The shapes of the HTTP API (docs/protocol.md §7), defined once for the server, the OpenAPI
 document, the SDK and the tests.
 
 Request bodies are not defined again here: a REST body is the matching WebSocket request
@@ -78,7 +78,7 @@ class PublishBatchResult(Struct, kw_only=True):
 
 class ChangeResult(Struct, kw_only=True, omit_defaults=True):
     """An append, update, delete, cancel or annotation: the event's ``serial``, or ``{}``
-    when the request changed nothing (a no-op takes no serial, PROTOCOL.md §1)."""
+    when the request changed nothing (a no-op takes no serial, docs/protocol.md §1)."""
 
     serial: int | UnsetType = UNSET
 

@@ -1,4 +1,5 @@
-"""One msgspec type per PROTOCOL.md action, defined once for the server, the SDK and the tests.
+"""One msgspec type per protocol action (docs/protocol.md), defined once for the server,
+the SDK and the tests.
 
 Requests (client → server) and replies (server → client) are two tagged unions on the
 ``action`` field. Validation lives in the types (channel pattern, ranges, literals), so a

@@ -1,4 +1,4 @@
-"""Live objects (PROTOCOL.md §5): how one operation changes a channel's maps and counters.
+"""Live objects (docs/protocol.md §5): how one operation changes a channel's maps and counters.
 
 Every backend applies operations with :func:`plan` in the same step that sequences them, and
 every client applies the events with :func:`apply_event`, so the server's snapshot and each

@@ -1,4 +1,4 @@
-"""How a channel's events roll up into a message's current state (PROTOCOL.md §2, §3).
+"""How a channel's events roll up into a message's current state (docs/protocol.md §2, §3).
 
 Every backend applies events with these functions in the same step that sequences them, so
 history, ``rewind`` and replay agree on every backend.

@@ -1,4 +1,4 @@
-"""The REST routes of PROTOCOL.md §7: thin adapters over the Node.
+"""The REST routes of docs/protocol.md §7: thin adapters over the Node.
 
 Bodies are the WebSocket requests without ``action``, ``ref`` and the fields the URL
 carries, so both transports share one set of rules (:mod:`roomcast.server.api`). There is
