@@ -8,29 +8,56 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from msgspec import UNSET
-
 from roomcast.protocol import objects as live
 from roomcast.protocol.errors import BadRequest
 from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState
 
-from .apply import sequence
+from .apply import ChannelHead, apply_to_stage
 from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
 from .local import LocalBus, LocalEphemeralState, new_epoch, now_ms
 
 
 @dataclass(slots=True)
-class _Log:
-    epoch: str
-    serial: int = 0
-    first_serial: int = 1
-    updated_at: int = 0
+class _Log(ChannelHead):
+    """One channel, and its :class:`~.apply.ChannelStage`: events apply to it in place."""
+
     events: list[Event] = field(default_factory=list)  # events[i].serial == first_serial + i
     order: list[int] = field(default_factory=list)  # msg_serials, ascending
     messages: dict[int, Message] = field(default_factory=dict)
     keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # id → (serial, expires ms)
     objects: dict[str, ObjectState] = field(default_factory=dict)
-    objects_bytes: int = 0
+
+    @property
+    def head(self) -> _Log:
+        return self
+
+    def key_serial(self, key: str, now: int) -> int | None:
+        seen = self.keys.get(key)
+        return seen[0] if seen is not None and seen[1] > now else None
+
+    def message(self, msg_serial: int) -> Message | None:
+        return self.messages.get(msg_serial)
+
+    def live_object(self, object_id: str) -> ObjectState | None:
+        return self.objects.get(object_id)
+
+    def encode(self, event: Event) -> bytes:
+        return b""  # the log keeps the Event itself
+
+    def put_event(self, event: Event, body: bytes) -> None:
+        self.events.append(event)
+        self.updated_at = event.timestamp
+
+    def put_message(self, message: Message, *, created: bool) -> None:
+        if created:
+            self.order.append(message.msg_serial)
+        self.messages[message.msg_serial] = message
+
+    def put_object(self, object_id: str, state: ObjectState) -> None:
+        self.objects[object_id] = state
+
+    def put_key(self, key: str, serial: int, expires_at: int) -> None:
+        self.keys[key] = (serial, expires_at)
 
 
 class MemoryStore(LocalEphemeralState, Store):
@@ -58,37 +85,7 @@ class MemoryStore(LocalEphemeralState, Store):
         return log
 
     def _apply(self, event: Event, key: str | None, now: int) -> Appended:
-        log = self._log(event.channel)
-        if key is not None:
-            seen = log.keys.get(key)
-            if seen is not None and seen[1] > now:
-                return Appended(serial=seen[0], duplicate=True)
-        serial = log.serial + 1
-        step = sequence(
-            event,
-            None if event.msg_serial is UNSET else log.messages.get(event.msg_serial),
-            serial=serial,
-            objects=log.objects.get,
-            objects_bytes=log.objects_bytes,
-            options=self.options,
-            now=now,
-        )
-        if step is None:
-            return Appended(serial=None)
-        event, message, change = step.event, step.message, step.change
-        if change is not None:
-            log.objects[change.object_id] = change.state
-            log.objects_bytes += change.size_delta
-        elif message is not None:
-            if event.type == "create":
-                log.order.append(serial)
-            log.messages[message.msg_serial] = message
-        log.serial = serial
-        log.updated_at = now
-        log.events.append(event)
-        if key is not None:
-            log.keys[key] = (serial, now + int(self.options.dedup_window_s * 1000))
-        return Appended(serial=serial, event=event)
+        return apply_to_stage(self._log(event.channel), event, key, options=self.options, now=now)
 
     async def append(self, event: Event, *, idempotency_key: str | None = None) -> Appended:
         result = self._apply(event, idempotency_key, now_ms())
