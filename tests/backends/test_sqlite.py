@@ -99,7 +99,7 @@ async def test_live_objects_and_their_size_survive_reopen(tmp_path: Path) -> Non
 
 
 async def test_a_version_1_file_is_migrated(tmp_path: Path) -> None:
-    from roomcast.backends import sqlite as module
+    from roomcast.backends import sqlite_file as module
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
