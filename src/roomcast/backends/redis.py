@@ -1,5 +1,7 @@
-"""``redis://host:port/db``: several server processes sharing one Redis (URL, key names and Lua
-scripts here; the Store in ``redis_store``, the Bus in ``redis_bus``).
+"""``redis://host:port/db``: several server processes sharing one Redis (URL, key names, what
+the keys hold and the Lua scripts here; the Store in ``redis_store``, its writer task in
+``redis_writer``, its presence, node liveness, claims, counters and sessions in
+``redis_ephemeral``, the Bus in ``redis_bus``).
 
 How a write is made (one implementation of the rules, in Python):
 
@@ -8,8 +10,8 @@ How a write is made (one implementation of the rules, in Python):
    serial, first serial, objects size), the messages the events refer to, their idempotency
    keys and (for object operations) the channel's live objects. (A script rather than a
    MULTI: redis-py's cluster client queues each command of a MULTI through a thread.)
-3. It applies the events in Python with ``rollup.admit``/``apply_event`` and ``objects.plan``
-   exactly as the other stores do: a refused event takes no serial and writes nothing.
+3. It applies the events in Python with ``apply.apply_to_stage``, exactly as the other
+   stores do: a refused event takes no serial and writes nothing.
 4. It commits with one Lua script (:data:`COMMIT`) that first checks that the channel's
    serial and first serial are still those it read (a compare-and-set on the channel), then
    writes the events, messages, objects, idempotency keys (with a TTL: the dedup window) and
@@ -31,6 +33,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from roomcast.protocol.messages import Event, Message, ObjectState
 
 from . import shown_url
 
@@ -464,6 +470,24 @@ class Keys:
         return f"{self.prefix}:session:{key}"
 
 
+# What the keys hold: JSON, the protocol's data model.
+encode_value = msgspec.json.Encoder().encode
+decode_event = msgspec.json.Decoder(Event).decode
+decode_message = msgspec.json.Decoder(Message).decode
+decode_object = msgspec.json.Decoder(ObjectState).decode
+
+
+def int_or(value: bytes | None, default: int) -> int:
+    """A hash field that holds a number, or ``default`` if it is not there."""
+    return default if value is None else int(value)
+
+
+def objects_from_flat(flat: list[bytes]) -> dict[str, ObjectState]:
+    """A script's ``HGETALL`` of live objects (id, state, id, state, ...)."""
+    pairs = iter(flat)
+    return {oid.decode(): decode_object(body) for oid, body in zip(pairs, pairs, strict=True)}
+
+
 __all__ = [
     "CLAIM",
     "CLUSTER_SCHEMES",
@@ -481,6 +505,12 @@ __all__ = [
     "ClusterURL",
     "Keys",
     "SentinelURL",
+    "decode_event",
+    "decode_message",
+    "decode_object",
+    "encode_value",
+    "int_or",
+    "objects_from_flat",
     "parse_cluster_url",
     "parse_redis_url",
     "parse_sentinel_url",
