@@ -7,6 +7,7 @@ import { renderMarkdown } from "./markdown.js";
 import { $, app, attempt, displayName, toast } from "./state.js";
 
 const PAGE = 50;
+const REST_MS = 300;
 const REACTIONS = ["👍", "❤️", "😂", "🎉", "👀"];
 
 function initials(name) {
@@ -301,7 +302,13 @@ async function loadEarlier() {
 /** Wire "Load earlier messages" and scrolling to the top once. */
 export function setupMessageList() {
   $("load-earlier").addEventListener("click", loadEarlier);
+  // Load when the list comes to rest at the top: pressing the button scrolls it into view
+  // first, and that scroll must not load a second page.
+  let resting = null;
   $("scroller").addEventListener("scroll", () => {
-    if ($("scroller").scrollTop < 20 && app.hasMore && !$("load-earlier").disabled) loadEarlier();
+    clearTimeout(resting);
+    resting = setTimeout(() => {
+      if ($("scroller").scrollTop < 20 && app.hasMore && !$("load-earlier").disabled) loadEarlier();
+    }, REST_MS);
   });
 }
