@@ -38,7 +38,7 @@ import msgspec
 
 from roomcast.protocol.messages import Event, Message, ObjectState
 
-from . import shown_url
+from .urls import shown_url
 
 # Lua helpers: HMGET/HDEL in chunks (unpack has a stack limit).
 LUA_HELPERS = """

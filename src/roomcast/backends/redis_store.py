@@ -11,7 +11,6 @@ import msgspec
 from roomcast.protocol import objects as live
 from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState
 
-from . import BackendURLError
 from .apply import QueuedAppends
 from .base import REPLAY_PAGE, ChannelInfo, Snapshot, Store, StoreOptions
 from .local import new_epoch
@@ -32,6 +31,7 @@ from .redis_clients import redis_client
 from .redis_ephemeral import RedisEphemeralState
 from .redis_errors import RedisErrors
 from .redis_writer import MAX_ATTEMPTS, RedisWriter
+from .urls import BackendURLError
 
 _CHUNK = 500  # fields per HMGET/HDEL
 _READY_TTL_MS = 60_000  # the readiness probe's key expires: it holds nothing
