@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from inproc_node import RecordingTransport, running_node, settle
 
 from roomcast.backends.base import REPLAY_PAGE
-from roomcast.core.authz import Principal
+from roomcast.core.authz import Capability, Principal
 from roomcast.core.fanout import AttachResult
 from roomcast.core.node import Node
 from roomcast.core.subscriber import MAX_FRAME_MESSAGES, SubscriberCore
 from roomcast.protocol.capabilities import ALL
 from roomcast.protocol.codec import codec_for
-from roomcast.protocol.errors import CLOSE_AUTH, CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER
+from roomcast.protocol.errors import (
+    CLOSE_AUTH,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_SLOW_CONSUMER,
+    Forbidden,
+)
 from roomcast.protocol.messages import Attach, Publish
 from roomcast.protocol.session import Attachment
 
@@ -39,10 +45,9 @@ async def attach(
     node: Node, sub: SubscriberCore, from_serial: int | None = None
 ) -> tuple[Attachment, AttachResult]:
     """Subscribe first, then read the snapshot, as every transport does."""
-    attachment = sub.attachments[CHANNEL] = Attachment(CHANNEL)
-    node.fanout.subscribe(sub, CHANNEL)
-    req = Attach(channel=CHANNEL, from_serial=from_serial)
-    return attachment, await node.attach(Principal("bob", ALL, "key"), req)
+    bob = Principal("bob", ALL, "key")
+    attachment = sub.begin_attach(bob, CHANNEL)
+    return attachment, await node.attach(bob, Attach(channel=CHANNEL, from_serial=from_serial))
 
 
 async def test_everything_queued_in_one_turn_goes_out_as_one_frame() -> None:
@@ -132,6 +137,15 @@ async def test_an_expired_token_sends_40100_then_closes_with_4001() -> None:
         assert transport.closed == (CLOSE_AUTH, "token expired")
         [error] = transport.messages()
         assert (error["action"], error["code"]) == ("error", 40100)
+
+
+async def test_attaching_needs_the_subscribe_capability() -> None:
+    async with running_node() as node:
+        sub = subscriber(node, RecordingTransport())
+        reader = Principal("carol", Capability.parse({"other:*": ["subscribe"]}), "key")
+        with pytest.raises(Forbidden):
+            sub.begin_attach(reader, CHANNEL)
+        assert node.fanout.occupancy(CHANNEL) == 0 and sub.attachments == {}
 
 
 async def test_a_renewed_token_moves_the_expiry() -> None:

@@ -27,7 +27,7 @@ from roomcast.protocol.codec import Codec, RequestError, check_frame_kind
 from roomcast.protocol.errors import BadRequest, RateLimited, RoomcastError, StreamCancelled
 from roomcast.protocol.session import Attachment, Session, TokenBucket
 
-from .authz import Principal, authorize
+from .authz import Principal
 from .fanout import AttachResult
 from .subscriber import SubscriberCore, Transport
 
@@ -184,15 +184,13 @@ class Connection(SubscriberCore):
         self._check_rate()
         return self.node.submit_publish(self.principal, req, frame_size=size)
 
-    def _on_attach(self, req: m.Attach, size: int) -> Awaitable[Any]:
-        authorize(self.principal, "subscribe", req.channel)
+    def admit(self, channel: str) -> None:
         limit = self.node.settings.max_channels_per_connection
-        if req.channel not in self.session.attachments and len(self.session.attachments) >= limit:
+        if channel not in self.session.attachments and len(self.session.attachments) >= limit:
             raise RateLimited(f"at most {limit} channels may be attached on one connection")
-        # Subscribe before the snapshot is read, so no live event can fall in between; the
-        # attachment holds live events back until the snapshot and replay are out.
-        attachment = self.session.attach(req.channel)
-        self.fanout.subscribe(self, req.channel)
+
+    def _on_attach(self, req: m.Attach, size: int) -> Awaitable[Any]:
+        attachment = self.begin_attach(self.principal, req.channel)
         return asyncio.ensure_future(self._attach(req, attachment))
 
     async def _attach(self, req: m.Attach, attachment: Attachment) -> _Attaching:

@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 
 from roomcast.protocol.errors import BadRequest, Unauthorized
-from roomcast.protocol.keys import LEEWAY_S
+from roomcast.protocol.keys import LEEWAY_S, IssuedToken, issue_token
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
@@ -87,6 +87,19 @@ class Identities:
         if key is not None:
             return self.key(key, client_id)
         return Identity(self.anonymous(client_id))
+
+    def issue(
+        self,
+        name_secret: str,
+        client_id: str,
+        capability: dict[str, list[str]] | None,
+        ttl_s: int,
+    ) -> IssuedToken:
+        """A token for ``client_id`` signed by the API key ``name_secret``, granting the
+        key's capability or a narrower one (40300 if wider), valid for ``ttl_s``."""
+        key = self.settings.key_ring.authenticate(name_secret)
+        narrowed = None if capability is None else Capability.parse(capability)
+        return issue_token(key, client_id, narrowed, ttl_s)
 
     def renew(self, current: Principal, token: str) -> Identity:
         """A connection's new token: the same client_id, a new capability and expiry (else

@@ -42,6 +42,7 @@ from roomcast.protocol.errors import (
 )
 from roomcast.protocol.session import Attachment
 
+from .authz import Principal, authorize
 from .fanout import AttachResult, FanOut, Framing
 from .identity import LEEWAY_S
 
@@ -274,6 +275,19 @@ class SubscriberCore:
                 self.push_live(out)
 
     # ------------------------------------------------------------------ attach
+
+    def admit(self, channel: str) -> None:
+        """Raise if this subscriber may not take one more channel; the default has no limit."""
+
+    def begin_attach(self, principal: Principal, channel: str) -> Attachment:
+        """Subscribe to ``channel`` (``subscribe`` capability) before its snapshot is read,
+        so no live event can fall in between: the attachment holds live events back until
+        :meth:`finish_attach` has sent the snapshot and the replay."""
+        authorize(principal, "subscribe", channel)
+        self.admit(channel)
+        attachment = self.attachments[channel] = Attachment(channel)
+        self.fanout.subscribe(self, channel)
+        return attachment
 
     def head_frames(self, result: AttachResult) -> list[bytes]:
         """What opens an attach: ``attached``, and ``discontinuity`` if the resume failed."""

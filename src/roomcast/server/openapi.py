@@ -18,7 +18,7 @@ import msgspec
 from starlette.responses import Response
 
 from roomcast import __version__
-from roomcast.core.authz import OPERATIONS
+from roomcast.protocol.capabilities import OPERATIONS
 from roomcast.protocol.http import ENVELOPE, MAX_BATCH, ErrorBody, TokenRequest
 from roomcast.protocol.messages import (
     CHANNEL_PATTERN,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import msgspec
 
-from roomcast.core.authz import Capability
 from roomcast.protocol.errors import BadRequest, Unauthorized
 from roomcast.protocol.http import (
     MAX_BATCH,
@@ -26,7 +25,6 @@ from roomcast.protocol.http import (
     TokenRequest,
     TokenResult,
 )
-from roomcast.protocol.keys import issue_token
 from roomcast.protocol.messages import (
     Annotate,
     Append,
@@ -127,13 +125,10 @@ async def create_token(call: Call) -> msgspec.Struct:
     credential = bearer(call.request)
     if credential is None or ":" not in credential:
         raise Unauthorized("POST /v1/tokens needs `Authorization: Bearer NAME:SECRET`")
-    key = call.node.settings.key_ring.authenticate(credential)
     raw = await call.json(limit=single_body_limit(call.node.settings))
     req = call.body_as(raw, TokenRequest)
-    capability = None
-    if not isinstance(req.capability, msgspec.UnsetType):
-        capability = Capability.parse(req.capability)
-    issued = issue_token(key, req.client_id, capability, req.ttl_s)
+    capability = None if isinstance(req.capability, msgspec.UnsetType) else req.capability
+    issued = call.node.identities.issue(credential, req.client_id, capability, req.ttl_s)
     return TokenResult(token=issued.token, expires_at=issued.expires_at)
 
 

@@ -37,7 +37,7 @@ import msgspec
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from roomcast.core.authz import authorize
+from roomcast.core.authz import Principal
 from roomcast.core.fanout import AttachResult
 from roomcast.core.node import Node
 from roomcast.core.subscriber import SubscriberCore
@@ -140,9 +140,9 @@ class EventStream(SubscriberCore):
         self, node: Node, channel: str, registry: EventStreams, from_serial: int | None
     ) -> None:
         self.channel = channel
-        self.attachment = Attachment(channel)
+        self.attachment: Attachment | None = None
         self.body = _ResponseBody(self)
-        super().__init__(node.fanout, self.body, _FRAMING, {channel: self.attachment})
+        super().__init__(node.fanout, self.body, _FRAMING, {})
         self.registry = registry
         self.from_serial = from_serial
         self.ended = asyncio.Event()
@@ -150,10 +150,10 @@ class EventStream(SubscriberCore):
     def describe(self) -> str:
         return f"SSE stream on {self.channel}"
 
-    def open(self) -> None:
+    def open(self, principal: Principal) -> None:
         """Subscribe (before the snapshot is read, as attach does)."""
+        self.attachment = self.begin_attach(principal, self.channel)
         self.registry.open.add(self)
-        self.fanout.subscribe(self, self.channel)
 
     def end(self) -> None:
         """Unsubscribe; the response ends. Safe to call more than once."""
@@ -240,6 +240,7 @@ class EventStreamResponse(Response):
         stream.body.asgi_send = send
         stream.fanout.open(stream)  # keep-alives when idle
         stream.expire_at(self.expires_at)
+        assert stream.attachment is not None, "a stream is open before its response"
         await stream.finish_attach(stream.attachment, self.result)
         await stream.ended.wait()
 
@@ -295,10 +296,9 @@ async def channel_events(call: Call) -> Response:
             raise BadRequest(f"Last-Event-ID {last_event_id!r} is not a serial")
         fixed["from_serial"] = int(last_event_id)
     req = call.query(Attach, **fixed)
-    authorize(call.principal, "subscribe", channel)
     registry: EventStreams = call.request.app.state.event_streams
     stream = EventStream(node, channel, registry, req.from_serial)
-    stream.open()
+    stream.open(call.principal)
     try:
         result = await node.attach(call.principal, req)
     except BaseException:
