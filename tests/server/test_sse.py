@@ -15,6 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from roomcast.protocol.messages import Event, Heartbeat, SignalEvent
+from roomcast.server.sse import SseFraming
 from roomcast.testing import ServerProcess, WireClient
 
 
@@ -349,3 +351,15 @@ async def test_stream_ends_with_an_error_when_its_token_expires(
         response = await http.get(path, params={"token": token})
         assert response.status_code == 401
         assert response.json()["error"]["code"] == 40100
+
+
+def test_sse_framing_of_each_kind_of_message() -> None:
+    framing = SseFraming()
+    event = Event(channel="room:f", serial=7, type="create", client_id="a", timestamp=1, data="hi")
+    chunk = framing.encode(event)
+    assert chunk.startswith(b"id: 7\ndata: {") and chunk.endswith(b"}\n\n")
+    assert json.loads(chunk.split(b"data: ", 1)[1])["data"] == "hi"
+    signal = SignalEvent(channel="room:f", client_id="a", name="typing", data=None)
+    assert framing.encode(signal).startswith(b"event: signal\ndata: {")
+    assert framing.encode(Heartbeat()) == b": keep-alive\n\n"
+    assert framing.join([b"a", b"b"]) == b"ab"

@@ -80,12 +80,12 @@ class SseFraming:
     format = "sse"
 
     def __init__(self) -> None:
-        self._json = codec_for("json")
+        self.json = codec_for("json")  # the data of every chunk
 
     def encode(self, message: Reply) -> bytes:
         if isinstance(message, Heartbeat):
             return KEEP_ALIVE
-        frame = self._json.encode(message)
+        frame = self.json.encode(message)
         if isinstance(message, Event):
             return event_chunk(message.serial, frame)
         return named_chunk(str(type(message).__struct_config__.tag), frame)
@@ -172,7 +172,7 @@ class EventStream(SubscriberCore):
         next event: ``from_serial`` when resuming, else the snapshot's serial."""
         attached = result.attached
         resume_from = attached.serial if not attached.resumed else self.from_serial
-        json = _FRAMING._json
+        json = _FRAMING.json
         head = named_chunk("attached", json.encode(attached), resume_from)
         if result.discontinuity is not None:
             gone = Discontinuity(channel=attached.channel, reason=result.discontinuity)
