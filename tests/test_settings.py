@@ -71,3 +71,19 @@ def test_settings_are_parsed_without_the_core() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_allowed_hosts_default_to_loopback_names_on_loopback_and_any_name_elsewhere() -> None:
+    local = Settings.load({})
+    for host in ("127.0.0.1:8000", "localhost", "LocalHost.:1", "[::1]:9", "::1", None):
+        assert local.host_allowed(host), host
+    for host in ("evil.example:8000", "127.0.0.1.evil.example", "", "[::2]"):
+        assert not local.host_allowed(host), host
+    public = Settings.load({}, host="0.0.0.0", allow_anonymous=True)
+    assert public.host_allowed("evil.example") and public.hosts == {"*"}
+    named = Settings.load({"ROOMCAST_ALLOWED_HOSTS": "Chat.Example.com:443, *.rooms.example"})
+    assert named.host_allowed("chat.example.com:8000") and named.host_allowed("a.b.rooms.example")
+    assert not named.host_allowed("rooms.example") and not named.host_allowed("xrooms.example")
+    assert named.host_allowed("localhost:1")  # loopback names always
+    described = dict(local.describe())["allowed_hosts"]
+    assert described == "auto (loopback names only)"

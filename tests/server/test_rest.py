@@ -338,7 +338,7 @@ async def test_internal_errors_are_50000_with_the_details_only_in_the_log(
     node.store.history = broken
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             with caplog.at_level(logging.INFO, logger="roomcast.http"):
                 response = await client.get("/v1/channels/room:a/messages")
     finally:

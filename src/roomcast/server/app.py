@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from roomcast.backends import StoreOptions, open_backend
 from roomcast.core.node import Node
-from roomcast.protocol.errors import Forbidden, Unavailable
+from roomcast.protocol.errors import BadRequest, Forbidden, Unavailable
 from roomcast.protocol.http import ErrorBody, HealthStatus
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
@@ -44,7 +44,7 @@ from .errors import (
 from .metrics import Metrics, RequestMetrics
 from .overload import Overload, SheddingStore
 from .sse import EventStreams
-from .websocket import websocket_endpoint
+from .websocket import HOST_REFUSED, host_of, websocket_endpoint
 
 log = logging.getLogger("roomcast.server")
 Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
@@ -134,6 +134,11 @@ class RoomcastApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.state.settings.host_allowed(host_of(scope)):
+            # Before any work: a page whose name was rebound to this address (DNS
+            # rebinding) must neither read nor write.
+            await error_response(Request(scope), BadRequest(HOST_REFUSED))(scope, receive, send)
+            return
         if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:
             scope["app"] = self
             await websocket_endpoint(WebSocket(scope, receive, send))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from starlette.requests import Request
+from starlette.types import Scope
 from starlette.websockets import WebSocket
 
 from roomcast.core.connection import Connection
@@ -16,18 +18,20 @@ from roomcast.protocol.errors import (
     CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
+    BadRequest,
     ProtocolViolation,
     RoomcastError,
     Unavailable,
 )
 from roomcast.protocol.messages import ErrorReply
 
-from .errors import shed_response
+from .errors import error_response, shed_response
 from .overload import OVERLOADED, RETRY_CONNECTIONS_S, Overload
 from .uvicorn_websocket import DIRECT_SEND
 
 log = logging.getLogger("roomcast.ws")
 
+HOST_REFUSED = "this server does not answer to that Host name (see allowed_hosts)"
 # The ASGI extension for an HTTP response instead of the upgrade (uvicorn has it).
 DENIAL_RESPONSE = "websocket.http.response"
 # The close codes that mean the peer vanished without a close frame (TCP loss, missed pings),
@@ -80,8 +84,30 @@ async def _shed(websocket: WebSocket) -> None:
     await _refuse(websocket, Unavailable(OVERLOADED))
 
 
+def host_of(scope: Scope) -> str | None:
+    """The ``Host`` header of a request (None if it has none)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _refuse_host(websocket: WebSocket) -> None:
+    """Refuse a WebSocket for a host name not served, before the upgrade: HTTP 400 with the
+    §7 error body (or a 403 without the ASGI denial-response extension)."""
+    log.warning("refused a WebSocket for Host %s (not in allowed_hosts)", host_of(websocket.scope))
+    if DENIAL_RESPONSE in websocket.scope.get("extensions", {}):
+        request = Request({**websocket.scope, "type": "http", "method": "GET"})
+        await websocket.send_denial_response(error_response(request, BadRequest(HOST_REFUSED)))
+        return
+    await websocket.close(code=1008)
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
+    if not node.settings.host_allowed(host_of(websocket.scope)):
+        await _refuse_host(websocket)
+        return
     scheme = "https" if websocket.url.scheme == "wss" else "http"
     origin = websocket.headers.get("origin")
     if not node.settings.origin_allowed(origin, websocket.headers.get("host"), scheme):
