@@ -208,6 +208,15 @@ class Settings:
             "that send no Origin (SDK, CLI, curl) are always allowed."
         ),
     )
+    allowed_hosts: str = _field(
+        default="",
+        metadata=_spec(
+            "Comma-separated host names this server answers to in the Host header "
+            "(chat.example.com, *.example.com for its subdomains; * for any); others get 400. "
+            "Loopback names (127.0.0.1, localhost, [::1]) are always served. Default: only "
+            "those when bound to loopback (against DNS rebinding), any name otherwise."
+        ),
+    )
     auth_url: str = _field(
         default="",
         metadata=_spec(
@@ -236,15 +245,6 @@ class Settings:
         addresses (or to another one)."""
         host = self.host
         if not is_loopback(host):
-    allowed_hosts: str = _field(
-        default="",
-        metadata=_spec(
-            "Comma-separated host names this server answers to in the Host header "
-            "(chat.example.com, *.example.com for its subdomains; * for any); others get 400. "
-            "Loopback names (127.0.0.1, localhost, [::1]) are always served. Default: only "
-            "those when bound to loopback (against DNS rebinding), any name otherwise."
-        ),
-    )
             host = "::1" if ":" in host else "127.0.0.1"
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{self.port}"
@@ -265,6 +265,28 @@ class Settings:
         if "*" in origins or origin in origins:
             return True
         return host is not None and origin == f"{scheme}://{host}"
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """``allowed_hosts`` as a set of lower-case names (``*`` stands for any); when unset,
+        ``*`` unless the server is bound to loopback."""
+        names = frozenset(host_name(h) for h in self.allowed_hosts.split(",") if h.strip())
+        if not names and not is_loopback(self.host):
+            return frozenset({"*"})
+        return names
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a request with this ``Host`` header (any port) is for this server: a
+        loopback name, or one of ``allowed_hosts``. No Host at all is not a browser's."""
+        if host is None:
+            return True
+        name = host_name(host)
+        if name in LOOPBACK_NAMES:
+            return True
+        hosts = self.hosts
+        if "*" in hosts or name in hosts:
+            return True
+        return any(h.startswith("*.") and name.endswith(h[1:]) for h in hosts)
 
     @property
     def retention_ms(self) -> int:
@@ -293,29 +315,9 @@ class Settings:
                 value = "********"
             elif f.name == "store":
                 value = self.store_shown if value else f"{self.store_url} (default)"
+            elif f.name == "allowed_hosts" and not value:
+                value = f"auto ({', '.join(sorted(self.hosts)) or 'loopback names only'})"
             elif f.name == "allow_anonymous" and value is None:
-    @property
-    def hosts(self) -> frozenset[str]:
-        """``allowed_hosts`` as a set of lower-case names (``*`` stands for any); when unset,
-        ``*`` unless the server is bound to loopback."""
-        names = frozenset(host_name(h) for h in self.allowed_hosts.split(",") if h.strip())
-        if not names and not is_loopback(self.host):
-            return frozenset({"*"})
-        return names
-
-    def host_allowed(self, host: str | None) -> bool:
-        """Whether a request with this ``Host`` header (any port) is for this server: a
-        loopback name, or one of ``allowed_hosts``. No Host at all is not a browser's."""
-        if host is None:
-            return True
-        name = host_name(host)
-        if name in LOOPBACK_NAMES:
-            return True
-        hosts = self.hosts
-        if "*" in hosts or name in hosts:
-            return True
-        return any(h.startswith("*.") and name.endswith(h[1:]) for h in hosts)
-
                 value = f"auto ({'on' if self.anonymous_enabled else 'off'} for {self.host})"
             out.append((f.name, str(value)))
         return out
@@ -343,8 +345,6 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-            elif f.name == "allowed_hosts" and not value:
-                value = f"auto ({', '.join(sorted(self.hosts)) or 'loopback names only'})"
         positive = (
             "port",
             "max_message_bytes",
@@ -438,20 +438,6 @@ def parse_duration_ms(text: str, name: str) -> int:
     return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def default_database_path() -> Path:
-    return Path(platformdirs.user_data_dir("roomcast")) / "roomcast.db"
-
-
-SETTING_NAMES = [f.name for f in fields(Settings)]
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 """The host names a loopback server always answers to."""
 
@@ -466,3 +452,17 @@ def host_name(host: str) -> str:
     return host.rstrip(".")
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_database_path() -> Path:
+    return Path(platformdirs.user_data_dir("roomcast")) / "roomcast.db"
+
+
+SETTING_NAMES = [f.name for f in fields(Settings)]
