@@ -250,3 +250,36 @@ async def test_credentials_in_urls_never_reach_the_log(test_env: dict[str, str])
         output = server.output()
     assert "/v1/ws?key=***" in output  # it was logged, masked
     assert SECRET not in output and token not in output
+
+
+async def logged(server: ServerProcess, needle: str, count: int) -> str:
+    """The server's log once ``needle`` is in it ``count`` times (access lines are written
+    after the answer)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while (output := server.output()).count(needle) < count:
+        assert asyncio.get_running_loop().time() < deadline, output
+        await asyncio.sleep(0.02)
+    return output
+
+
+async def test_credentials_are_masked_in_the_log_however_their_names_are_spelled(
+    test_env: dict[str, str],
+) -> None:
+    env = {**test_env, "ROOMCAST_KEYS": OPS, "ROOMCAST_LOG_LEVEL": "info"}
+    with ServerProcess(env=env) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            token = await issue(http, client_id="erin")
+            for query in (f"%74oken={token}", f"%74%6Fken={token}", f"TOKEN={token}"):
+                await http.get(f"/v1/channels?marker=1&{query}")
+            await http.get(f"/v1/channels?marker=1&%6Bey={OPS}")
+            await http.get(f"/v1/channels?marker=1&k%65y={OPS}&%2574oken={token}")
+        # Decoded by the server and used: it is a key holder.
+        client = await WireClient.connect(server.ws_url, **{"%6Bey": OPS, "marker": "1"})
+        assert client.connected["client_id"] == "key:ops"
+        await client.close()
+        client = await WireClient.connect(server.ws_url, **{"%74oken": token, "marker": "1"})
+        assert client.connected["client_id"] == "erin"
+        await client.close()
+        output = await logged(server, "marker=1", 7)
+    assert SECRET not in output and token not in output
+    assert "%6Bey=***" in output and "%74oken=***" in output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.parse
 
 from starlette.requests import Request
 
@@ -55,21 +56,47 @@ def request_principal(node: Node, request: Request) -> Principal:
     return request_identity(node, request).principal
 
 
-_CREDENTIAL_IN_URL = re.compile(r"([?&](?:key|token)=)[^&\s\"]*")
+_QUERY = re.compile(r"\?([^\s\"#]*)")
+_PARAMETER = re.compile(r"[^&;]*")
+_SECRET_NAMES = frozenset({"key", "token"})
+MASK = "***"
+
+
+def _decoded_name(name: str) -> str:
+    """A query parameter's name as a server could read it: percent-decoded (again while that
+    changes it, bounded), ``+`` as a space, any case."""
+    for _ in range(4):
+        decoded = urllib.parse.unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    return name.strip().lower()
+
+
+def _mask_parameter(match: re.Match[str]) -> str:
+    name, eq, _ = match.group(0).partition("=")
+    return f"{name}={MASK}" if eq and _decoded_name(name) in _SECRET_NAMES else match.group(0)
+
+
+def _mask_query(match: re.Match[str]) -> str:
+    return "?" + _PARAMETER.sub(_mask_parameter, match.group(1))
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every query parameter named ``key`` or ``token`` masked,
+    however the name is spelled (``%6Bey``, ``TOKEN``, ...)."""
+    return _QUERY.sub(_mask_query, text) if "?" in text else text
 
 
 class RedactCredentials(logging.Filter):
     """Masks ``?key=`` and ``?token=`` in log lines (uvicorn logs request paths with their
-    query strings), so no secret reaches a log."""
+    query strings, as sent), so no secret reaches a log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                _CREDENTIAL_IN_URL.sub(r"\1***", a) if isinstance(a, str) else a
-                for a in record.args
-            )
-        if isinstance(record.msg, str) and ("key=" in record.msg or "token=" in record.msg):
-            record.msg = _CREDENTIAL_IN_URL.sub(r"\1***", record.msg)
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
         return True
 
 
