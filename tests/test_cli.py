@@ -11,9 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+import pytest
 
 from roomcast.backends import StoreOptions, open_backend
 from roomcast.cli.serve import host_agents
@@ -456,3 +459,50 @@ def test_hosted_agents_get_a_private_key_and_reserve_their_names() -> None:
     assert hosted.runtime is not None
     assert key.name not in dict(settings.describe())["keys"]  # never printed
     assert settings.anonymous_enabled  # the private key does not turn anonymous access off
+
+
+def http_status(url: str, body: object = None) -> int:
+    """The status ``url`` answers (a POST of ``body`` as JSON, if given)."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-Roomcast-Client-Id": "alice"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
+
+
+def test_serve_refuses_a_damaged_store_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    with ServerProcess(store=f"sqlite:///{path}") as server:
+        for i in range(100):
+            url = f"{server.url}/v1/channels/room:{i % 7}/messages"
+            assert http_status(url, {"data": "x" * 2000}) == 200
+    page = 4096
+    with path.open("r+b") as file:  # garbage over pages 3 to 8; the header stays intact
+        file.seek(2 * page)
+        file.write(os.urandom(6 * page))
+    result = run_cli("serve", "--store", f"sqlite:///{path}", "--port", str(free_port()))
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cannot open the store sqlite:///{path}: {path} is damaged (")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_readyz_fails_while_the_store_takes_no_writes(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    wal = path.with_name(path.name + "-wal")
+    with ServerProcess(store=f"sqlite:///{path}") as server:
+        publish = f"{server.url}/v1/channels/room:x/messages"
+        assert http_status(publish, {"data": "one"}) == 200
+        if subprocess.run(["chattr", "+i", str(wal)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        try:  # the journal is immutable: no write commits, not even as root
+            assert http_status(server.url + "/readyz") == 503
+            assert http_status(publish, {"data": "two"}) == 503
+        finally:
+            subprocess.run(["chattr", "-i", str(wal)], check=True)
+        assert http_status(server.url + "/readyz") == 200
+        assert http_status(publish, {"data": "three"}) == 200

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import roomcast
 from roomcast.backends.base import StoreOptions
 from roomcast.backends.local import LocalBus, now_ms
 from roomcast.backends.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore, StoreLocked
+from roomcast.backends.sqlite_file import StoreDamaged, StoreUnwritable
 from roomcast.protocol.errors import TooLarge, Unavailable
 from roomcast.protocol.messages import Event
 
@@ -263,3 +267,90 @@ async def test_retention_survives_reopen(tmp_path: Path) -> None:
         assert (snap.serial, snap.first_serial, snap.events, snap.messages) == (4, 5, None, [])
         assert (await store.append(create("new"))).serial == 5
         assert [e.serial for e in await store.read_events(CH, 0, 10)] == [5]
+
+
+# ---------------------------------------------------------------- damaged and unwritable files
+
+
+def damage(path: Path, pages: range = range(3, 9)) -> None:
+    """Write garbage over ``pages`` of the file (page 1, the header, stays intact)."""
+    size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    assert path.stat().st_size > size * pages.stop, "the file should have those pages"
+    with path.open("r+b") as file:
+        for page in pages:
+            file.seek((page - 1) * size)
+            file.write(os.urandom(size))
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """``chattr +i`` on ``paths`` while inside: no process, root included, writes them."""
+    try:
+        for path in paths:
+            subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        for path in paths:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        pytest.skip(f"chattr +i is not available here: {exc}")
+    try:
+        yield
+    finally:
+        for path in paths:
+            subprocess.run(["chattr", "-i", str(path)], check=True, capture_output=True)
+
+
+async def test_a_damaged_file_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        await store.append_batch([create("x" * 2000) for _ in range(200)], [None] * 200)
+    damage(path)
+    with pytest.raises(StoreDamaged, match=rf"{path} is damaged \(integrity check: .+\)"):
+        await store_at(path).open()
+    async with store_at(tmp_path / "y.db") as store:  # the refused open released its lock
+        await store.append(create())
+
+
+async def test_a_file_that_is_not_a_database_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    path.write_bytes(b"not a database, " * 1000)
+    with pytest.raises(StoreDamaged, match=rf"{path} is damaged .*not a database"):
+        await store_at(path).open()
+
+
+async def test_a_file_that_takes_no_writes_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        await store.append(create())
+    with immutable(path), pytest.raises(StoreUnwritable, match=rf"{path} takes no writes"):
+        await store_at(path).open()
+
+
+async def test_ping_fails_while_another_program_holds_the_file_locked(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        await store.ping()
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("PRAGMA busy_timeout = 0")
+        other.execute("BEGIN EXCLUSIVE")  # readers still read (WAL); no write gets in
+        try:
+            with pytest.raises(Unavailable, match=r"takes no writes.*locked"):
+                await store.ping()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await store.ping()
+        assert (await store.append(create())).serial == 1
+
+
+async def test_ping_fails_while_the_journal_takes_no_writes(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        await store.append(create())
+        await store.ping()
+        with immutable(path.with_name(path.name + "-wal")):
+            with pytest.raises(Unavailable, match="takes no writes"):
+                await store.ping()
+            with pytest.raises(Unavailable):
+                await store.append(create())
+        await store.ping()
+        assert (await store.append(create())).serial == 2

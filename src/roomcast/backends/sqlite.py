@@ -32,6 +32,7 @@ from .sqlite_file import (
     decode_event,
     decode_message,
     decode_object,
+    probe_ready,
     release_lock,
     take_lock,
 )
@@ -123,7 +124,10 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
             self._lock_fd = None
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        """Readiness (``/readyz``): a small committed write, not a read, so that it fails
+        while the file takes no writes (read-only or immutable, locked by another program,
+        a full or failing disk)."""
+        await self._read(lambda _: probe_ready(self.path))
 
     # ------------------------------------------------------------ writes
 

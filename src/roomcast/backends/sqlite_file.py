@@ -6,13 +6,16 @@ The writer thread (``sqlite_writer``) and the store's readers (``sqlite``) both 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import msgspec
 
+from roomcast.protocol.errors import Unavailable
 from roomcast.protocol.messages import Event, Message, ObjectState
 
 _BUSY_TIMEOUT_MS = 5000
@@ -40,6 +43,10 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE objects (channel TEXT NOT NULL, object_id TEXT NOT NULL, body BLOB NOT NULL,
         PRIMARY KEY (channel, object_id)) WITHOUT ROWID;
     """,
+    """
+    -- one row, rewritten by every write probe (at open, and on each /readyz)
+    CREATE TABLE ready (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -50,6 +57,15 @@ class StoreLocked(RuntimeError):
 
 class SchemaTooNew(RuntimeError):
     """The file was written by a newer roomcast than this one."""
+
+
+class StoreDamaged(RuntimeError):
+    """The file fails SQLite's integrity check, or is not a database at all."""
+
+
+class StoreUnwritable(RuntimeError):
+    """The file takes no writes: read-only, immutable, locked by another program, or its
+    disk is full or failing."""
 
 
 # Rows hold JSON, the protocol's data model (msgpack cannot hold an integer past 64 bits).
@@ -99,12 +115,77 @@ def release_lock(fd: int) -> None:
     os.close(fd)
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the file's schema to :data:`SCHEMA_VERSION`, all or nothing.
+def _check(conn: sqlite3.Connection, path: Path) -> None:
+    """SQLite's quick integrity check of every page (it reads the whole file once).
 
     Raises:
-        SchemaTooNew: A newer roomcast wrote the file.
+        StoreDamaged: The check found a problem, or the file is not a database.
     """
+    advice = f"restore it from a backup, or salvage what is readable with `sqlite3 {path} .recover`"
+    try:
+        found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        raise StoreDamaged(f"{path} is damaged ({exc}): {advice}") from None
+    if found != ["ok"]:
+        problems = "; ".join(" ".join(problem.split()) for problem in found)
+        raise StoreDamaged(f"{path} is damaged (integrity check: {problems}): {advice}")
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """Commit one small write: the file, its journal and the disk take writes right now."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT OR REPLACE INTO ready VALUES (1, ?)", (int(time.time() * 1000),))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have rolled back
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _unwritable(path: Path, exc: sqlite3.Error) -> str:
+    return (
+        f"{path} takes no writes ({exc}): check the file's and its directory's permissions "
+        "and attributes (lsattr), that the file system is writable and has room, and that "
+        "no other program holds the database locked"
+    )
+
+
+def probe_ready(path: Path) -> None:
+    """Readiness: commit a small write on a connection of its own (blocking, up to the
+    5 s busy timeout while another connection holds the write lock).
+
+    Raises:
+        Unavailable: The file takes no writes now.
+    """
+    try:
+        conn = connect(path)
+        try:
+            _probe_write(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise Unavailable(_unwritable(path, exc)) from None
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Open checks, then the schema: check the file's integrity, bring its schema to
+    :data:`SCHEMA_VERSION` (all or nothing), and prove that it takes a write.
+
+    Raises:
+        StoreDamaged: The file fails the integrity check, or is not a database.
+        SchemaTooNew: A newer roomcast wrote the file.
+        StoreUnwritable: The file takes no writes.
+    """
+    _check(conn, path)
+    _upgrade(conn, path)
+    try:
+        _probe_write(conn)
+    except sqlite3.Error as exc:
+        raise StoreUnwritable(_unwritable(path, exc)) from None
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(
@@ -130,13 +211,16 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
 __all__ = [
     "SCHEMA_VERSION",
     "SchemaTooNew",
+    "StoreDamaged",
     "StoreLocked",
+    "StoreUnwritable",
     "connect",
     "decode_event",
     "decode_message",
     "decode_object",
     "encode_value",
     "migrate",
+    "probe_ready",
     "release_lock",
     "take_lock",
 ]

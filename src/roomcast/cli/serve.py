@@ -208,17 +208,22 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _refuse(reason: str) -> None:
+    """Why the server does not start: one line (never wrapped, so it greps), no traceback."""
+    console.print(" ".join(reason.split()), style="red", markup=False, soft_wrap=True)
+
+
 async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int:
     node = app.state.node
     try:
         agents = host_agents(node, settings)
     except Exception as exc:  # a bad agents file, a missing provider package
-        console.print(f"cannot start the agents: {exc}", style="red", markup=False)
+        _refuse(f"cannot start the agents: {exc}")
         return 2
     try:
-        await node.start()
-    except Exception as exc:
-        console.print(f"[red]cannot open the store {settings.store_shown}:[/red] {exc}")
+        await node.start()  # a SQLite file is checked: integrity, then a write probe
+    except Exception as exc:  # locked, damaged, takes no writes, unreachable, too new
+        _refuse(f"cannot open the store {settings.store_shown}: {exc}")
         return 3
     _print_banner(settings, agents.agents)
     try:
