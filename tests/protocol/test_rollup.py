@@ -6,7 +6,13 @@ import pytest
 
 from roomcast.protocol.errors import Conflict, NotFound, TooLarge
 from roomcast.protocol.messages import Event
-from roomcast.protocol.rollup import admit, apply_event, message_from_create
+from roomcast.protocol.rollup import (
+    admit,
+    apply_event,
+    check_size,
+    message_from_create,
+    message_size,
+)
 
 
 def ev(type_: str, serial: int, client: str = "alice", **fields: object) -> Event:
@@ -65,3 +71,42 @@ def test_delete_cancel_and_reactions() -> None:
 def test_an_event_for_no_message_is_not_found() -> None:
     with pytest.raises(NotFound):
         admit(None, ev("update", 2, msg_serial=9, data=1), max_stream_bytes=10)
+
+
+def test_a_deleted_message_takes_no_change_but_a_repeated_delete() -> None:
+    msg = message_from_create(ev("create", 1, data="Hel", streaming=True))
+    gone = apply_event(msg, ev("delete", 2, msg_serial=1))
+    like = ev("annotation", 3, client="bob", msg_serial=1, kind="reaction", name="a", op="add")
+    for change in (
+        ev("update", 3, msg_serial=1, extras={"a": 1}),
+        ev("append", 3, msg_serial=1, data="lo"),
+        ev("cancel", 3, client="bob", msg_serial=1),
+        like,
+    ):
+        with pytest.raises(Conflict, match="message 1 is deleted"):
+            admit(gone, change, max_stream_bytes=100)
+    assert admit(gone, ev("delete", 3, msg_serial=1), max_stream_bytes=100) is False
+
+
+def test_an_append_needs_text_data() -> None:
+    msg = message_from_create(ev("create", 1, data="Hel", streaming=True))
+    msg = apply_event(msg, ev("update", 2, msg_serial=1, data=["Hel"]))
+    with pytest.raises(Conflict, match="message 1's data is not text: it cannot be appended to"):
+        admit(msg, ev("append", 3, msg_serial=1, data="lo"), max_stream_bytes=100)
+    msg = apply_event(msg, ev("update", 3, msg_serial=1, data=None))
+    assert admit(msg, ev("append", 4, msg_serial=1, data="lo"), max_stream_bytes=100)
+
+
+def test_the_size_rule_counts_the_message_after_the_change() -> None:
+    msg = message_from_create(ev("create", 1, data="x" * 500, extras={"a": "y" * 50}))
+    assert message_size(msg) == len('{"a":""}') + 50  # text data is bounded elsewhere
+    grown = apply_event(msg, ev("update", 2, msg_serial=1, extras={"b": "z" * 60}))
+    with pytest.raises(TooLarge, match="message 1 would take 125 bytes"):
+        check_size(msg, grown, max_message_bytes=100)
+    check_size(msg, grown, max_message_bytes=125)
+    like = ev("annotation", 2, client="bob", msg_serial=1, kind="reaction", name="r" * 60, op="add")
+    with pytest.raises(TooLarge):
+        check_size(msg, apply_event(msg, like), max_message_bytes=100)
+    # Over the limit already (a lower limit since): a change that does not grow it goes.
+    smaller = apply_event(grown, ev("update", 3, msg_serial=1, extras={"b": "z"}))
+    check_size(grown, smaller, max_message_bytes=10)

@@ -23,7 +23,7 @@ from msgspec import UNSET, structs
 from roomcast.protocol import objects as live
 from roomcast.protocol.errors import BadRequest
 from roomcast.protocol.messages import Event, Message, ObjectState
-from roomcast.protocol.rollup import admit, apply_event, message_from_create
+from roomcast.protocol.rollup import admit, apply_event, check_size, message_from_create
 
 from .base import Appended, StoreOptions
 
@@ -71,7 +71,8 @@ def sequence(
         What to store, or None for a no-op (it takes no serial and answers ``ok``).
 
     Raises:
-        NotFound, Conflict, TooLarge: The event cannot apply (``rollup.admit``, ``objects.plan``).
+        NotFound, Conflict, TooLarge: The event cannot apply (``rollup.admit``,
+            ``rollup.check_size``, ``objects.plan``).
     """
     if not admit(message, event, max_stream_bytes=options.max_stream_bytes):
         return None
@@ -89,7 +90,10 @@ def sequence(
     event = structs.replace(event, serial=serial, timestamp=now)
     if event.type == "create":
         return Sequenced(event, message=message_from_create(event))
-    return Sequenced(event, message=None if message is None else apply_event(message, event))
+    assert message is not None  # admit() refused an event that names no message
+    changed = apply_event(message, event)
+    check_size(message, changed, max_message_bytes=options.max_message_bytes)
+    return Sequenced(event, message=changed)
 
 
 class Head(Protocol):

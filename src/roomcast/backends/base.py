@@ -67,6 +67,7 @@ class StoreOptions(msgspec.Struct, frozen=True):
     """Settings a store needs to apply events (they come from the server's settings)."""
 
     dedup_window_s: float = 86400.0
+    max_message_bytes: int = 64 * 1024  # a message after a change (``rollup.check_size``)
     max_stream_bytes: int = 1024 * 1024
     max_objects_bytes: int = 256 * 1024
 

@@ -213,7 +213,9 @@ class MemoryStore(LocalEphemeralState, Store):
         found: list[tuple[str, Message]] = []
         for channel, log in self._logs.items():
             for message in log.messages.values():
-                if message.status == "streaming" and message.updated_at < idle_since_ms:
+                # A deleted message takes no more changes: nobody can end it.
+                streaming = message.status == "streaming" and not message.deleted
+                if streaming and message.updated_at < idle_since_ms:
                     found.append((channel, message))
         found.sort(key=lambda item: item[1].updated_at)
         return found[:limit]

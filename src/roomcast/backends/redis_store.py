@@ -245,7 +245,7 @@ class RedisStore(QueuedAppends, RedisEphemeralState, Store):
                 stale: list[bytes] = []
                 for member, (channel, _), body in zip(members, pairs, bodies, strict=True):
                     message = None if body is None else decode_message(body)
-                    if message is None or message.status != "streaming":
+                    if message is None or message.status != "streaming" or message.deleted:
                         stale.append(member)
                     elif message.updated_at < idle_since_ms:
                         found.append((channel, message))

@@ -353,7 +353,7 @@ class RedisWriter:
                     pipe.zadd(self.k.channels, {channel: 0})
                 for msg_serial, message in changed:
                     member = encode_value((channel, msg_serial))
-                    if message.status == "streaming":
+                    if message.status == "streaming" and not message.deleted:
                         pipe.zadd(self.k.streaming, {member: message.updated_at})
                     else:
                         pipe.zrem(self.k.streaming, member)

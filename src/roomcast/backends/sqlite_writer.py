@@ -68,6 +68,12 @@ def _write_rows(
         conn.execute(sql, [value for row in chunk for value in row])
 
 
+def _indexed(message: Message) -> str:
+    """The ``status`` column: the sweeper's index of streaming messages, which a deleted
+    message leaves (it takes no more changes, so nobody can end it)."""
+    return "deleted" if message.deleted else message.status
+
+
 def _copy(chan: ChannelHead) -> ChannelHead:
     """A copy a stage may change (dataclasses.replace is slow, and this runs per append)."""
     return ChannelHead(
@@ -323,7 +329,7 @@ class _WriteConnection:
                 conn,
                 _UPSERT_MESSAGES,
                 [
-                    (ch, m.msg_serial, m.timestamp, m.status, m.updated_at, encode_value(m))
+                    (ch, m.msg_serial, m.timestamp, _indexed(m), m.updated_at, encode_value(m))
                     for (ch, _), m in stage.messages.items()
                 ],
             )

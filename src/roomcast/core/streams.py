@@ -36,7 +36,7 @@ from roomcast.protocol.errors import (
     Unavailable,
 )
 from roomcast.protocol.messages import Event, Status
-from roomcast.protocol.rollup import append_refusal
+from roomcast.protocol.rollup import append_refusal, is_text
 from roomcast.settings import Settings
 
 log = logging.getLogger("roomcast.streams")
@@ -75,6 +75,8 @@ class _Stream:
     author: str | None = None
     status: str = "streaming"
     cancelled_by: str | None = None
+    deleted: bool = False
+    text: bool = True  # its data is text (a string, or null), which appends may add to
     size: int = 0  # bytes of data stored, plus those merged but not stored yet
     queue: list[_Item] = field(default_factory=list)  # waiting for the message to load
     merge: list[_Item] = field(default_factory=list)  # checked, waiting for the window
@@ -157,10 +159,12 @@ class AppendRollup:
                 stream.status = event.status
             if event.data is not UNSET:
                 stream.size = _size(event.data) + stream.merge_bytes
+                stream.text = is_text(event.data)
         elif event.type == "cancel":
             stream.cancelled_by = event.client_id
         elif event.type == "delete":
             stream.size = stream.merge_bytes
+            stream.deleted = True
 
     async def aclose(self) -> None:
         """Sequence everything pending and wait until it is stored."""
@@ -192,6 +196,8 @@ class AppendRollup:
         stream.author = message.client_id
         stream.status = message.status
         stream.cancelled_by = message.cancelled_by
+        stream.deleted = message.deleted
+        stream.text = is_text(message.data)
         stream.size = _size(message.data)
         self._take_queue(stream)
         self._forget(stream)
@@ -206,6 +212,8 @@ class AppendRollup:
             appender=item.client_id,
             size=stream.size + _size(item.data),
             max_stream_bytes=self.max_stream_bytes,
+            deleted=stream.deleted,
+            text=stream.text,
         )
 
     def _take_queue(self, stream: _Stream) -> None:

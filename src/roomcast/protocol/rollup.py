@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from msgspec import UNSET, structs
 
 from .errors import Conflict, NotFound, StreamCancelled, TooLarge
 from .messages import FINAL_STATUSES, Event, Message
+
+_encode = msgspec.json.Encoder().encode  # thread-safe: the SQLite writer thread uses it too
 
 
 def message_from_create(event: Event) -> Message:
@@ -83,13 +86,50 @@ def admit(message: Message | None, event: Event, *, max_stream_bytes: int) -> bo
     """Check that ``event`` may apply to ``message``, atomically with the write.
 
     Returns False for a no-op (it takes no serial and answers ``ok``), and raises
-    :class:`NotFound` or :class:`Conflict` (or :class:`TooLarge`) when it cannot apply.
+    :class:`NotFound` or :class:`Conflict` (or :class:`TooLarge`) when it cannot apply. A
+    deleted message takes no change (deleting it again is a no-op). What the change makes
+    is checked after it is applied (:func:`check_size`).
     """
     if event.type in ("create", "object"):
         return True
     if message is None:
         raise NotFound(f"no message {event.msg_serial} on {event.channel}")
+    if event.type == "delete":
+        return not message.deleted
+    if message.deleted:
+        raise Conflict(f"message {message.msg_serial} is deleted: it takes no more changes")
     return _ADMIT[event.type](message, event, max_stream_bytes)
+
+
+def message_size(message: Message) -> int:
+    """The bytes of ``message`` that ``max_message_bytes`` bounds: its extras, its reactions
+    and its data unless that is text, as JSON. Text is bounded where it is written: an
+    ``update`` carries at most ``max_message_bytes``, appends at most ``max_stream_bytes``.
+    """
+    size = len(_encode(message.extras)) if message.extras else 0
+    if message.reactions:
+        size += len(_encode(message.reactions))
+    if message.data is not None and not isinstance(message.data, str):
+        size += len(_encode(message.data))
+    return size
+
+
+def check_size(before: Message, after: Message, *, max_message_bytes: int) -> None:
+    """Refuse a change that takes a message over ``max_message_bytes`` (see
+    :func:`message_size`); a change that does not grow it always goes.
+
+    Raises:
+        TooLarge: The message would be larger than the limit, and larger than it was.
+    """
+    if after.extras is before.extras and after.reactions is before.reactions:
+        if after.data is before.data or isinstance(after.data, str | None):
+            return  # nothing the rule counts has changed (appends, cancels, statuses)
+    size = message_size(after)
+    if size > max_message_bytes and size > message_size(before):
+        raise TooLarge(
+            f"message {after.msg_serial} would take {size} bytes (extras, reactions and "
+            f"data that is not text), over the {max_message_bytes} byte limit"
+        )
 
 
 def append_refusal(
@@ -101,23 +141,35 @@ def append_refusal(
     appender: str | None,
     size: int,
     max_stream_bytes: int,
+    deleted: bool = False,
+    text: bool = True,
 ) -> Conflict | TooLarge | None:
     """Why an append to message ``msg_serial`` is refused, or None if it may go.
 
-    The message must be streaming, not cancelled and the appender's own, and ``size`` (its
-    bytes with the append) within the limit. The store raises it (:func:`admit`); the core
-    checks appends with it before they reach the store, so both refuse alike.
+    The message must not be deleted, must be streaming, not cancelled and the appender's
+    own, its data must be text (``text``: a string, or null), and ``size`` (its bytes with
+    the append) within the limit. The store raises it (:func:`admit`); the core checks
+    appends with it before they reach the store, so both refuse alike.
     """
     what = f"message {msg_serial}"
+    if deleted:
+        return Conflict(f"{what} is deleted: it takes no more changes")
     if status != "streaming":
         return Conflict(f"{what} is not streaming")
     if cancelled_by is not None:
         return StreamCancelled(f"{what} was cancelled by {cancelled_by}", cancelled_by)
     if appender != author:
         return Conflict(f"{what} is not yours to append to")
+    if not text:
+        return Conflict(f"{what}'s data is not text: it cannot be appended to")
     if size > max_stream_bytes:
         return TooLarge(f"stream would be {size} bytes, over the {max_stream_bytes} limit")
     return None
+
+
+def is_text(data: Any) -> bool:
+    """Whether appends may add to ``data``: a string, or null (empty text)."""
+    return data is None or isinstance(data, str)
 
 
 def _admit_append(message: Message, event: Event, max_stream_bytes: int) -> bool:
@@ -129,6 +181,7 @@ def _admit_append(message: Message, event: Event, max_stream_bytes: int) -> bool
         appender=event.client_id,
         size=len(str(message.data or "").encode()) + len(str(event.data).encode()),
         max_stream_bytes=max_stream_bytes,
+        text=is_text(message.data),
     )
     if error is not None:
         raise error
@@ -142,10 +195,6 @@ def _admit_update(message: Message, event: Event, max_stream_bytes: int) -> bool
         if event.data is UNSET and event.extras is UNSET:
             return False  # repeating a final status
     return True
-
-
-def _admit_delete(message: Message, event: Event, max_stream_bytes: int) -> bool:
-    return not message.deleted
 
 
 def _admit_cancel(message: Message, event: Event, max_stream_bytes: int) -> bool:
@@ -165,7 +214,6 @@ def _admit_annotation(message: Message, event: Event, max_stream_bytes: int) -> 
 _ADMIT: dict[str, Callable[[Message, Event, int], bool]] = {
     "append": _admit_append,
     "update": _admit_update,
-    "delete": _admit_delete,
     "cancel": _admit_cancel,
     "annotation": _admit_annotation,
 }

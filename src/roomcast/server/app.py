@@ -198,6 +198,7 @@ def open_store(settings: Settings, metrics: Metrics, overload: Overload) -> Shed
     """The store of ``settings.store_url``, shedding work under overload."""
     options = StoreOptions(
         dedup_window_s=settings.dedup_window_s,
+        max_message_bytes=settings.max_message_bytes,
         max_stream_bytes=settings.max_stream_bytes,
         max_objects_bytes=settings.max_objects_bytes,
     )
