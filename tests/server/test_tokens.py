@@ -13,6 +13,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
+from roomcast.protocol.capabilities import ALL
+from roomcast.protocol.keys import ApiKey, issue_token
 from roomcast.testing import ServerProcess, WireClient
 
 SECRET = "k" * 32
@@ -283,3 +285,59 @@ async def test_credentials_are_masked_in_the_log_however_their_names_are_spelled
         output = await logged(server, "marker=1", 7)
     assert SECRET not in output and token not in output
     assert "%6Bey=***" in output and "%74oken=***" in output
+
+
+@pytest.fixture(scope="module")
+def open_keyed(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    """Keys, and anonymous access on too."""
+    env = {**test_env, "ROOMCAST_KEYS": f"{OPS}\n{READER}", "ROOMCAST_ALLOW_ANONYMOUS": "1"}
+    with ServerProcess(env=env) as proc:
+        yield proc
+
+
+async def first_answer(url: str) -> tuple[dict[str, Any], int | None]:
+    """The first message of a WebSocket, and its close code if it was refused."""
+    async with ws_connect(url) as ws:
+        first = json.loads(await ws.recv())
+        if first["action"] != "error":
+            return first, None
+        await ws.wait_closed()
+        return first, ws.close_code
+
+
+async def test_key_identities_are_reserved_for_their_keys(open_keyed: ServerProcess) -> None:
+    channel = room()
+    owner = await WireClient.connect(open_keyed.ws_url, key=OPS)
+    assert owner.connected["client_id"] == "key:ops"
+    serial = (await owner.request("publish", channel=channel, data="mine"))["serial"]
+    reader_key = "reader:r3ad3r"
+    for query in (
+        "client_id=key:ops",
+        "client_id=KEY:ops",
+        "client_id=key:someone",
+        f"key={reader_key}&client_id=key:ops",  # another key's holder
+    ):
+        answer, code = await first_answer(f"{open_keyed.ws_url}?{query}")
+        assert (answer.get("code"), code) == (40100, 4001), (query, answer)
+    reader = await WireClient.connect(open_keyed.ws_url, key=reader_key)
+    assert reader.connected["client_id"] == "key:reader"  # its own is its own
+    await reader.close()
+    async with httpx.AsyncClient(base_url=open_keyed.url) as http:
+        # A token never carries a key's identity: not issued, and refused if made offline.
+        asked = await http.post(
+            "/v1/tokens", json={"client_id": "key:ops"}, headers={"Authorization": f"Bearer {OPS}"}
+        )
+        assert asked.status_code == 403, asked.text
+        forged = issue_token(ApiKey("ops", SECRET, ALL), "key:ops").token
+        answer, code = await first_answer(f"{open_keyed.ws_url}?token={forged}")
+        assert (answer.get("code"), code) == (40100, 4001)
+        # Over HTTP too: an anonymous X-Roomcast-Client-Id of key:ops edits nothing.
+        edit = await http.patch(
+            f"/v1/channels/{channel}/messages/{serial}",
+            json={"data": "defaced"},
+            headers={"X-Roomcast-Client-Id": "key:ops"},
+        )
+        assert edit.status_code == 401, edit.text
+    history = await owner.request("history", channel=channel)
+    assert [m["data"] for m in history["messages"]] == ["mine"]
+    await owner.close()

@@ -3,9 +3,13 @@
 A caller presents a token (``kind="token"``), an API key ``NAME:SECRET`` (``kind="key"``,
 client id the one it picked or ``key:NAME``), or nothing: then it is anonymous, if the
 server allows that, with the client id it picked or one made up. Credentials that are
-presented and do not verify are always refused (40100). The names of the server's agents
-are reserved: only API-key holders (agent workers) may speak as one. A connection renews
-its token with a token for the same client id.
+presented and do not verify are always refused (40100).
+
+Reserved identities (40100): a ``key:`` client id (any case) belongs to the key of that
+name, and to nobody else: not an anonymous client, not another key, and not a token (the
+key holder that signs a token picks its client id, often for a user who asked for one, so a
+token never speaks as a key). The names of the server's agents are only for API-key holders
+(agent workers). A connection renews its token with a token for the same client id.
 
 Transports only find the credentials in their request (a query parameter, a header) and
 hand them to :meth:`Identities.resolve`.
@@ -17,12 +21,15 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from roomcast.protocol.errors import BadRequest, Unauthorized
+from roomcast.protocol.errors import BadRequest, Forbidden, Unauthorized
 from roomcast.protocol.keys import LEEWAY_S, IssuedToken, issue_token
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
 from .authz import Capability, Principal
+
+KEY_PREFIX = "key:"
+"""The client ids of API keys: ``key:NAME`` is key NAME's alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,10 @@ class Identities:
         self.reserved: frozenset[str] = frozenset()
 
     def _check_not_reserved(self, client_id: str) -> None:
+        """40100 if ``client_id`` is a key's or an agent's: not for anonymous or token
+        callers."""
+        if client_id.lower().startswith(KEY_PREFIX):
+            raise Unauthorized(f"{client_id!r} is the identity of an API key: pick another")
         if client_id in self.reserved:
             raise Unauthorized(
                 f"{client_id!r} is the name of an agent of this server: pick another client_id"
@@ -75,9 +86,12 @@ class Identities:
     def key(self, name_secret: str, client_id: str | None = None) -> Identity:
         """An API key's holder: ``client_id`` if given, else ``key:NAME``."""
         key = self.settings.key_ring.authenticate(name_secret)
+        own = KEY_PREFIX + key.name
         if client_id is None or client_id == "":
-            client_id = f"key:{key.name}"
+            client_id = own
         check_client_id(client_id)
+        if client_id.lower().startswith(KEY_PREFIX) and client_id != own:
+            raise Unauthorized(f"{client_id!r} is another API key's identity; yours is {own!r}")
         return Identity(Principal(client_id, key.capability, "key"))
 
     def resolve(self, *, token: str | None, key: str | None, client_id: str | None) -> Identity:
@@ -98,6 +112,10 @@ class Identities:
         """A token for ``client_id`` signed by the API key ``name_secret``, granting the
         key's capability or a narrower one (40300 if wider), valid for ``ttl_s``."""
         key = self.settings.key_ring.authenticate(name_secret)
+        try:
+            self._check_not_reserved(client_id)
+        except Unauthorized as exc:  # the key is good: it asks for what it may not sign
+            raise Forbidden(f"no token for {client_id!r}: {exc.message}") from None
         narrowed = None if capability is None else Capability.parse(capability)
         return issue_token(key, client_id, narrowed, ttl_s)
 
@@ -107,7 +125,8 @@ class Identities:
         claims = self.settings.key_ring.verify(token)
         if claims.client_id != current.client_id:
             raise Unauthorized(f"the token is for {claims.client_id!r}, not {current.client_id!r}")
+        self._check_not_reserved(claims.client_id)
         return Identity(Principal(claims.client_id, claims.capability, "token"), claims.exp)
 
 
-__all__ = ["LEEWAY_S", "Identities", "Identity", "check_client_id"]
+__all__ = ["KEY_PREFIX", "LEEWAY_S", "Identities", "Identity", "check_client_id"]
