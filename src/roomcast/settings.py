@@ -185,9 +185,21 @@ class Settings:
     max_connections: int = _field(
         default=10000,
         metadata=_spec(
-            "WebSocket connections and SSE streams this server process holds at once; one more "
-            "WebSocket upgrade and the /v1 HTTP routes answer 503 while it is full."
+            "WebSocket connections, SSE streams and connections still sending their request "
+            "headers this server process holds at once; one more WebSocket upgrade and the "
+            "/v1 HTTP routes answer 503 while it is full."
         ),
+    )
+    header_timeout_s: float = _field(
+        default=10.0,
+        metadata=_spec(
+            "Seconds a connection has to send a request's headers, from its accept (or the "
+            "next request's first byte); then it is closed (408 if the request had begun)."
+        ),
+    )
+    keep_alive_s: float = _field(
+        default=5.0,
+        metadata=_spec("Seconds an HTTP connection may stay idle between two requests."),
     )
     max_pending_writes: int = _field(
         default=50000,
@@ -370,6 +382,8 @@ class Settings:
             "resume_window_s",
             "dedup_window_s",
             "heartbeat_s",
+            "header_timeout_s",
+            "keep_alive_s",
             "stream_idle_timeout_s",
             "cancel_grace_s",
         ):

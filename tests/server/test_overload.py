@@ -6,6 +6,7 @@ refused with 50300 while its connection stays usable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -252,3 +253,112 @@ def test_limits_must_be_positive() -> None:
         Settings.load({}, max_connections=0)
     with pytest.raises(ValueError, match="max_pending_writes"):
         Settings.load({"ROOMCAST_MAX_PENDING_WRITES": "-1"})
+
+
+# ---------------------------------------------------------------- slow request headers
+
+PARTIAL = b"GET /v1/channels HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Never: "  # no end of headers
+
+
+@pytest.fixture(scope="module")
+def impatient(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    env = {**test_env, "ROOMCAST_HEADER_TIMEOUT_S": "1", "ROOMCAST_KEEP_ALIVE_S": "1"}
+    with ServerProcess(env={**env, "ROOMCAST_AGENTS": "none"}) as proc:
+        yield proc
+
+
+class Raw:
+    """TCP connections to a server, each of which has sent its ``first`` bytes."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def open(self, first: bytes = PARTIAL) -> tuple[asyncio.StreamReader, Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.server.port)
+        self.writers.append(writer)
+        writer.write(first)
+        await writer.drain()
+        return reader, writer
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw(server: ServerProcess) -> AsyncIterator[Raw]:
+    connections = Raw(server)
+    try:
+        yield connections
+    finally:
+        connections.close()
+        for writer in connections.writers:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader, within_s: float = 15) -> bytes:
+    """What the server sent before it closed the connection."""
+    async with asyncio.timeout(within_s):
+        return await reader.read()
+
+
+async def test_connections_that_never_finish_their_headers_are_closed_at_the_deadline(
+    impatient: ServerProcess,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with raw(impatient) as connections:
+        partial = [(await connections.open())[0] for _ in range(300)]
+        silent, _ = await connections.open(b"")
+        trickling, writer = await connections.open(b"GET / HTTP/1.1\r\n")
+
+        async def trickle() -> None:  # one header line every 0.2 s: the deadline stays
+            while not trickling.at_eof():
+                writer.write(b"X-Slow: 1\r\n")
+                await asyncio.sleep(0.2)
+
+        dripping = asyncio.ensure_future(trickle())
+        try:
+            answers = await asyncio.gather(*(until_closed(r) for r in [*partial, trickling]))
+            assert await until_closed(silent) == b""  # nothing was asked: nothing is answered
+        finally:
+            dripping.cancel()
+    assert loop.time() - started >= 0.9
+    assert {a.split(b"\r\n", 1)[0] for a in answers} == {b"HTTP/1.1 408 Request Timeout"}
+    async with httpx.AsyncClient(base_url=impatient.url, timeout=10) as http:
+        assert (await http.get("/v1/channels")).status_code == 200
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_s(
+    impatient: ServerProcess,
+) -> None:
+    async with raw(impatient) as connections:
+        reader, _ = await connections.open(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = await until_closed(reader, within_s=4)  # uvicorn's own default is 5 s
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1") == 1
+
+
+async def test_half_open_connections_count_against_max_connections(
+    test_env: dict[str, str],
+) -> None:
+    env = {**test_env, "ROOMCAST_MAX_CONNECTIONS": "3", "ROOMCAST_AGENTS": "none"}
+    with ServerProcess(env=env) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            async with raw(server) as connections:
+                for _ in range(3):
+                    await connections.open()
+                assert_shed(await eventually_status(http, "/v1/channels", 503))
+                late = server.ws_url + "?client_id=late"
+                assert (await refused(late)).response.status_code == 503
+            await eventually_status(http, "/v1/channels", 200)
+            async with await WireClient.connect(server.ws_url, client_id="late") as client:
+                assert client.connected["action"] == "connected"
+
+
+def test_header_and_keep_alive_timeouts_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="header_timeout_s"):
+        Settings.load({"ROOMCAST_HEADER_TIMEOUT_S": "0"})
+    with pytest.raises(ValueError, match="keep_alive_s"):
+        Settings.load({}, keep_alive_s=-1)

@@ -95,6 +95,7 @@ def run_server(settings: Settings) -> None:
 
     from roomcast.backends import BackendURLError
     from roomcast.server import create_app
+    from roomcast.server.uvicorn_http import http_protocol
     from roomcast.server.uvicorn_websocket import RoomcastWebSocketProtocol
 
     logging.basicConfig(
@@ -109,6 +110,8 @@ def run_server(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        http=http_protocol(app.state.overload, settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type] # any float works
         ws=RoomcastWebSocketProtocol,
         ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=settings.heartbeat_s,

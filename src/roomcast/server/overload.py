@@ -3,7 +3,9 @@ new work with a clear "retry later" instead of queueing it until memory runs out
 
 This process is overloaded while either bound is reached:
 
-- ``max_connections``: the WebSocket connections and SSE streams it holds. One more
+- ``max_connections``: the WebSocket connections and SSE streams it holds, and the
+  half-open connections (accepted, request headers not yet complete: at most
+  ``header_timeout_s`` each, see ``uvicorn_http``). One more
   WebSocket is refused at the upgrade with HTTP 503, ``Retry-After`` and the §7 error body
   (code 50300), so a load balancer can send it to another node. Under an ASGI server
   without the denial-response extension it gets ``error`` 50300 and the close 1013 right
@@ -48,14 +50,16 @@ class Overload:
         self.max_connections = settings.max_connections
         self.max_pending_writes = settings.max_pending_writes
         self.websockets = 0  # open WebSocket connections, counted from the upgrade
+        self.half_open = 0  # TCP connections whose request headers are not complete yet
         self.pending_writes = 0  # store writes submitted and not yet answered
         self._streams = streams  # the open SSE streams (anything with a len)
         self._warned_at = -WARN_EVERY_S
 
     @property
     def connections(self) -> int:
-        """WebSocket connections and SSE streams held now."""
-        return self.websockets + (len(self._streams) if self._streams is not None else 0)
+        """WebSocket connections, SSE streams and half-open connections held now."""
+        streams = len(self._streams) if self._streams is not None else 0
+        return self.websockets + streams + self.half_open
 
     @property
     def full(self) -> bool:

@@ -1,0 +1,108 @@
+"""The uvicorn HTTP protocol that ``roomcast serve`` runs: uvicorn's httptools protocol with
+a deadline on request headers, and half-open connections counted as connections.
+
+uvicorn closes a kept-alive connection that stays idle between requests
+(``timeout_keep_alive``), but sets no deadline on a request's headers: a client that sends
+half a request line, or one header line every few seconds (slowloris), holds its connection,
+its buffers and a file descriptor for good. Here every request has ``header_timeout_s`` from
+the moment its connection is accepted (or, on a kept-alive connection, from the first byte of
+the next request) to its last header line. The deadline is not moved by data that trickles
+in. Past it, a request that had begun is answered 408 and the connection closed; a
+connection that sent nothing is closed without a word.
+
+Until its first request's headers are complete a connection is half-open. Half-open
+connections count against ``max_connections`` (``Overload.half_open``): while they fill it,
+one more WebSocket upgrade and the ``/v1`` HTTP routes answer 503, as with any other
+connections, and each of them frees its place at its deadline at the latest.
+
+Like ``uvicorn_websocket``, this subclasses the implementation behind ``http="httptools"``
+(``uvicorn.Config(http=...)`` takes a protocol class, but offers no hook into one) and uses
+its parser callbacks and attributes (``loop``, ``transport``, ``cycle``); the pin on uvicorn
+in pyproject.toml keeps a release that may change them from being installed unnoticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .overload import Overload
+
+_REASON = b"the request headers took too long\n"
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_REASON), _REASON)
+)
+
+
+class RoomcastHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline; make one with
+    :func:`http_protocol` and pass it as ``uvicorn.Config(http=...)``."""
+
+    overload: ClassVar[Overload | None] = None
+    header_timeout_s: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._half_open = False  # counted in overload.half_open
+        self._begun = False  # a request has begun and its headers are not complete
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.overload is not None:
+            self.overload.half_open += 1
+            self._half_open = True
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = True
+        self._arm()  # the next request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._begun = False
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self._half_open and self.overload is not None:
+            self._half_open = False
+            self.overload.half_open -= 1
+
+    def _timed_out(self) -> None:
+        self._header_timer = None
+        self._disarm()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._begun and (cycle is None or cycle.response_complete):
+            transport.write(_TIMED_OUT)  # not in the middle of another response
+        transport.close()
+
+
+def http_protocol(overload: Overload, header_timeout_s: float) -> type[RoomcastHttpProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``: its connections are counted in
+    ``overload`` while half-open, and have ``header_timeout_s`` to send their headers."""
+    return type(
+        "RoomcastHttpProtocol",
+        (RoomcastHttpProtocol,),
+        {"overload": overload, "header_timeout_s": header_timeout_s},
+    )
+
+
+__all__ = ["RoomcastHttpProtocol", "http_protocol"]
