@@ -4,7 +4,7 @@
 import { startReply, snippet } from "./composer.js";
 import { el, keepFocus } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
-import { $, app, attempt, displayName, toast } from "./state.js";
+import { $, app, attempt, displayName, isAgentId, toast } from "./state.js";
 
 const PAGE = 50;
 const REST_MS = 300;
@@ -27,8 +27,10 @@ function timeOf(ms) {
   return { short: date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }), iso: date.toISOString() };
 }
 
+/** Only the server's agents are shown as agents: a message's `extras.agent` says nothing of
+ * its author unless the author is one of them. */
 function isAgent(message) {
-  return Boolean(message.extras?.agent) || app.configuredAgents.some((a) => a.name === message.client_id);
+  return isAgentId(message.client_id);
 }
 
 /** Whether the list is scrolled to (about) its end. */

@@ -54,9 +54,9 @@ function renderPeople(app) {
     const data = member.data && typeof member.data === "object" ? member.data : {};
     const entry = people.get(member.client_id) || { connections: 0 };
     entry.connections += 1;
-    entry.name = typeof data.name === "string" ? data.name : entry.name || member.client_id;
-    entry.agent = entry.agent || data.kind === "agent";
-    if (data.kind === "agent") entry.status = data.status || "idle";
+    entry.name = typeof data.name === "string" ? app.shownName(member.client_id, data.name) : entry.name || member.client_id;
+    entry.agent = app.isAgentId(member.client_id); // not what its presence says of itself
+    if (entry.agent) entry.status = typeof data.status === "string" ? data.status : "idle";
     people.set(member.client_id, entry);
   }
   const sorted = [...people.entries()].sort(([, a], [, b]) => Number(a.agent) - Number(b.agent) || a.name.localeCompare(b.name));

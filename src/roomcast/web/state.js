@@ -24,6 +24,8 @@ export const app = {
   configuredAgents: [],
   toast,
   displayName,
+  isAgentId,
+  shownName,
 };
 
 /** Remember the display name on this device. */
@@ -52,11 +54,25 @@ export async function attempt(what, promise) {
   }
 }
 
+/** Whether `clientId` is one of the server's agents: only those that `GET /v1/agents` lists
+ * are shown as agents (a badge, their name), whatever a client says of itself. */
+export function isAgentId(clientId) {
+  return Boolean(clientId) && app.configuredAgents.some((agent) => agent.name === clientId);
+}
+
+/** The name `clientId` goes by: `name` (from its presence or a signal), unless that is an
+ * agent's name and `clientId` is not that agent; then its client_id. */
+export function shownName(clientId, name) {
+  const wanted = name.trim().toLowerCase();
+  const agent = app.configuredAgents.find((configured) => configured.name.toLowerCase() === wanted);
+  return agent && agent.name !== clientId ? clientId : name;
+}
+
 /** The name to show for a client_id: from presence data if we have it. */
 export function displayName(clientId) {
   if (!clientId) return "server";
   for (const member of app.channel?.presence.list() || []) {
-    if (member.client_id === clientId && member.data && typeof member.data.name === "string") return member.data.name;
+    if (member.client_id === clientId && member.data && typeof member.data.name === "string") return shownName(clientId, member.data.name);
   }
   return clientId;
 }

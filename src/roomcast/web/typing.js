@@ -1,6 +1,6 @@
 // "Alice is typing…": our own typing signals, and who else is typing or thinking.
 
-import { $, app, displayName } from "./state.js";
+import { $, app, displayName, isAgentId, shownName } from "./state.js";
 
 const TYPING_EVERY_MS = 2000;
 const TYPING_SHOWN_MS = 4000;
@@ -17,7 +17,7 @@ export function sendTyping(text) {
 /** A `signal` of the room: someone else's `typing` shows for a few seconds. */
 export function onSignal(signal) {
   if (signal.name !== "typing" || signal.client_id === app.client.clientId) return;
-  const name = typeof signal.data?.name === "string" ? signal.data.name : displayName(signal.client_id);
+  const name = typeof signal.data?.name === "string" ? shownName(signal.client_id, signal.data.name) : displayName(signal.client_id);
   app.typers.set(signal.client_id, { name, until: Date.now() + TYPING_SHOWN_MS });
   renderTyping();
   setTimeout(renderTyping, TYPING_SHOWN_MS + 50);
@@ -32,7 +32,7 @@ export function renderTyping() {
     else names.push(entry.name);
   }
   for (const member of app.channel?.presence.list() || []) {
-    const status = member.data?.kind === "agent" ? member.data.status : null;
+    const status = isAgentId(member.client_id) ? member.data?.status : null;
     if (status === "thinking") names.push(`${displayName(member.client_id)} (thinking)`);
   }
   const unique = [...new Set(names)];
