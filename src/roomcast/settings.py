@@ -20,9 +20,10 @@ from roomcast.backends import shown_url
 from roomcast.protocol.capabilities import OPERATIONS
 from roomcast.protocol.keys import KeyRing, KeySpecError
 
-# Anonymous clients may do everything except the ``*-any`` operations (docs/protocol.md §6).
+# Anonymous clients may do everything except the ``*-any`` operations and ``claim``
+# (docs/protocol.md §6): claims decide which agent worker answers a message.
 DEFAULT_ANONYMOUS_CAPABILITY = json.dumps(
-    {"*": sorted(op for op in OPERATIONS if not op.endswith("-any"))}
+    {"*": sorted(op for op in OPERATIONS if not op.endswith("-any") and op != "claim")}
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -362,7 +364,7 @@ async def test_msgpack_format_speaks_the_same_protocol(server: ServerProcess) ->
         assert msgspec.msgpack.decode(await ws.recv())["action"] == "attached"
         await ws.send(
             msgspec.msgpack.encode(
-                {"action": "publish", "channel": channel, "data": b"\x00\x01", "ref": 2}
+                {"action": "publish", "channel": channel, "data": [1, 2.5, "3"], "ref": 2}
             )
         )
         frames: list[dict[str, object]] = []
@@ -428,17 +430,35 @@ async def test_frames_of_every_header_size_arrive_intact(server: ServerProcess) 
     await writer.close()
 
 
-async def test_a_claim_belongs_to_one_connection_until_its_ttl(server: ServerProcess) -> None:
+CLAIMER = "ops:" + "c" * 32
+
+
+@pytest.fixture(scope="module")
+def claims_server(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A key, and anonymous access on too."""
+    env = {**test_env, "ROOMCAST_KEYS": CLAIMER, "ROOMCAST_ALLOW_ANONYMOUS": "1"}
+    with ServerProcess(store="memory://", env=env) as proc:
+        yield proc
+
+
+async def claim_reply(client: WireClient, channel: str, key: str, ttl_s: float = 1) -> Any:
+    reply = await client.request("claim", channel=channel, key=key, ttl_s=ttl_s)
+    if reply["action"] == "error":
+        return reply["code"]
+    assert reply["action"] == "ok", reply
+    return reply["granted"]
+
+
+async def test_a_claim_belongs_to_one_connection_until_its_ttl(
+    claims_server: ServerProcess,
+) -> None:
     channel = room()
     # Two workers of one agent share a client_id: the claim still goes to exactly one.
-    first = await WireClient.connect(server.ws_url, client_id="worker")
-    second = await WireClient.connect(server.ws_url, client_id="worker")
+    first = await WireClient.connect(claims_server.ws_url, key=CLAIMER, client_id="worker")
+    second = await WireClient.connect(claims_server.ws_url, key=CLAIMER, client_id="worker")
 
-    async def claim(client: WireClient, key: str = "answer:17") -> bool:
-        reply = await client.request("claim", channel=channel, key=key, ttl_s=1)
-        assert reply["action"] == "ok", reply
-        granted: bool = reply["granted"]
-        return granted
+    async def claim(client: WireClient, key: str = "answer:17") -> Any:
+        return await claim_reply(client, channel, key)
 
     assert await claim(first) is True
     assert await claim(second) is False
@@ -448,6 +468,20 @@ async def test_a_claim_belongs_to_one_connection_until_its_ttl(server: ServerPro
     assert await claim(second) is True  # the ttl passed
     await first.close()
     await second.close()
+
+
+async def test_an_anonymous_client_cannot_squat_the_agents_claims(
+    claims_server: ServerProcess,
+) -> None:
+    channel = room()
+    mallory = await WireClient.connect(claims_server.ws_url, client_id="mallory")
+    for serial in range(1, 4):
+        assert await claim_reply(mallory, channel, f"answer:assistant:{serial}", 86400) == 40300
+    assert await claim_reply(mallory, channel, "lock:1", 86400) == 40300  # no claim by default
+    agent = await WireClient.connect(claims_server.ws_url, key=CLAIMER, client_id="assistant")
+    assert await claim_reply(agent, channel, "answer:assistant:1", 30) is True
+    await mallory.close()
+    await agent.close()
 
 
 async def test_the_largest_history_page_is_a_setting(test_env: dict[str, str]) -> None:

@@ -26,7 +26,7 @@ from roomcast.protocol.keys import LEEWAY_S, IssuedToken, issue_token
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
-from .authz import Capability, Principal
+from .authz import Capability, Principal, authorize_claim
 
 KEY_PREFIX = "key:"
 """The client ids of API keys: ``key:NAME`` is key NAME's alone."""
@@ -54,12 +54,15 @@ class Identities:
         # The agents configured on this server: their names are not for anonymous clients.
         self.reserved: frozenset[str] = frozenset()
 
+    # Whether a caller may claim a key (core/authz.py); the node asks its identities.
+    authorize_claim = staticmethod(authorize_claim)
+
     def _check_not_reserved(self, client_id: str) -> None:
         """40100 if ``client_id`` is a key's or an agent's: not for anonymous or token
         callers."""
         if client_id.lower().startswith(KEY_PREFIX):
             raise Unauthorized(f"{client_id!r} is the identity of an API key: pick another")
-        if client_id in self.reserved:
+        if client_id.lower() in {name.lower() for name in self.reserved}:  # no look-alikes
             raise Unauthorized(
                 f"{client_id!r} is the name of an agent of this server: pick another client_id"
             )

@@ -370,8 +370,8 @@ class Node(Sequencer):
     ) -> Ok:
         """Grant ``key`` to one ``owner`` (a connection id) until ``ttl_s`` passes; the
         same owner may claim it again (renew). Workers of one agent share a client_id, so
-        the owner is the connection, not the client."""
-        authorize(principal, "claim", channel)
+        the owner is the connection, not the client. Who may claim what: authorize_claim."""
+        self.identities.authorize_claim(principal, channel, key)
         granted = await self.store.claim(f"{channel}\0{key}", owner, ttl_s)
         return Ok(granted=granted)
 

@@ -54,6 +54,8 @@ class Capability:
     """A map of channel pattern → operations, as in a token's ``capability`` claim."""
 
     rules: tuple[tuple[str, frozenset[str]], ...]
+    # The operations each pattern lists by name (not through ``*``), for ``names``.
+    named: tuple[tuple[str, frozenset[str]], ...] = ()
 
     @classmethod
     def parse(cls, text: str | dict[str, list[str]]) -> Capability:
@@ -70,7 +72,7 @@ class Capability:
     def _parse(cls, raw: object) -> Capability:
         if not isinstance(raw, dict):
             raise BadRequest("a capability is a JSON object of pattern → [operations]")
-        rules = []
+        rules, named = [], []
         for pattern, ops in raw.items():
             if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
                 raise BadRequest(f"capability {pattern!r}: operations must be a list of strings")
@@ -79,7 +81,8 @@ class Capability:
             if unknown:
                 raise BadRequest(f"capability {pattern!r}: unknown operations {sorted(unknown)}")
             rules.append((pattern, frozenset(OPERATIONS if "*" in ops else ops)))
-        return cls(tuple(rules))
+            named.append((pattern, frozenset(ops) - {"*"}))
+        return cls(tuple(rules), tuple(named))
 
     def allows(self, operation: str, channel: str) -> bool:
         """Whether one rule grants ``operation`` on ``channel`` (``*-any`` grants ``*-own``)."""
@@ -87,6 +90,13 @@ class Capability:
             if pattern_matches(pattern, channel) and _grants(ops, operation):
                 return True
         return False
+
+    def names(self, operation: str, channel: str) -> bool:
+        """Whether a rule for ``channel`` lists ``operation`` by name: ``*`` grants it
+        (:meth:`allows`), but does not name it."""
+        return any(
+            operation in ops and pattern_matches(pattern, channel) for pattern, ops in self.named
+        )
 
     def covers(self, other: Capability) -> bool:
         """Whether ``other`` grants nothing beyond this capability: each (pattern,
@@ -100,11 +110,21 @@ class Capability:
         )
 
     def to_json(self) -> dict[str, list[str]]:
-        """The JSON form (as in a token's claim); every operation is written ``*``."""
-        return {pattern: ["*"] if ops == OPERATIONS else sorted(ops) for pattern, ops in self.rules}
+        """The JSON form (as in a token's claim): ``*`` where it was given, and the
+        operations named, so that parsing it gives this capability again."""
+        named = dict(self.named)
+        return {
+            pattern: (["*"] if len(named.get(pattern, ops)) < len(ops) else [])
+            + sorted(named.get(pattern, ops))
+            for pattern, ops in self.rules
+        }
 
 
 ALL = Capability.parse({"*": ["*"]})
 """Everything: the capability of a key configured without one."""
 
-__all__ = ["ALL", "OPERATIONS", "Capability", "Operation"]
+AGENT_CLAIM_PREFIXES = ("answer:",)
+"""Claim keys that only API-key holders (the agents among them) may claim: the agent
+runtime claims ``answer:NAME:MSG_SERIAL`` before it answers a message."""
+
+__all__ = ["AGENT_CLAIM_PREFIXES", "ALL", "OPERATIONS", "Capability", "Operation"]
