@@ -114,7 +114,7 @@ async def test_serials_start_at_one_gap_free_and_per_channel(store: Store) -> No
     assert [e.serial for e in await store.read_events("room:a", 2, 2)] == [3, 4]
 
 
-async def test_epoch_is_stable_and_fixed_by_the_first_snapshot(store: Store) -> None:
+async def test_epoch_is_stable_from_the_first_read_to_the_first_event(store: Store) -> None:
     first = await store.snapshot("room:new", from_serial=None, rewind=10)
     assert first.serial == 0 and first.first_serial == 1 and first.messages == []
     again = await store.snapshot("room:new", from_serial=0, rewind=0)

@@ -7,6 +7,7 @@ counters and resume sessions in this process's memory: with one server process p
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 
@@ -164,4 +165,16 @@ def new_epoch() -> str:
     return secrets.token_hex(8)
 
 
-__all__ = ["LocalBus", "LocalEphemeralState", "new_epoch", "now_ms"]
+def channel_epoch(seed: str, channel: str) -> str:
+    """The epoch of ``channel``'s log in a store whose data has the random ``seed``.
+
+    A channel with no events stores nothing, not even its epoch: a read reports this one,
+    and the channel's first event fixes it, so a client that attached before that event
+    resumes without a ``discontinuity``. The seed is made with the store's data and lost
+    with it, so a log that starts over gets a new epoch. (The Redis scripts compute the same:
+    the first 16 hex digits of the SHA-1 of seed, newline, channel.)
+    """
+    return hashlib.sha1(f"{seed}\n{channel}".encode()).hexdigest()[:16]
+
+
+__all__ = ["LocalBus", "LocalEphemeralState", "channel_epoch", "new_epoch", "now_ms"]

@@ -14,7 +14,7 @@ from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectSt
 
 from .apply import ChannelHead, apply_to_stage
 from .base import REPLAY_PAGE, Appended, ChannelInfo, Snapshot, Store, StoreOptions
-from .local import LocalBus, LocalEphemeralState, new_epoch, now_ms
+from .local import LocalBus, LocalEphemeralState, channel_epoch, new_epoch, now_ms
 
 
 @dataclass(slots=True)
@@ -67,7 +67,8 @@ class MemoryStore(LocalEphemeralState, Store):
         super().__init__()
         self.bus = bus
         self.options = options or StoreOptions()
-        self._logs: dict[str, _Log] = {}
+        self._logs: dict[str, _Log] = {}  # channels with events (a refused one leaves none)
+        self._epoch_seed = new_epoch()  # this process's memory: each start is a new epoch
 
     async def open(self) -> None:
         return None
@@ -81,11 +82,16 @@ class MemoryStore(LocalEphemeralState, Store):
     def _log(self, channel: str) -> _Log:
         log = self._logs.get(channel)
         if log is None:
-            log = self._logs[channel] = _Log(epoch=new_epoch())
+            log = self._logs[channel] = _Log(epoch=channel_epoch(self._epoch_seed, channel))
         return log
 
     def _apply(self, event: Event, key: str | None, now: int) -> Appended:
-        return apply_to_stage(self._log(event.channel), event, key, options=self.options, now=now)
+        log = self._log(event.channel)
+        try:
+            return apply_to_stage(log, event, key, options=self.options, now=now)
+        finally:
+            if log.serial == 0:
+                del self._logs[event.channel]  # nothing was stored: nothing is kept
 
     async def append(self, event: Event, *, idempotency_key: str | None = None) -> Appended:
         result = self._apply(event, idempotency_key, now_ms())
@@ -116,7 +122,8 @@ class MemoryStore(LocalEphemeralState, Store):
             return []
         now = now_ms()
         # All or nothing: if an event is refused, put the log back as it was.
-        log = self._log(events[0].channel)
+        log_channel = events[0].channel
+        log = self._log(log_channel)
         saved = (log.serial, log.updated_at, len(log.events), len(log.order), log.objects_bytes)
         messages, idempotency, objects = dict(log.messages), dict(log.keys), dict(log.objects)
         try:
@@ -125,6 +132,8 @@ class MemoryStore(LocalEphemeralState, Store):
             log.serial, log.updated_at, log.objects_bytes = saved[0], saved[1], saved[4]
             del log.events[saved[2] :], log.order[saved[3] :]
             log.messages, log.keys, log.objects = messages, idempotency, objects
+            if log.serial == 0:
+                self._logs.pop(log_channel, None)
             raise
         stored = [r.event for r in results if r.event is not None]
         if stored:
@@ -140,7 +149,9 @@ class MemoryStore(LocalEphemeralState, Store):
         replay_limit: int = REPLAY_PAGE,
         objects: bool = False,
     ) -> Snapshot:
-        log = self._log(channel)
+        log = self._logs.get(channel)
+        if log is None:  # no events: a read stores nothing (the first event fixes the epoch)
+            log = _Log(epoch=channel_epoch(self._epoch_seed, channel))
         events = None
         if from_serial is not None and log.first_serial - 1 <= from_serial <= log.serial:
             start = from_serial + 1 - log.first_serial

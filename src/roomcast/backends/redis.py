@@ -31,6 +31,7 @@ dead node from that sorted set (ZREM returns 1 for one node only) reaps its memb
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -67,6 +68,20 @@ local function hmget_list(key, fields)
 end
 """
 
+# The epoch of a channel with no head yet (local.channel_epoch): from the seed of its slot's
+# data (made at the first need, lost with the data), so a read stores nothing per channel and
+# the first event fixes the epoch reads reported.
+LUA_EPOCH = """
+local function channel_epoch(seed_key, candidate, channel)
+  local seed = redis.call('GET', seed_key)
+  if not seed then
+    seed = candidate
+    redis.call('SET', seed_key, seed)
+  end
+  return string.sub(redis.sha1hex(seed .. '\\n' .. channel), 1, 16)
+end
+"""
+
 # What the writer reads of a channel before it applies events (one slot, one step).
 # KEYS: head, messages, objects, idempotency keys...
 # ARGV: objects (1/0), msg_serials...
@@ -87,16 +102,18 @@ return {head, messages, found, objects}
 """
 )
 
-# KEYS: head, log, messages, index, objects, idempotency keys...
-# ARGV: expected serial, expected first, epoch if new, new serial, now, objects bytes,
-#       #events, #messages, #objects, #keys, key ttl ms, bus channel,
+# KEYS: head, log, messages, index, objects, epoch seed, idempotency keys...
+# ARGV: expected serial, expected first, epoch seed if none, new serial, now, objects bytes,
+#       #events, #messages, #objects, #keys, key ttl ms, bus channel, channel,
 #       event bodies..., (msg_serial, body, is_new)..., (object_id, body)..., key serials...
-COMMIT = """
+COMMIT = (
+    LUA_EPOCH
+    + """
 local head = redis.call('HMGET', KEYS[1], 'epoch', 'serial', 'first')
 local epoch = head[1]
 if not epoch then
   if tonumber(ARGV[1]) ~= 0 or tonumber(ARGV[2]) ~= 1 then return {0} end
-  epoch = ARGV[3]
+  epoch = channel_epoch(KEYS[6], ARGV[3], ARGV[13])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'first', 1)
 elseif tonumber(head[2] or 0) ~= tonumber(ARGV[1])
     or tonumber(head[3] or 1) ~= tonumber(ARGV[2]) then
@@ -105,7 +122,7 @@ end
 redis.call('HSET', KEYS[1], 'serial', ARGV[4], 'updated', ARGV[5], 'obytes', ARGV[6])
 local n_events, n_msgs = tonumber(ARGV[7]), tonumber(ARGV[8])
 local n_objs, n_keys = tonumber(ARGV[9]), tonumber(ARGV[10])
-local i = 13
+local i = 14
 local serial = tonumber(ARGV[1])
 local bodies = {}
 for j = 1, n_events do
@@ -124,24 +141,24 @@ for _ = 1, n_objs do
   i = i + 2
 end
 for j = 1, n_keys do
-  redis.call('SET', KEYS[5 + j], ARGV[i], 'PX', ARGV[11])
+  redis.call('SET', KEYS[6 + j], ARGV[i], 'PX', ARGV[11])
   i = i + 1
 end
 redis.call('SPUBLISH', ARGV[12], 'e' .. epoch .. '\\n[' .. table.concat(bodies, ',') .. ']')
 return {1, epoch}
 """
+)
 
-# KEYS: head, log, messages, index, objects
-# ARGV: epoch if new, from_serial (-1: none), rewind, replay limit, objects (1/0)
+# KEYS: head, log, messages, index, objects, epoch seed
+# ARGV: epoch seed if none, from_serial (-1: none), rewind, replay limit, objects (1/0), channel
+# A channel with no head (no events) reads as empty, and nothing is written for it.
 SNAPSHOT = (
     LUA_HELPERS
+    + LUA_EPOCH
     + """
 local head = redis.call('HMGET', KEYS[1], 'epoch', 'serial', 'first')
 local epoch = head[1]
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'serial', 0, 'first', 1)
-end
+if not epoch then epoch = channel_epoch(KEYS[6], ARGV[1], ARGV[6]) end
 local serial, first = tonumber(head[2] or 0), tonumber(head[3] or 1)
 local messages = {}
 local rewind = tonumber(ARGV[3])
@@ -432,11 +449,33 @@ def parse_cluster_url(url: str) -> ClusterURL:
     )
 
 
+CLUSTER_SLOTS = 16384
+
+
+@functools.cache
+def slot_tags() -> tuple[str, ...]:
+    """A short hash tag in each hash slot of a Redis Cluster (by slot), so that a key of a
+    given slot can be named. Built once per process (about half a second)."""
+    from redis.crc import key_slot
+
+    tags = [""] * CLUSTER_SLOTS
+    left, i = CLUSTER_SLOTS, 0
+    while left:
+        tag = format(i, "x")
+        slot = key_slot(tag.encode())
+        if not tags[slot]:
+            tags[slot] = tag
+            left -= 1
+        i += 1
+    return tuple(tags)
+
+
 class Keys:
     """Key names. Everything of one channel shares the hash tag ``{channel}``."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
         self.channels = f"{prefix}:channels"  # sorted set (all scores 0): names by lex order
         self.streaming = f"{prefix}:streaming"  # sorted set: [channel, msg_serial] by update
         self.nodes = f"{prefix}:nodes"  # sorted set: node id by heartbeat expiry (ms)
@@ -450,6 +489,19 @@ class Keys:
         """head, log, messages, index, objects"""
         t = self.tag(channel)
         return [f"{t}:head", f"{t}:log", f"{t}:msg", f"{t}:idx", f"{t}:obj"]
+
+    def epoch_seed(self, channel: str) -> str:
+        """The key of the seed of ``channel``'s epoch (string, made at the first need).
+
+        One per store, or on a cluster one per hash slot, in the channel's own slot: the
+        scripts read it with the channel's keys, and a master that loses its data loses the
+        seeds of its slots with it, so those channels start over under new epochs.
+        """
+        if not self.cluster:
+            return f"{self.prefix}:epochs"
+        from redis.crc import key_slot
+
+        return f"{self.prefix}:epochs:{{{slot_tags()[key_slot(channel.encode())]}}}"
 
     def idempotency(self, channel: str, key: str) -> str:
         return f"{self.tag(channel)}:key:{key}"
@@ -491,6 +543,7 @@ def objects_from_flat(flat: list[bytes]) -> dict[str, ObjectState]:
 __all__ = [
     "CLAIM",
     "CLUSTER_SCHEMES",
+    "CLUSTER_SLOTS",
     "COMMIT",
     "COUNTER",
     "KEEP_SESSION",
@@ -514,4 +567,5 @@ __all__ = [
     "parse_cluster_url",
     "parse_redis_url",
     "parse_sentinel_url",
+    "slot_tags",
 ]

@@ -4,6 +4,7 @@ liveness, claims, counters and sessions are ``redis_ephemeral``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import msgspec
@@ -25,6 +26,7 @@ from .redis import (
     decode_object,
     int_or,
     objects_from_flat,
+    slot_tags,
 )
 from .redis_bus import RedisBus
 from .redis_clients import redis_client
@@ -62,7 +64,8 @@ class RedisStore(QueuedAppends, RedisEphemeralState, Store):
     def __init__(self, url: str, options: StoreOptions | None = None) -> None:
         client = redis_client(url)
         errors = RedisErrors(client.where)  # addresses only: the URL may hold a password
-        super().__init__(client.redis, Keys(client.prefix), errors, cluster=client.cluster)
+        keys = Keys(client.prefix, cluster=client.cluster)
+        super().__init__(client.redis, keys, errors, cluster=client.cluster)
         self.url = client.url
         self.options = options or StoreOptions()
         self.bus = RedisBus(self.redis, client.prefix, sharded=client.cluster)
@@ -81,6 +84,8 @@ class RedisStore(QueuedAppends, RedisEphemeralState, Store):
             return
         if not self._cluster:
             await self._refuse_cluster_node()
+        else:
+            await asyncio.to_thread(slot_tags)  # the epoch seeds' keys need it; not on the loop
         await self.ping()
         self._writer.start()
 
@@ -136,9 +141,11 @@ class RedisStore(QueuedAppends, RedisEphemeralState, Store):
             max(0, rewind),
             replay_limit,
             "1" if objects else "0",
+            channel,
         ]
+        keys = [*self.k.channel(channel), self.k.epoch_seed(channel)]
         with self._errors():
-            reply = await self._snapshot(keys=self.k.channel(channel), args=args)
+            reply = await self._snapshot(keys=keys, args=args)
         epoch, serial, first, messages, has_events, events, found = reply
         snap_objects = None
         if objects:

@@ -318,6 +318,7 @@ class RedisWriter:
             len(group.new_keys),
             max(1, int(self.options.dedup_window_s * 1000)),
             bus_channel(self.k.prefix, channel),
+            channel,
         ]
         args += [body for _, body in group.events]
         for msg_serial, (message, is_new) in group.dirty.items():
@@ -325,7 +326,8 @@ class RedisWriter:
         for object_id, state in group.dirty_objects.items():
             args += [object_id, encode_value(state)]
         args += list(group.new_keys.values())
-        keys = self.k.channel(channel) + [self.k.idempotency(channel, k) for k in group.new_keys]
+        keys = [*self.k.channel(channel), self.k.epoch_seed(channel)]
+        keys += [self.k.idempotency(channel, k) for k in group.new_keys]
         reply = await self._commit(keys=keys, args=args)
         if int(reply[0]) != 1:
             return None

@@ -23,8 +23,9 @@ from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectSt
 
 from .apply import QueuedAppends
 from .base import REPLAY_PAGE, ChannelInfo, Snapshot, Store, StoreOptions
-from .local import LocalBus, LocalEphemeralState
+from .local import LocalBus, LocalEphemeralState, channel_epoch
 from .sqlite_file import (
+    EPOCH_SEED_SQL,
     SCHEMA_VERSION,
     SchemaTooNew,
     StoreLocked,
@@ -165,14 +166,15 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
         replay_limit: int = REPLAY_PAGE,
         objects: bool = False,
     ) -> Snapshot:
-        def read(conn: sqlite3.Connection) -> Snapshot | None:
+        def read(conn: sqlite3.Connection) -> Snapshot:
             conn.execute("BEGIN")  # one read transaction: everything as of the same serial
             try:
                 row = conn.execute(
                     "SELECT epoch, serial, first_serial FROM channels WHERE name = ?", (channel,)
                 ).fetchone()
-                if row is None:
-                    return None
+                if row is None:  # no events: the epoch its first event will fix, not stored
+                    seed = conn.execute(EPOCH_SEED_SQL).fetchone()[0]
+                    row = (channel_epoch(seed, channel), 0, 1)
                 epoch, serial, first = row
                 messages: list[Message] = []
                 if rewind > 0:
@@ -195,13 +197,7 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
             finally:
                 conn.execute("COMMIT")
 
-        snap = await self._read(read)
-        if snap is None:
-            # No row yet: the writer creates it, fixing the epoch for every later read.
-            await self._writer.submit(Work("ensure", self._future(), channel=channel))
-            snap = await self._read(read)
-        assert snap is not None
-        return snap
+        return await self._read(read)
 
     async def _query(self, sql: str, args: tuple[Any, ...], row: Callable[[Any], T]) -> list[T]:
         return await self._read(lambda conn: [row(r) for r in conn.execute(sql, args)])

@@ -47,7 +47,14 @@ _MIGRATIONS: tuple[str, ...] = (
     -- one row, rewritten by every write probe (at open, and on each /readyz)
     CREATE TABLE ready (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
     """,
+    # The seed of the channels' epochs (local.channel_epoch): a channel's row is written at
+    # its first event, with the epoch that reads reported before it.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    INSERT INTO meta VALUES ('epoch_seed', lower(hex(randomblob(8))));
+    """,
 )
+EPOCH_SEED_SQL = "SELECT value FROM meta WHERE key = 'epoch_seed'"
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -209,6 +216,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
 
 
 __all__ = [
+    "EPOCH_SEED_SQL",
     "SCHEMA_VERSION",
     "SchemaTooNew",
     "StoreDamaged",

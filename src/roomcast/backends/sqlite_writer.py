@@ -26,8 +26,15 @@ from roomcast.protocol.messages import Event, Message, ObjectState
 
 from .apply import ChannelHead, apply_to_stage, encode_event
 from .base import Appended, StoreOptions
-from .local import new_epoch, now_ms
-from .sqlite_file import connect, decode_message, decode_object, encode_value, migrate
+from .local import channel_epoch, now_ms
+from .sqlite_file import (
+    EPOCH_SEED_SQL,
+    connect,
+    decode_message,
+    decode_object,
+    encode_value,
+    migrate,
+)
 
 # The store's logger: logs name it, and operators filter on it.
 log = logging.getLogger("roomcast.backends.sqlite")
@@ -85,7 +92,7 @@ def _copy(chan: ChannelHead) -> ChannelHead:
 class Work:
     """One queued write; ``result``/``error`` are set by the writer, read on the loop."""
 
-    kind: Literal["append", "batch", "ensure", "purge"]
+    kind: Literal["append", "batch", "purge"]
     future: asyncio.Future[Any]
     events: Sequence[Event] = ()
     keys: Sequence[str | None] = ()
@@ -121,11 +128,14 @@ class _Stage:
         return self.parent.find_chan(name) if self.parent else self.writer.load_chan(name)
 
     def chan(self, name: str) -> ChannelHead:
-        """This stage's own (mutable) copy of the channel, created with a fresh epoch."""
+        """This stage's own (mutable) copy of the channel; a channel with no row yet gets
+        the epoch reads reported for it (its row is written once it has an event)."""
         chan = self.chans.get(name)
         if chan is None:
             found = self.parent.find_chan(name) if self.parent else self.writer.load_chan(name)
-            chan = self.chans[name] = ChannelHead(new_epoch()) if found is None else _copy(found)
+            if found is None:
+                found = ChannelHead(channel_epoch(self.writer.epoch_seed, name))
+            chan = self.chans[name] = _copy(found)
         return chan
 
     def message(self, channel: str, msg_serial: int) -> Message | None:
@@ -204,6 +214,7 @@ class _WriteConnection:
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{path}: could not switch to WAL mode (got {mode!r})")
             self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.epoch_seed: str = self.conn.execute(EPOCH_SEED_SQL).fetchone()[0]
         except BaseException:
             self.conn.close()
             raise
@@ -305,8 +316,6 @@ class _WriteConnection:
             if work.kind == "batch":
                 pairs = zip(work.events, work.keys, strict=True)
                 work.result = [self.apply(child, e, k, now) for e, k in pairs]
-            elif work.kind == "ensure":
-                work.result = child.chan(work.channel).epoch
             else:
                 work.result = self.purge(child, work.now_ms, work.retention_ms)
         except Exception as exc:
@@ -345,8 +354,9 @@ class _WriteConnection:
                 _UPSERT_OBJECTS,
                 [(ch, oid, encode_value(state)) for (ch, oid), state in stage.objects.items()],
             )
-        if stage.chans:
-            chans = stage.chans.items()
+        # A channel without events has no row (a refused first event leaves none).
+        chans = [(n, c) for n, c in stage.chans.items() if c.serial > 0]
+        if chans:
             _write_rows(
                 conn,
                 _UPSERT_CHANNELS,
