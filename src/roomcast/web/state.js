@@ -54,7 +54,7 @@ export async function attempt(what, promise) {
   }
 }
 
-/** Whether `clientId` is one of the server's agents: only those that `GET /v1/agents` lists
+/** Whether `clientId` is one of the server's agents: only those that the server lists (`http.agents()`)
  * are shown as agents (a badge, their name), whatever a client says of itself. */
 export function isAgentId(clientId) {
   return Boolean(clientId) && app.configuredAgents.some((agent) => agent.name === clientId);
