@@ -2,7 +2,9 @@
 
 A frame holds one protocol message or an array of them. Decoding never raises for a bad
 *request* (it becomes a :class:`BadRequest` in the result list, and the rest of the frame
-still counts); it raises :class:`ProtocolViolation` only for a frame that is not JSON at all.
+still counts); it raises :class:`ProtocolViolation` only for a frame that is not JSON at all,
+or one nested too deeply for the decoder to follow (the request types refuse any value
+nested beyond ``MAX_DEPTH`` long before that).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .errors import (
     BadRequest,
     ProtocolViolation,
 )
-from .messages import ClientRequest, Reply, ServerMessage
+from .messages import ClientRequest, Ref, Reply, ServerMessage
 
 Format = Literal["json", "msgpack"]
 
@@ -35,10 +37,12 @@ Decoded = ClientRequest | RequestError
 
 
 def _ref_of(raw: Any) -> int | None:
+    """The ``ref`` of a refused request, if it is one the reply can echo."""
     if isinstance(raw, dict):
-        ref = raw.get("ref")
-        if isinstance(ref, int) and not isinstance(ref, bool):
-            return ref
+        try:
+            return msgspec.convert(raw.get("ref"), Ref | None)
+        except msgspec.ValidationError:
+            pass
     return None
 
 
@@ -68,6 +72,8 @@ class Codec:
                 return self._decode_each(data)
         except msgspec.DecodeError as exc:
             raise ProtocolViolation(CLOSE_INVALID_PAYLOAD, f"frame is not {self.format}") from exc
+        except RecursionError:
+            raise ProtocolViolation(CLOSE_INVALID_PAYLOAD, "frame nests too deeply") from None
         return decoded if isinstance(decoded, list) else [decoded]
 
     def _decode_each(self, data: bytes | str) -> list[Decoded]:
@@ -100,7 +106,9 @@ class JsonCodec(Codec):
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
         self._typed = msgspec.json.Decoder(ClientRequest | list[ClientRequest])
-        self._raw = msgspec.json.Decoder()
+        # A number too large for a float (1e400) is infinity here: the request that holds
+        # it is refused (40000, with its ref), and the frame's other requests still count.
+        self._raw = msgspec.json.Decoder(float_hook=float)
         self._replies = msgspec.json.Decoder(ServerMessage | list[ServerMessage])
 
     def encode(self, message: Reply) -> bytes:
@@ -164,6 +172,19 @@ def take_batch(queue: list[bytes], max_messages: int, max_bytes: int) -> list[by
 
 
 _CODECS: dict[str, Codec] = {"json": JsonCodec(), "msgpack": MsgpackCodec()}
+_JSON_BODY = msgspec.json.Decoder(float_hook=float)
+
+
+def decode_json_body(body: bytes) -> Any:
+    """An HTTP body as plain JSON values, for a request type to validate (as a frame's
+    requests are: 1e400 is infinity, which the type refuses). 40000 for a body that is not
+    JSON, or nests too deeply for the decoder to follow."""
+    try:
+        return _JSON_BODY.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the body nests too deeply") from None
 
 
 def codec_for(fmt: str) -> Codec:

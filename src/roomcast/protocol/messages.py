@@ -8,17 +8,102 @@ request that decodes is well-formed; what it *means* is checked by ``core``.
 
 from __future__ import annotations
 
+import math as _math
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec.msgpack import Ext
 
-CHANNEL_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"
+_SEGMENT = r"[A-Za-z0-9_.\-]+"
+CHANNEL_PATTERN = rf"^(?!.{{201}}){_SEGMENT}(?::{_SEGMENT})*(?!\n)$"
+r"""A channel name (and a ``client_id``): 1 to 200 characters in non-empty ``:`` segments.
+The same text is the OpenAPI pattern, so it means the same in Python and in ECMAScript:
+``(?!.{201})`` bounds the length, and ``(?!\n)$`` is the very end of the string (Python's
+``$`` alone also matches before a final newline, and msgspec searches with it)."""
+
+MAX_SERIAL = 2**53 - 1
+"""The largest serial, ``msg_serial`` or count a request may name. The stores hold more
+(SQLite's INTEGER is signed 64-bit), but a JavaScript client reads numbers as doubles and
+the Redis scripts count in Lua's doubles: both are exact up to 2**53 - 1, and a store can
+still add 1 to it. A server would need centuries of writes to get near it."""
+
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
+"""The integers that every wire format carries: MessagePack has no larger ones, and JSON
+numbers beyond them would not reach a MessagePack reader."""
+
+MAX_DEPTH = 64
+"""How deeply arrays and objects may nest in a value (``data``, ``extras``, an object's
+entries). Decoding and encoding recurse once per level; this keeps every frame and stored
+event far from Python's recursion limit."""
 
 Channel = Annotated[str, Meta(pattern=CHANNEL_PATTERN)]
-Serial = Annotated[int, Meta(ge=0)]
-MsgSerial = Annotated[int, Meta(ge=1)]
+Serial = Annotated[int, Meta(ge=0, le=MAX_SERIAL)]
+MsgSerial = Annotated[int, Meta(ge=1, le=MAX_SERIAL)]
+Ref = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 ShortName = Annotated[str, Meta(min_length=1, max_length=200)]
 Extras = dict[str, Any]
+
+
+def check_value(value: Any, field: str) -> None:
+    """Refuse (40000) a value that some wire format cannot carry or would give back changed.
+    Every format carries null, booleans, strings, integers from ``MIN_INT`` to ``MAX_INT``,
+    finite numbers, arrays, and objects with string keys, nested at most ``MAX_DEPTH`` deep;
+    JSON has no raw bytes, MessagePack extensions or timestamps, NaN or infinities.
+
+    Raises:
+        ValueError: a number out of range, or nesting too deep.
+        TypeError: a map key that is not a string, or a kind of value JSON lacks.
+    """
+    problem = _problem(value, MAX_DEPTH)
+    if problem is not None:
+        raise type(problem)(f"`{field}` {problem}")
+
+
+_NOT_JSON = (bytes, bytearray, memoryview, Ext, datetime)
+"""What a MessagePack frame decodes to that JSON has not. (A client's own values of other
+kinds are left to its encoder; a server decodes no others.)"""
+
+
+_PLAIN = frozenset({str, bool, type(None)})
+
+
+def _problem(value: Any, depth: int) -> Exception | None:
+    # Called once per publish, and once per number and container inside its value: the
+    # common kinds are tested first, and plain items of a container without a call.
+    kind = type(value)
+    if kind in _PLAIN:
+        return None
+    if kind is int:
+        if MIN_INT <= value <= MAX_INT:
+            return None
+        return ValueError("holds an integer beyond 64 bits (below -2**63 or over 2**64 - 1)")
+    if kind is float:
+        return None if _math.isfinite(value) else ValueError("holds a number that is not finite")
+    if kind is dict or kind is list or kind is tuple:
+        if depth == 0:
+            return ValueError(f"nests deeper than {MAX_DEPTH} levels")
+        return _items_problem(value, depth - 1)
+    if isinstance(value, _NOT_JSON):
+        return TypeError(f"holds a {kind.__name__}, which JSON cannot carry")
+    return None
+
+
+def _items_problem(
+    value: dict[Any, Any] | list[Any] | tuple[Any, ...], depth: int
+) -> Exception | None:
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                return TypeError("has a map key that is not a string")
+            if type(item) not in _PLAIN and (problem := _problem(item, depth)):
+                return problem
+        return None
+    for item in value:
+        if type(item) not in _PLAIN and (problem := _problem(item, depth)):
+            return problem
+    return None
+
 
 EventType = Literal["create", "append", "update", "delete", "annotation", "cancel", "object"]
 Status = Literal["streaming", "complete", "cancelled", "failed"]
@@ -31,7 +116,7 @@ PresenceOp = Literal["enter", "update", "leave"]
 class Request(Struct, tag_field="action", kw_only=True, omit_defaults=True):
     """Base of every client request; ``ref`` is echoed by the reply."""
 
-    ref: int | None = None
+    ref: Ref | None = None
 
 
 class Attach(Request, tag="attach", kw_only=True):
@@ -56,6 +141,9 @@ class Publish(Request, tag="publish", kw_only=True):
     def __post_init__(self) -> None:
         if self.streaming and not isinstance(self.data, str):
             raise ValueError("`data` must be a string when `streaming` is true")
+        check_value(self.data, "data")
+        if self.extras is not None:
+            check_value(self.extras, "extras")
 
 
 class Append(Request, tag="append", kw_only=True):
@@ -74,6 +162,10 @@ class Update(Request, tag="update", kw_only=True):
     def __post_init__(self) -> None:
         if self.data is UNSET and self.extras is UNSET and self.status is UNSET:
             raise ValueError("`update` needs at least one of `data`, `extras` or `status`")
+        if self.data is not UNSET:
+            check_value(self.data, "data")
+        if self.extras is not UNSET:
+            check_value(self.extras, "extras")
 
 
 class Delete(Request, tag="delete", kw_only=True):
@@ -100,15 +192,24 @@ class PresenceRequest(Request, tag="presence", kw_only=True):
     op: PresenceOp
     data: Any = None
 
+    def __post_init__(self) -> None:
+        check_value(self.data, "data")
+
 
 class MapCreate(Struct, tag_field="type", tag="map.create", kw_only=True):
     entries: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        check_value(self.entries, "entries")
 
 
 class MapSet(Struct, tag_field="type", tag="map.set", kw_only=True):
     object_id: ShortName
     key: ShortName
     value: Any
+
+    def __post_init__(self) -> None:
+        check_value(self.value, "value")
 
 
 class MapRemove(Struct, tag_field="type", tag="map.remove", kw_only=True):
@@ -119,10 +220,16 @@ class MapRemove(Struct, tag_field="type", tag="map.remove", kw_only=True):
 class CounterCreate(Struct, tag_field="type", tag="counter.create", kw_only=True):
     value: int | float = 0
 
+    def __post_init__(self) -> None:
+        check_value(self.value, "value")
+
 
 class CounterInc(Struct, tag_field="type", tag="counter.inc", kw_only=True):
     object_id: ShortName
     amount: int | float = 1
+
+    def __post_init__(self) -> None:
+        check_value(self.amount, "amount")
 
 
 ObjectOp = MapCreate | MapSet | MapRemove | CounterCreate | CounterInc
@@ -137,6 +244,9 @@ class Signal(Request, tag="signal", kw_only=True):
     channel: Channel
     name: ShortName
     data: Any = None
+
+    def __post_init__(self) -> None:
+        check_value(self.data, "data")
 
 
 class History(Request, tag="history", kw_only=True):
@@ -352,4 +462,8 @@ def ref_of(ref: int | None) -> int | UnsetType:
     return UNSET if ref is None else ref
 
 
-__all__ = [name for name in dir() if not name.startswith("_") and name != "msgspec"]
+__all__ = [
+    name
+    for name in dir()
+    if not name.startswith("_") and name not in {"msgspec", "Ext", "datetime"}
+]

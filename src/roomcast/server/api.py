@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from roomcast.core.authz import Principal
 from roomcast.core.node import Node
+from roomcast.protocol.codec import decode_json_body
 from roomcast.protocol.errors import BadRequest, RoomcastError, TooLarge
 from roomcast.protocol.http import ENVELOPE, describe_validation_error
 
@@ -125,10 +126,7 @@ class Call:
             if required:
                 raise BadRequest("a JSON body is required")
             return None
-        try:
-            return msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        return decode_json_body(body)
 
     @staticmethod
     def body_as(raw: Any, type_: type[T], *, index: int | None = None, **fixed: Any) -> T:
@@ -181,6 +179,8 @@ def convert(
         return msgspec.convert(raw, type_, strict=strict)
     except msgspec.ValidationError as exc:
         raise BadRequest(describe_validation_error(str(exc), where, index)) from None
+    except RecursionError:  # a body nested deeper than its type could ever be
+        raise BadRequest(f"invalid {where}: nested too deeply") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
