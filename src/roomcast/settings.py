@@ -113,6 +113,19 @@ class Settings:
     publish_burst: int = _field(
         default=200, metadata=_spec("Publishes a connection may send at once above the rate.")
     )
+    ephemeral_rate: float = _field(
+        default=50.0,
+        metadata=_spec(
+            "Signals (typing included) and presence changes per second per connection "
+            "(off when publish_rate is 0)."
+        ),
+    )
+    ephemeral_burst: int = _field(
+        default=200,
+        metadata=_spec(
+            "Signals and presence changes a connection may send at once above the rate."
+        ),
+    )
     append_rate: float = _field(
         default=500.0,
         metadata=_spec(
@@ -167,6 +180,21 @@ class Settings:
         metadata=_spec(
             "Messages queued for one connection before it counts as a slow consumer "
             "and is closed with 4008 (it resumes from its last serial)."
+        ),
+    )
+    outbound_bytes: int = _field(
+        default=4 * 1024 * 1024,
+        metadata=_spec(
+            "Bytes queued for one connection (replies, replays, live messages) over which "
+            "it is paused: it reads no more of its requests, and its replies and replays "
+            "wait, until the queue drains below this."
+        ),
+    )
+    outbound_stall_s: float = _field(
+        default=30.0,
+        metadata=_spec(
+            "A connection over outbound_bytes that takes nothing of its queue for this many "
+            "seconds is closed with 4008."
         ),
     )
     max_channels_per_connection: int = _field(
@@ -363,6 +391,8 @@ class Settings:
             "max_message_bytes",
             "max_stream_bytes",
             "outbound_queue",
+            "outbound_bytes",
+            "outbound_stall_s",
             "max_channels_per_connection",
             "max_connections_per_client",
             "max_presence_members",
@@ -390,10 +420,9 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.publish_rate < 0:
-            raise SettingsError("publish_rate must be 0 (no limit) or positive")
-        if self.append_rate < 0:
-            raise SettingsError("append_rate must be 0 (no limit) or positive")
+        for name in ("publish_rate", "ephemeral_rate", "append_rate"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be 0 (no limit) or positive")
         parse_duration_ms(self.retention, "retention")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(

@@ -109,3 +109,39 @@ async def test_a_connection_answers_pipelined_requests_in_order() -> None:
         assert events == [1, 2, 3, 4, 5]  # replayed or live, each once, in order
         await conn.finish(clean=True)
         assert node.fanout.occupancy(CHANNEL) == 0 and not node.connections
+
+
+async def test_every_action_that_fans_out_counts_against_a_rate() -> None:
+    """Signals and presence take from their own bucket, reactions and deletes from the
+    publish bucket: a flood of them is refused with 42900 instead of reaching readers."""
+    limits = {"publish_rate": 50, "publish_burst": 5, "ephemeral_rate": 50, "ephemeral_burst": 10}
+    async with running_node(**limits) as node:
+        reader_transport = RecordingTransport()
+        reader = await connect(node, "bob", reader_transport)
+        attach = {"action": "attach", "channel": CHANNEL, "ref": 1}
+        await reader.receive(json.dumps(attach), is_text=True)
+        transport = RecordingTransport()
+        conn = await connect(node, "alice", transport)
+        await conn.receive(json.dumps({"action": "publish", "channel": CHANNEL}), is_text=True)
+        flood = [
+            *({"action": "signal", "channel": CHANNEL, "name": "typing"} for _ in range(100)),
+            *(
+                {"action": "presence", "channel": CHANNEL, "op": "update", "data": k}
+                for k in range(20)
+            ),
+            *(
+                {"action": "annotate", "channel": CHANNEL, "msg_serial": 1, "kind": "reaction"}
+                | {"name": f"r{k}", "op": "add"}
+                for k in range(20)
+            ),
+        ]
+        await conn.receive(json.dumps(flood), is_text=True)
+        for _ in range(50):
+            await settle()
+        refused = [m for m in transport.messages() if m.get("code") == 42900]
+        assert len(refused) >= 110 - 12 + 20 - 6  # beyond the bursts (and a token or two)
+        signals = [m for m in reader_transport.messages() if m["action"] == "signal"]
+        assert 0 < len(signals) <= 12
+        assert reader_transport.closed is None
+        await conn.finish(clean=True)
+        await reader.finish(clean=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -148,6 +150,35 @@ async def test_appends_have_their_own_rate_limit(test_env: dict[str, str]) -> No
         await client.close()
 
 
+async def test_signals_and_presence_have_a_rate_and_readers_stay_open(
+    test_env: dict[str, str],
+) -> None:
+    env = {
+        **test_env,
+        "ROOMCAST_PUBLISH_RATE": "50",
+        "ROOMCAST_EPHEMERAL_RATE": "5",
+        "ROOMCAST_EPHEMERAL_BURST": "20",
+    }
+    with ServerProcess(store="memory://", env=env) as proc:
+        reader = await WireClient.connect(proc.ws_url, client_id="reader")
+        await reader.request("attach", channel="room:typing")
+        flooder = await WireClient.connect(proc.ws_url, client_id="flooder")
+        assert flooder.connected["limits"]["ephemeral_rate"] == 5
+        signal = {"action": "signal", "channel": "room:typing", "name": "typing"}
+        await flooder.send([signal] * 500)
+        presence = await flooder.request("presence", channel="room:typing", op="enter")
+        assert presence["code"] == 42900  # the signals took the burst
+        # Replies go in order: what came before them was held, and is read without waiting.
+        refused = [m for m in await flooder.quiet(0) if m.get("code") == 42900]
+        assert len(refused) >= 500 - 20 - 5
+        assert (await reader.request("ping"))["action"] == "pong"  # not closed
+        seen = [m for m in await reader.quiet(0) if m["action"] == "signal"]
+        assert 0 < len(seen) <= 30
+        assert (await flooder.request("publish", channel="room:typing", data=1))["serial"] == 1
+        for c in (reader, flooder):
+            await c.close()
+
+
 async def test_others_keep_receiving_while_one_client_floods(test_env: dict[str, str]) -> None:
     """A flood is cut at the rate limit (42900, connection usable) and does not starve the
     other clients; the bound here is generous, the latency is measured in bench/."""
@@ -222,3 +253,106 @@ async def test_channel_connection_and_presence_limits(test_env: dict[str, str]) 
         assert a4.connected["client_id"] == "ann"
         for c in (a1, a4, b):
             await c.close()
+
+
+def rss_kb(pid: int) -> int:
+    """The resident memory of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+BUDGET_KB = 1024  # ROOMCAST_OUTBOUND_BYTES of the server below
+CONSTANT_KB = 64 * 1024  # allocator arenas, the store's page cache, interpreter caches
+
+
+@pytest.fixture(scope="module")
+def budget_server(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    env = {**test_env, "ROOMCAST_OUTBOUND_BYTES": str(BUDGET_KB * 1024)}
+    with ServerProcess(env=env) as proc:
+        yield proc
+
+
+async def fill_page(url: str, channel: str) -> int:
+    """1000 messages of 2 KB on ``channel``; the size of one history page of them, in KiB."""
+    writer = await WireClient.connect(url, client_id="filler")
+    for start in range(0, 1000, 50):
+        await writer.send(
+            [
+                {"action": "publish", "channel": channel, "data": [k, "x" * 2000]}
+                for k in range(start, start + 50)
+            ]
+        )
+    await writer.request("ping", timeout=30)  # replies in order: every publish is stored
+    page = await writer.request("history", channel=channel, limit=1000, timeout=30)
+    await writer.close()
+    return len(json.dumps(page)) // 1024
+
+
+async def stuck_clients(url: str, channel: str, count: int) -> list[ClientConnection]:
+    """Clients that each ask for 100 history pages, then never read."""
+    asks = [
+        {"action": "history", "channel": channel, "limit": 1000, "ref": ref}
+        for ref in range(1, 101)
+    ]
+    clients = []
+    for k in range(count):
+        ws = await ws_connect(f"{url}?client_id=stuck{k}", max_queue=1, max_size=None)
+        await ws.send(json.dumps(asks))
+        clients.append(ws)
+    return clients
+
+
+async def peak_until_steady(pid: int, bound_kb: int) -> int:
+    """The server's peak RSS until it holds steady for a second (at most 15 s); fails as
+    soon as it passes ``bound_kb``."""
+    loop = asyncio.get_running_loop()
+    peak, steady_since, deadline = 0, loop.time(), loop.time() + 15
+    while loop.time() - steady_since < 1.0 and loop.time() < deadline:
+        rss = rss_kb(pid)
+        assert rss <= bound_kb, f"RSS {rss} KiB is over the bound {bound_kb} KiB"
+        if rss > peak + 1024:
+            steady_since = loop.time()
+        peak = max(peak, rss)
+        await asyncio.sleep(0.05)
+    return peak
+
+
+async def settles_back(pid: int, near_kb: int) -> int:
+    """The server's RSS once it is back under ``near_kb`` (at most 20 s)."""
+    for _ in range(200):
+        if rss_kb(pid) <= near_kb:
+            break
+        await asyncio.sleep(0.1)
+    return rss_kb(pid)
+
+
+@pytest.mark.parametrize("count", [1, 20])
+async def test_clients_that_never_read_hold_at_most_their_outbound_budget(
+    budget_server: ServerProcess, count: int
+) -> None:
+    """Clients that ask for 100 history pages each (about 2 MiB a page) and never read.
+
+    Each may make the server hold: its queue up to ``outbound_bytes``, one reply over it,
+    the reply written to its socket, and the page being read and encoded: the budget and
+    three pages. Over that, a constant for what a busy server keeps (allocator arenas, the
+    store's cache): 64 MiB. Without the budget one such client grew the server by 200 MiB
+    within a second, and kept growing. Once they are gone the server is back within a
+    third of the growth plus 16 MiB of where it started: glibc keeps some freed memory in
+    its arenas (measured: a quarter of the growth for 20 clients, the same after repeated
+    runs, so not a leak; bench/replies.py, docs/benchmarks.md).
+    """
+    assert budget_server.proc is not None
+    pid = budget_server.proc.pid
+    channel = f"room:budget{count}"
+    page_kb = await fill_page(budget_server.ws_url, channel)
+    start = rss_kb(pid)
+    bound = start + count * (BUDGET_KB + 3 * page_kb) + CONSTANT_KB
+    clients = await stuck_clients(budget_server.ws_url, channel, count)
+    peak = await peak_until_steady(pid, bound)
+    for ws in clients:
+        ws.transport.abort()  # a close handshake would wait behind the unread replies
+    near = start + (peak - start) // 3 + 16 * 1024
+    after = await settles_back(pid, near)
+    assert after <= near, (start, peak, after)

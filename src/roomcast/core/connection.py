@@ -6,6 +6,12 @@ order. Outbound messages are queued as already-encoded bytes (each event is enco
 format, for every subscriber) and sent in batches: when a backlog forms, one frame carries
 many messages. A connection whose backlog passes ``outbound_queue`` is a slow consumer and is
 closed with 4008; it resumes from its last serial.
+
+Replies count against the connection's byte budget (``outbound_bytes``): over it, the
+connection reads no more requests and answers no more until its queue drains, so TCP
+backpressure reaches the client. Reads whose replies can be large (``history``, the
+snapshot of an ``attach``) start only when their turn to be answered comes and there is
+room, so a client that pipelines many of them holds one read at a time, not all of them.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +44,7 @@ log = logging.getLogger("roomcast.connection")
 
 MAX_IN_FLIGHT = 4096
 
-Pending = tuple[int | None, str | None, "Awaitable[Any] | m.Reply | None"]
+Pending = tuple[int | None, str | None, "Awaitable[Any] | m.Reply | _Deferred | None"]
 
 
 class Connection(SubscriberCore):
@@ -51,6 +57,7 @@ class Connection(SubscriberCore):
         "_append_bucket",
         "_appends",
         "_bucket",
+        "_ephemeral_bucket",
         "_replies",
         "_reply_space",
         "_reply_task",
@@ -81,6 +88,8 @@ class Connection(SubscriberCore):
         self._bucket = TokenBucket(settings.publish_rate, settings.publish_burst)
         append_rate = settings.append_rate if settings.publish_rate > 0 else 0
         self._append_bucket = TokenBucket(append_rate, append_rate * 4)
+        ephemeral_rate = settings.ephemeral_rate if settings.publish_rate > 0 else 0
+        self._ephemeral_bucket = TokenBucket(ephemeral_rate, settings.ephemeral_burst)
         self._replies: deque[Pending] | None = None
         # Appends queued for a reply, by id of their future → (channel, msg_serial); and the
         # append whose ok the reply loop waits for now.
@@ -111,7 +120,10 @@ class Connection(SubscriberCore):
                         "publish_rate": settings.publish_rate,
                         "publish_burst": settings.publish_burst,
                         "append_rate": settings.append_rate if settings.publish_rate > 0 else 0,
+                        "ephemeral_rate": self._ephemeral_bucket.rate,
+                        "ephemeral_burst": settings.ephemeral_burst,
                         "outbound_queue": settings.outbound_queue,
+                        "outbound_bytes": settings.outbound_bytes,
                         "history_limit": settings.max_history_limit,
                         "max_objects_bytes": settings.max_objects_bytes,
                     },
@@ -132,10 +144,17 @@ class Connection(SubscriberCore):
     # ------------------------------------------------------------------ inbound
 
     async def receive(self, data: bytes | str, *, is_text: bool) -> None:
-        """Handle one frame. Raises ProtocolViolation for a frame that must close."""
+        """Handle one frame. Raises ProtocolViolation for a frame that must close.
+
+        Returns only once there is room for its requests' replies: a connection over its
+        byte budget is paused (its transport reads nothing more from the client)."""
         check_frame_kind(self.codec, is_text=is_text)
         size = len(data)
         for item in self.codec.decode(data):
+            if self.over_budget:
+                await self.room()
+            if self.closed:
+                return  # closed as a slow consumer (or gone) while it waited
             while self._replies is not None and len(self._replies) >= MAX_IN_FLIGHT:
                 if self._reply_space is None:  # pipelining is bounded
                     self._reply_space = asyncio.Event()
@@ -189,9 +208,10 @@ class Connection(SubscriberCore):
         if channel not in self.session.attachments and len(self.session.attachments) >= limit:
             raise RateLimited(f"at most {limit} channels may be attached on one connection")
 
-    def _on_attach(self, req: m.Attach, size: int) -> Awaitable[Any]:
+    def _on_attach(self, req: m.Attach, size: int) -> _Deferred:
+        # Subscribed now, in request order; the snapshot is read when its turn comes.
         attachment = self.begin_attach(self.principal, req.channel)
-        return asyncio.ensure_future(self._attach(req, attachment))
+        return _Deferred(lambda: self._attach(req, attachment))
 
     async def _attach(self, req: m.Attach, attachment: Attachment) -> _Attaching:
         return _Attaching(attachment, await self.node.attach(self.principal, req))
@@ -201,13 +221,16 @@ class Connection(SubscriberCore):
             self.fanout.unsubscribe(self, req.channel)
         return asyncio.ensure_future(self._detach(req))
 
-    def _on_history(self, req: m.History, size: int) -> Awaitable[Any]:
-        return asyncio.ensure_future(self.node.history(self.principal, req))
+    def _on_history(self, req: m.History, size: int) -> _Deferred:
+        principal = self.principal
+        return _Deferred(lambda: self.node.history(principal, req))
 
     def _on_presence(self, req: m.PresenceRequest, size: int) -> Awaitable[Any]:
+        self._check_ephemeral_rate()
         return asyncio.ensure_future(self.node.presence(self.principal, self, req, frame_size=size))
 
     def _on_signal(self, req: m.Signal, size: int) -> Awaitable[Any]:
+        self._check_ephemeral_rate()
         return asyncio.ensure_future(self.node.signal(self.principal, req, frame_size=size))
 
     def _on_update(self, req: m.Update, size: int) -> Awaitable[Any]:
@@ -215,20 +238,21 @@ class Connection(SubscriberCore):
         return asyncio.ensure_future(self.node.update(self.principal, req, frame_size=size))
 
     def _on_delete(self, req: m.Delete, size: int) -> Awaitable[Any]:
+        self._check_rate()
         return asyncio.ensure_future(self.node.delete(self.principal, req))
 
     def _on_append(self, req: m.Append, size: int) -> Awaitable[Any]:
-        if not self._append_bucket.take(time.monotonic()):
-            bucket = self._append_bucket
-            raise RateLimited(f"append rate limit: {bucket.rate:g}/s, burst {bucket.burst:g}")
+        _take(self._append_bucket, "append")
         future = asyncio.ensure_future(self.node.append_to(self.principal, req, frame_size=size))
         self._appends[id(future)] = (req.channel, req.msg_serial)
         return future
 
     def _on_cancel(self, req: m.Cancel, size: int) -> Awaitable[Any]:
+        self._check_rate()
         return asyncio.ensure_future(self.node.cancel(self.principal, req))
 
     def _on_annotate(self, req: m.Annotate, size: int) -> Awaitable[Any]:
+        self._check_rate()
         return asyncio.ensure_future(
             self.node.annotate(self.principal, req.channel, req.msg_serial, req.name, req.op)
         )
@@ -255,9 +279,13 @@ class Connection(SubscriberCore):
         )
 
     def _check_rate(self) -> None:
-        if not self._bucket.take(time.monotonic()):
-            bucket = self._bucket
-            raise RateLimited(f"publish rate limit: {bucket.rate:g}/s, burst {bucket.burst:g}")
+        """Every stored change that fans out: publish, update, delete, cancel, reactions,
+        object operations (appends have a bucket of their own)."""
+        _take(self._bucket, "publish")
+
+    def _check_ephemeral_rate(self) -> None:
+        """Signals (typing included) and presence: not stored, but each goes to everyone."""
+        _take(self._ephemeral_bucket, "signal and presence")
 
     async def _detach(self, req: m.Detach) -> m.Detached:
         await self.node.leave_channel(self, req.channel)
@@ -268,6 +296,8 @@ class Connection(SubscriberCore):
         replies = self._replies
         try:
             while replies:
+                if self.over_budget:
+                    await self.room()  # no more replies until the client drains some
                 ref, channel, item = replies.popleft()
                 if self._reply_space is not None:
                     self._reply_space.set()
@@ -288,6 +318,10 @@ class Connection(SubscriberCore):
                 self._replies = None  # an idle connection keeps no queue
 
     async def _answer(self, ref: int | None, channel: str | None, item: Any) -> None:
+        if isinstance(item, _Deferred):
+            if self.closed:
+                return  # nobody to read it
+            item = item.start()
         if item is None:
             return
         if isinstance(item, m.Reply):
@@ -315,6 +349,18 @@ class Connection(SubscriberCore):
             self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))
         elif result is not None:
             self.push(self.codec.encode(result))
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A read that starts when the reply loop comes to it (see the module's docstring)."""
+
+    start: Callable[[], Awaitable[Any]]
+
+
+def _take(bucket: TokenBucket, what: str) -> None:
+    if not bucket.take(time.monotonic()):
+        raise RateLimited(f"{what} rate limit: {bucket.rate:g}/s, burst {bucket.burst:g}")
 
 
 @dataclass(slots=True)

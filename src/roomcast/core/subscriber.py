@@ -11,6 +11,11 @@ later transport):
   transport is backed up;
 - **the slow-consumer rule**: past ``outbound_queue`` live messages (or held ones behind a
   long replay) the subscriber is closed with 4008 and resumes from its last serial;
+- **the byte budget**: replies and replays wait while more than ``outbound_bytes`` are
+  queued (a connection reads no more requests meanwhile, see
+  :meth:`SubscriberCore.room`), so a client that does not read holds at most the budget
+  and one reply; one over the budget that takes nothing for ``outbound_stall_s`` is closed
+  with 4008;
 - **replay pacing**: after ``attached``, the events since ``from_serial`` are read a page
   at a time, as the client drains them, then the held live events follow;
 - **token expiry**: at the token's ``exp`` (plus the leeway) a 40100 error goes out, then
@@ -69,12 +74,15 @@ class SubscriberCore:
 
     __slots__ = (
         "__weakref__",
+        "_budget",
+        "_bytes",
         "_drain",
         "_expiry",
         "_flush_pending",
         "_limit",
         "_out",
         "_send_task",
+        "_stall",
         "attachments",
         "close_code",
         "closed",
@@ -99,13 +107,16 @@ class SubscriberCore:
         self.close_code: int | None = None
         self.last_sent = time.monotonic()
         self._limit = fanout.settings.outbound_queue
+        self._budget = fanout.settings.outbound_bytes
         self._out: list[bytes] = []
+        self._bytes = 0  # the length of everything queued, and of the batch being sent
         self._flush_pending = False
         # Tasks and events exist only while there is work: an idle subscriber holds none,
         # which keeps thousands of idle connections cheap.
         self._send_task: asyncio.Task[None] | None = None
         self._drain: asyncio.Event | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed while over the byte budget
 
     def describe(self) -> str:
         """Who this is, for log lines."""
@@ -144,6 +155,7 @@ class SubscriberCore:
     async def stop(self) -> None:
         """The transport is gone: stop the timers and tasks of this subscriber."""
         self.closed = True
+        self._discard()
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -168,15 +180,18 @@ class SubscriberCore:
     # ------------------------------------------------------------------ outbound
 
     def push(self, frame: bytes) -> None:
-        """Queue a reply. Replies are bounded by the requests in flight, not by the limit."""
+        """Queue a reply. Whoever produces replies waits for :meth:`room` first, so they
+        pass the byte budget by one reply at most."""
         if not self.closed:
             self._out.append(frame)
+            self._bytes += len(frame)
             self._schedule()
 
     def push_many(self, frames: Sequence[bytes]) -> None:
-        """Queue a bounded batch (a replay) without counting it as a backlog."""
+        """Queue a bounded batch (the head of an attach, the held live events)."""
         if frames and not self.closed:
             self._out.extend(frames)
+            self._bytes += sum(map(len, frames))
             self._schedule()
 
     def push_live(self, frame: bytes) -> None:
@@ -184,8 +199,9 @@ class SubscriberCore:
         if self.closed:
             return
         self._out.append(frame)
+        self._bytes += len(frame)
         if len(self._out) > self._limit:
-            self._drop_slow_consumer()
+            self._drop_slow_consumer(f"more than {self._limit} messages queued")
             return
         self._schedule()
 
@@ -194,6 +210,54 @@ class SubscriberCore:
         if not self._flush_pending:
             self._flush_pending = True
             self.fanout.flush_soon(self)
+        if self._bytes > self._budget and self._stall is None:
+            stall_s = self.fanout.settings.outbound_stall_s
+            self._stall = asyncio.get_running_loop().call_later(stall_s, self._check_stall)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued for the client, and in the frame being written to it."""
+        return self._bytes
+
+    @property
+    def over_budget(self) -> bool:
+        """More than ``outbound_bytes`` are queued: replies and replays wait."""
+        return self._bytes > self._budget
+
+    async def room(self) -> None:
+        """Wait until the queue is within the byte budget (or the subscriber is closed)."""
+        while self._bytes > self._budget and not self.closed:
+            await self._wait_drain()
+
+    async def _wait_drain(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.Event()
+        self._drain.clear()
+        await self._drain.wait()
+
+    def _check_stall(self) -> None:
+        """Over the budget since ``outbound_stall_s`` ago: close if nothing was taken since."""
+        self._stall = None
+        if self.closed or self._bytes <= self._budget:
+            return
+        stall_s = self.fanout.settings.outbound_stall_s
+        idle = time.monotonic() - self.last_sent
+        if idle >= stall_s:
+            self._drop_slow_consumer(
+                f"more than {self._budget} bytes queued and nothing taken for {stall_s:g} s"
+            )
+        else:
+            self._stall = asyncio.get_running_loop().call_later(stall_s - idle, self._check_stall)
+
+    def _discard(self) -> None:
+        """Drop everything queued and wake whoever waits for room (they see ``closed``)."""
+        self._out.clear()
+        self._bytes = 0
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._drain is not None:
+            self._drain.set()
 
     def flush(self) -> None:
         """Write what is queued now if the transport takes it, else leave it to the send task."""
@@ -206,19 +270,15 @@ class SubscriberCore:
                 self._out[:0] = batch
                 self._send_task = asyncio.create_task(self._send_loop())
                 return
-            self.last_sent = time.monotonic()
+            self._sent(batch)
         if self._drain is not None:
             self._drain.set()
 
-    def _drop_slow_consumer(self) -> None:
+    def _drop_slow_consumer(self, why: str) -> None:
         self.fanout.stats.slow_consumers += 1
-        self._out.clear()
         self.closed = True  # nothing more is queued; the close goes out next
-        log.warning(
-            "closing slow consumer %s: more than %d messages queued",
-            self.describe(),
-            self._limit,
-        )
+        self._discard()
+        log.warning("closing slow consumer %s: %s", self.describe(), why)
         self.fanout.spawn(
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resume from your last serial")
         )
@@ -230,15 +290,15 @@ class SubscriberCore:
             while self._out:
                 batch = self._take_batch()
                 await self.transport.send(self.codec.join(batch))
-                self.last_sent = time.monotonic()
-                if len(self._out) <= MAX_FRAME_MESSAGES and self._drain is not None:
-                    self._drain.set()
+                self._sent(batch)
+                if self._drain is not None and (
+                    len(self._out) <= MAX_FRAME_MESSAGES or self._bytes <= self._budget
+                ):
+                    self._drain.set()  # the waiters check what they wait for
         except Exception as exc:  # the peer went away: its transport's reader ends it
             log.debug("send to %s failed: %r", self.describe(), exc)
             self.closed = True
-            self._out.clear()
-            if self._drain is not None:
-                self._drain.set()
+            self._discard()
             self.transport_lost()
         finally:
             self._send_task = None
@@ -248,6 +308,10 @@ class SubscriberCore:
 
     def _take_batch(self) -> list[bytes]:
         return take_batch(self._out, MAX_FRAME_MESSAGES, MAX_FRAME_BYTES)
+
+    def _sent(self, batch: list[bytes]) -> None:
+        self.last_sent = time.monotonic()
+        self._bytes = max(0, self._bytes - sum(map(len, batch)))  # 0 once discarded
 
     def send_heartbeat(self) -> None:
         self.push_live(self.codec.encode(m.Heartbeat()))
@@ -264,7 +328,8 @@ class SubscriberCore:
             if out is not None:
                 self.push_live(out)
             elif attachment.held_count > self._limit:
-                self._drop_slow_consumer()  # live events pile up behind a long replay
+                # live events pile up behind a long replay
+                self._drop_slow_consumer(f"more than {self._limit} live messages held")
                 return
 
     def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
@@ -301,14 +366,14 @@ class SubscriberCore:
     async def finish_attach(self, attachment: Attachment, result: AttachResult) -> None:
         """Send the head, the replay (paged, as the client drains it), then go live."""
         channel = result.attached.channel
-        encode = self.codec.encode
         head = self.head_frames(result)
         self.push(head[0])
         if self.attachments.get(channel) is not attachment:
             return  # detached, or attached again, while the snapshot was read
         self.push_many(head[1:])
         page, until = result.replay, result.attached.serial
-        self.push_many([encode(event) for event in page])
+        if not await self._replay(attachment, page):
+            return
         while page and page[-1].serial < until:
             await self._drained()
             if self.attachments.get(channel) is not attachment or self.closed:
@@ -316,18 +381,28 @@ class SubscriberCore:
             try:
                 page = await self.fanout.replay_page(channel, page[-1].serial, until)
             except RoomcastError as exc:
-                self.push(encode(m.Discontinuity(channel=channel, reason=exc.message)))
+                self.push(self.codec.encode(m.Discontinuity(channel=channel, reason=exc.message)))
                 break
-            self.push_many([encode(event) for event in page])
+            if not await self._replay(attachment, page):
+                return
         self.push_many(attachment.go_live(until))
+
+    async def _replay(self, attachment: Attachment, events: Sequence[m.Event]) -> bool:
+        """Queue a page of the replay, waiting for room whenever it is over the byte
+        budget; False if the attachment ended meanwhile."""
+        encode = self.codec.encode
+        for event in events:
+            self.push(encode(event))
+            if self._bytes > self._budget:
+                await self.room()
+                if self.attachments.get(attachment.channel) is not attachment or self.closed:
+                    return False
+        return True
 
     async def _drained(self) -> None:
         """Wait until the outbound queue is nearly empty (replay pacing)."""
-        while len(self._out) > MAX_FRAME_MESSAGES and not self.closed:
-            if self._drain is None:
-                self._drain = asyncio.Event()
-            self._drain.clear()
-            await self._drain.wait()
+        while (len(self._out) > MAX_FRAME_MESSAGES or self.over_budget) and not self.closed:
+            await self._wait_drain()
 
 
 __all__ = ["MAX_FRAME_BYTES", "MAX_FRAME_MESSAGES", "SubscriberCore", "Transport"]
