@@ -230,6 +230,21 @@ class RedisClusterProcesses:
         )
         return done.stdout.strip()
 
+    def wait_replicated(self, port: int, timeout: float = 10.0) -> None:
+        """Wait until the replicas of the master on ``port`` have everything it wrote
+        (replication is asynchronous: a replica promoted earlier would lose the rest)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.ask(port, "INFO", "replication").splitlines()
+            info = dict(line.strip().split(":", 1) for line in lines if ":" in line)
+            offset = info.get("master_repl_offset")
+            replicas = [v for k, v in info.items() if k.startswith("slave")]
+            if replicas and all(f"offset={offset}," in v for v in replicas):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the replicas of the master on port {port} lag behind")
+            time.sleep(0.05)
+
     def _wait(self, port: int, command: str, answer: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while answer not in self.ask(port, *command.split()):

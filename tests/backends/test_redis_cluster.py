@@ -321,8 +321,8 @@ async def test_a_replica_promoted_in_place_of_a_dead_master_takes_over(tmp_path:
                 await b.bus.subscribe(channel)
             await asyncio.gather(*(a.append(create(ch, "before")) for ch in CHANNELS))
             await eventually(lambda: len(seen.events) == len(CHANNELS), "the first events")
-            await asyncio.sleep(0.5)  # the replicas have them (replication is asynchronous)
             port = masters_of(cluster, [f"failover:{{{CHANNELS[0]}}}:head"]).pop()
+            await asyncio.to_thread(cluster.wait_replicated, port)  # the replica has them
 
             await asyncio.to_thread(cluster.kill, port)
 
