@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import pytest
 from inproc_node import RecordingTransport, running_node, settle
@@ -22,7 +23,7 @@ from roomcast.protocol.errors import (
     CLOSE_SLOW_CONSUMER,
     Forbidden,
 )
-from roomcast.protocol.messages import Attach, Publish
+from roomcast.protocol.messages import Attach, Event, Publish, Reply, Signal, SignalEvent
 from roomcast.protocol.session import Attachment
 
 CHANNEL = "room:core"
@@ -189,3 +190,50 @@ async def test_a_failed_send_ends_the_subscriber_and_leaves_no_task_unretrieved(
         await settle()
         assert sub.closed and getattr(sub, "lost", False)
         assert sub._send_task is None
+
+
+class Unencodable:
+    """A framing that cannot encode events and signals (as with a value its format cannot
+    carry); anything else it encodes as JSON."""
+
+    format = "broken"
+
+    def encode(self, message: Reply) -> bytes:
+        if isinstance(message, Event | SignalEvent):
+            raise OverflowError("int too big to convert")
+        return codec_for("json").encode(message)
+
+    def join(self, frames: Sequence[bytes]) -> bytes:
+        return codec_for("json").join(frames)
+
+
+class Raising(SubscriberCore):
+    __slots__ = ()
+
+    def deliver(self, channel: str, events: Sequence[Event], frames: Sequence[bytes]) -> None:
+        raise RuntimeError("a bug in one subscriber")
+
+
+async def test_one_subscriber_that_fails_costs_the_others_nothing() -> None:
+    """A format that cannot encode an event closes its readers with 1012 (they attach again
+    and read it from the log), and so does a subscriber that raises; everyone else gets
+    every event and signal."""
+    async with running_node() as node:
+        readers = [RecordingTransport() for _ in range(10)]
+        broken, raising = RecordingTransport(), RecordingTransport()
+        subs = [subscriber(node, t) for t in readers]
+        subs.append(SubscriberCore(node.fanout, broken, Unencodable(), {}))
+        subs.append(subscriber(node, raising, Raising))
+        for sub in subs:
+            await sub.finish_attach(*await attach(node, sub))
+        await settle()
+        await publish(node, 3)
+        await node.signal(Principal("alice", ALL, "key"), Signal(channel=CHANNEL, name="typing"))
+        await settle()
+        for transport in readers:
+            sent = transport.messages()
+            assert [m["serial"] for m in sent if m["action"] == "event"] == [1, 2, 3]
+            assert [m["action"] for m in sent].count("signal") == 1
+            assert transport.closed is None
+        assert broken.closed is not None and broken.closed[0] == CLOSE_SERVICE_RESTART
+        assert raising.closed is not None and raising.closed[0] == CLOSE_SERVICE_RESTART

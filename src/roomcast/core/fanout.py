@@ -7,11 +7,21 @@ delivers to: a WebSocket connection, an SSE stream, and every later transport; t
 build on :class:`~roomcast.core.subscriber.SubscriberCore`, which owns the rules of
 delivery. This module names everything the fan-out calls on them, so nothing probes a
 subscriber for a method or branches on its type.
+
+One subscriber's failure never costs another an event. Each event is encoded for every
+format its readers use before any of them gets it; if it cannot be (input checks at the door
+should make that impossible), that is logged with the channel and serial, and the readers of
+that format are closed with 1012 to attach again from their last serial, which reads the
+event from the log: a gap in a gap-free stream would go unnoticed, a close does not. A
+presence change is state too and is handled the same way; a signal that cannot be encoded is
+only logged (a signal is never replayed). A subscriber whose ``deliver`` raises is closed
+(1012) the same way, and the others still get the event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +30,10 @@ from roomcast.backends.base import REPLAY_PAGE, Store
 from roomcast.protocol.errors import Conflict
 from roomcast.protocol.messages import Attached, Event, PresenceEvent, Reply, SignalEvent
 from roomcast.settings import Settings
+
+log = logging.getLogger("roomcast.fanout")
+
+UNENCODABLE = "an event could not be encoded in this connection's format: attach again"
 
 
 class Framing(Protocol):
@@ -163,31 +177,43 @@ class FanOut:
         if not subscribers:
             return
         self.stats.deliveries += len(events) * len(subscribers)
-        encoded: dict[str, list[bytes]] = {}
-        for subscriber in tuple(subscribers):
-            codec = subscriber.codec
-            frames = encoded.get(codec.format)
-            if frames is None:
-                frames = encoded[codec.format] = [codec.encode(e) for e in events]
-            subscriber.deliver(channel, events, frames)
+        targets = tuple(subscribers)
+        encoded = {f: _encode_all(c, channel, events) for f, c in _formats(targets).items()}
+        for subscriber in targets:
+            frames = encoded[subscriber.codec.format]
+            try:
+                if frames is None:
+                    subscriber.reset(UNENCODABLE)
+                else:
+                    subscriber.deliver(channel, events, frames)
+            except Exception:
+                _failed(subscriber, channel)
 
     def on_presence(self, event: PresenceEvent) -> None:
-        self._fan_out_ephemeral(event.channel, event)
+        self._fan_out_ephemeral(event.channel, event, state=True)
 
     def on_signal(self, event: SignalEvent) -> None:
-        self._fan_out_ephemeral(event.channel, event)
+        self._fan_out_ephemeral(event.channel, event, state=False)
 
-    def _fan_out_ephemeral(self, channel: str, event: PresenceEvent | SignalEvent) -> None:
+    def _fan_out_ephemeral(
+        self, channel: str, event: PresenceEvent | SignalEvent, *, state: bool
+    ) -> None:
+        """A presence change (``state``: a reader that misses it attaches again) or a signal
+        (one that cannot be encoded is dropped)."""
         subscribers = self._channels.get(channel)
         if not subscribers:
             return
-        encoded: dict[str, bytes] = {}
-        for subscriber in tuple(subscribers):
-            codec = subscriber.codec
-            frame = encoded.get(codec.format)
-            if frame is None:
-                frame = encoded[codec.format] = codec.encode(event)
-            subscriber.deliver_ephemeral(channel, frame)
+        targets = tuple(subscribers)
+        encoded = {f: _encode_all(c, channel, (event,)) for f, c in _formats(targets).items()}
+        for subscriber in targets:
+            frames = encoded[subscriber.codec.format]
+            try:
+                if frames is not None:
+                    subscriber.deliver_ephemeral(channel, frames[0])
+                elif state:
+                    subscriber.reset(UNENCODABLE)
+            except Exception:
+                _failed(subscriber, channel)
 
     def on_epoch(self, channel: str, epoch: str) -> None:
         """The store's log of ``channel`` started over under ``epoch`` (a shared store lost
@@ -204,6 +230,41 @@ class FanOut:
     def _reset(self, channel: str, reason: str) -> None:
         for subscriber in tuple(self._channels.get(channel, ())):
             subscriber.reset(reason)
+
+
+def _formats(subscribers: Sequence[Subscriber]) -> dict[str, Framing]:
+    """One framing for each format the subscribers read."""
+    return {s.codec.format: s.codec for s in subscribers}
+
+
+def _encode_all(
+    codec: Framing, channel: str, messages: Sequence[Event | PresenceEvent | SignalEvent]
+) -> list[bytes] | None:
+    """``messages`` encoded by ``codec``, or None (logged) if one of them cannot be."""
+    frames = []
+    for message in messages:
+        try:
+            frames.append(codec.encode(message))
+        except Exception:
+            serial = getattr(message, "serial", None)
+            log.exception(
+                "cannot encode %s of %s (serial %s) as %s: not delivered in that format",
+                type(message).__name__,
+                channel,
+                serial,
+                codec.format,
+            )
+            return None
+    return frames
+
+
+def _failed(subscriber: Subscriber, channel: str) -> None:
+    """A subscriber raised while it was handed a message: close it (1012) to attach again."""
+    log.exception("delivery on %s failed: the subscriber attaches again", channel)
+    try:
+        subscriber.reset("delivery failed: attach again")
+    except Exception:
+        log.exception("closing the subscriber failed too")
 
 
 __all__ = ["AttachResult", "FanOut", "Framing", "NodeStats", "Subscriber"]
