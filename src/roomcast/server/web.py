@@ -1,4 +1,6 @@
-"""The web UI: ``/`` serves the page and ``/static/...`` its ES modules and CSS.
+"""The web UI: ``/`` serves the page, ``/static/...`` its ES modules, CSS and icon
+(``favicon.svg``; ``favicon.ico`` is the same icon drawn at 32 px, also at ``/favicon.ico``).
+The page is served with a strict Content-Security-Policy and ``Referrer-Policy: no-referrer``.
 
 The files live in the package (``roomcast/web``), so there is no build step: the browser
 loads them as they are. They are read once, at start-up, and served with an ``ETag`` and
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 from dataclasses import dataclass
 from importlib import resources
+from urllib.parse import urlsplit
 
 import msgspec
 from starlette.requests import Request
@@ -35,6 +39,37 @@ CONTENT_TYPES = {
 
 # The page's settings go in a <meta> tag, so the page needs no second request to start.
 AUTH_URL_MARK = "{{auth_url}}"
+
+# A Host header (or an auth_url's host) that may go into the policy as it is.
+_HOST = re.compile(r"(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def content_security_policy(host: str | None, auth_url: str = "") -> str:
+    """The page's policy: its scripts, styles, images and connections come from its own
+    server only (no inline script or style markup: the page sets styles through the CSSOM,
+    which the policy allows), plus the WebSocket of the host the page was loaded from
+    (``ws:``/``wss:``, which ``'self'`` does not cover in every browser) and the origin of
+    ``auth_url``, where the page gets its tokens."""
+    connect = ["'self'"]
+    if host and _HOST.fullmatch(host):
+        connect += [f"ws://{host}", f"wss://{host}"]
+    auth = urlsplit(auth_url)
+    auth_host = auth.netloc.rpartition("@")[2]
+    if auth.scheme in ("http", "https") and _HOST.fullmatch(auth_host):
+        connect.append(f"{auth.scheme}://{auth_host}")
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self'",
+            "connect-src " + " ".join(connect),
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 class StaticName(msgspec.Struct, frozen=True):
@@ -60,6 +95,19 @@ api.document(
     authenticated=False,
     returns=(
         Returns("200", "The page.", media_type="text/html", schema={"type": "string"}),
+        Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
+    ),
+)
+
+
+api.document(
+    "GET",
+    "/favicon.ico",
+    summary="The web UI's icon, for clients that ask for it there (the page links its SVG)",
+    tag="web",
+    authenticated=False,
+    returns=(
+        Returns("200", "The icon.", media_type="image/x-icon", schema={"type": "string"}),
         Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
     ),
 )
@@ -131,6 +179,7 @@ def _respond(request: Request, found: StaticFile) -> Response:
         "ETag": found.etag,
         "Cache-Control": "no-cache",
         "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",  # links in messages do not tell where they were
     }
     if request.headers.get("if-none-match") == found.etag:
         return Response(status_code=304, headers=headers)
@@ -149,11 +198,18 @@ def routes(auth_url: str = "") -> list[BaseRoute]:
     text = page.body.decode().replace(AUTH_URL_MARK, html.escape(auth_url, quote=True))
     index = _load("index.html", text.encode())
 
+    favicon = files["favicon.ico"]
+
     async def index_page(request: Request) -> Response:
         response = _respond(request, index)
         # The page must not be framed by another site (clickjacking).
         response.headers["X-Frame-Options"] = "DENY"
+        policy = content_security_policy(request.headers.get("host"), auth_url)
+        response.headers["Content-Security-Policy"] = policy
         return response
+
+    async def favicon_ico(request: Request) -> Response:
+        return _respond(request, favicon)
 
     async def static(request: Request) -> Response:
         folder = request.path_params.get("folder")
@@ -165,6 +221,7 @@ def routes(auth_url: str = "") -> list[BaseRoute]:
 
     return [
         Route("/", index_page, methods=["GET", "HEAD"]),
+        Route("/favicon.ico", favicon_ico, methods=["GET", "HEAD"]),
         Route("/static/{name}", static, methods=["GET", "HEAD"]),
         Route("/static/{folder}/{name}", static, methods=["GET", "HEAD"]),
     ]
