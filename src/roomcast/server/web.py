@@ -87,33 +87,17 @@ class StaticFolderName(msgspec.Struct, frozen=True):
 
 # The UI's routes in the OpenAPI document (they are served by :func:`routes`).
 api = Api()
-api.document(
-    "GET",
-    "/",
-    summary="The web UI (docs/web.md)",
-    tag="web",
-    authenticated=False,
-    returns=(
-        Returns("200", "The page.", media_type="text/html", schema={"type": "string"}),
-        Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
-    ),
-)
 
 
-api.document(
-    "GET",
-    "/favicon.ico",
-    summary="The web UI's icon, for clients that ask for it there (the page links its SVG)",
-    tag="web",
-    authenticated=False,
-    returns=(
-        Returns("200", "The icon.", media_type="image/x-icon", schema={"type": "string"}),
-        Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
-    ),
-)
-
-
-def _document_files(path: str, summary: str, params: type[msgspec.Struct], served: str) -> None:
+def _document_file(
+    path: str,
+    summary: str,
+    served: str,
+    media_type: str = "text/javascript",
+    params: type[msgspec.Struct] | None = None,
+) -> None:
+    """A GET of one file; with ``params`` (a path naming the file), a 404 for no such file."""
+    missing = (Returns("404", "No such file (error 40400)."),) if params is not None else ()
     api.document(
         "GET",
         path,
@@ -122,25 +106,32 @@ def _document_files(path: str, summary: str, params: type[msgspec.Struct], serve
         authenticated=False,
         path_params=params,
         returns=(
-            Returns("200", served, media_type="text/javascript", schema={"type": "string"}),
+            Returns("200", served, media_type=media_type, schema={"type": "string"}),
             Returns("304", "Not modified (`If-None-Match` holds its `ETag`)."),
-            Returns("404", "No such file (error 40400)."),
+            *missing,
         ),
     )
 
 
-_document_files(
+_document_file("/", "The web UI (docs/web.md)", "The page.", "text/html")
+_document_file(
+    "/favicon.ico",
+    "The web UI's icon, for clients that ask for it there (the page links its SVG)",
+    "The icon.",
+    "image/x-icon",
+)
+_document_file(
     "/static/{name}",
-    "A file of the web UI: its ES modules (`roomcast.js`, ...) and `style.css`",
-    StaticName,
+    "A file of the web UI: its ES modules (`roomcast.js`, ...), `style.css` and its icon",
     "The file (`text/javascript`; `text/css` for `style.css`).",
+    params=StaticName,
 )
 # The modules of a folder: those of `roomcast.js`, in `roomcast/`.
-_document_files(
+_document_file(
     "/static/{folder}/{name}",
     "A file of a folder of the web UI: the modules of `roomcast.js` (`roomcast/...`)",
-    StaticFolderName,
     "The file (`text/javascript`).",
+    params=StaticFolderName,
 )
 
 
