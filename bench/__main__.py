@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from . import agents, catchup, peers, publish, scale, stream
+from . import agents, catchup, peers, publish, replies, scale, stream
 
 BENCHMARKS: dict[str, ModuleType] = {
     "publish": publish,
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "stream": stream,
     "agents": agents,
     "scale": scale,
+    "replies": replies,
 }
 
 

@@ -153,12 +153,8 @@ async def test_appends_have_their_own_rate_limit(test_env: dict[str, str]) -> No
 async def test_signals_and_presence_have_a_rate_and_readers_stay_open(
     test_env: dict[str, str],
 ) -> None:
-    env = {
-        **test_env,
-        "ROOMCAST_PUBLISH_RATE": "50",
-        "ROOMCAST_EPHEMERAL_RATE": "5",
-        "ROOMCAST_EPHEMERAL_BURST": "20",
-    }
+    limits = {"PUBLISH_RATE": "50", "EPHEMERAL_RATE": "5", "EPHEMERAL_BURST": "20"}
+    env = test_env | {f"ROOMCAST_{name}": value for name, value in limits.items()}
     with ServerProcess(store="memory://", env=env) as proc:
         reader = await WireClient.connect(proc.ws_url, client_id="reader")
         await reader.request("attach", channel="room:typing")
