@@ -279,7 +279,7 @@ async def test_slow_stream_is_ended_and_counted(tight_server: ServerProcess) -> 
     # A client that asks for the stream and then never reads: its socket fills, then the
     # server's queue does, and the server ends the stream.
     _reader, writer = await asyncio.open_connection("127.0.0.1", tight_server.port)
-    writer.write(f"GET /v1/channels/{channel}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET /v1/channels/{channel}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     await writer.drain()
     async with httpx.AsyncClient(base_url=tight_server.url, timeout=30) as http:
         for _ in range(100):  # until the stream is subscribed

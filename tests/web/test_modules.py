@@ -23,7 +23,7 @@ MAX_LINES = 600
 @pytest.fixture
 def blank(browser: Browser, web_server: ServerProcess) -> Iterator[Page]:
     """A page of the server (its origin and address space) without the UI's app.js."""
-    context = browser.new_context()
+    context = browser.new_context(bypass_csp=True)  # the example is an inline script
     page = context.new_page()
     page.route("**/static/app.js", lambda route: route.abort())
     page.goto(f"{web_server.url}/")
