@@ -219,11 +219,17 @@ async def test_channels_are_one_object_per_name(server: ServerProcess, channel_n
 
 
 async def test_claim_is_granted_to_one_connection_and_renewed_by_it(
-    server: ServerProcess, channel_name: str
+    test_env: dict[str, str], channel_name: str
 ) -> None:
+    key = "workers:" + "w" * 32  # answer: claims are for key holders (agent workers)
+    with ServerProcess(store="memory://", env={**test_env, "ROOMCAST_KEYS": key}) as server:
+        await _claims_of_two_workers(server, key, channel_name)
+
+
+async def _claims_of_two_workers(server: ServerProcess, key: str, channel_name: str) -> None:
     async with (
-        connect(server.url, client_id="worker") as first,
-        connect(server.url, client_id="worker") as second,
+        connect(server.url, key=key, client_id="worker") as first,
+        connect(server.url, key=key, client_id="worker") as second,
     ):
         mine = first.channels.get(channel_name)
         theirs = second.channels.get(channel_name)

@@ -68,7 +68,7 @@ async def test_each_app_has_its_own_registry() -> None:
         await app.state.node.start()
     try:
         clients = [
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
             for app in apps
         ]
         for http in clients:

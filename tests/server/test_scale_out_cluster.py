@@ -40,7 +40,9 @@ def prefix(cluster: RedisClusterProcesses) -> Iterator[str]:
 def two_nodes(
     cluster: RedisClusterProcesses, prefix: str, test_env: dict[str, str]
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {**test_env, "ROOMCAST_HEARTBEAT_S": "1"}
+    # Anonymous clients may claim here (lock:* keys): the claim test runs on both nodes.
+    capability = '{"*": ["*", "claim"]}'
+    env = {**test_env, "ROOMCAST_HEARTBEAT_S": "1", "ROOMCAST_ANONYMOUS_CAPABILITY": capability}
     a = ServerProcess(store=cluster.url(prefix=prefix), env=env)
     b = ServerProcess(store=cluster.url(prefix=prefix), env=env)
     try:
@@ -138,8 +140,8 @@ async def test_claims_and_live_objects_across_nodes_on_every_master(
     on_b = await WireClient.connect(b.ws_url, client_id="worker")
     for ch in channels:
         replies = await asyncio.gather(
-            on_a.request("claim", channel=ch, key="answer:1", ttl_s=30),
-            on_b.request("claim", channel=ch, key="answer:1", ttl_s=30),
+            on_a.request("claim", channel=ch, key="lock:1", ttl_s=30),
+            on_b.request("claim", channel=ch, key="lock:1", ttl_s=30),
         )
         assert sorted(r["granted"] for r in replies) == [False, True]  # exactly one
 
