@@ -30,6 +30,7 @@ from roomcast.agents.providers.base import (
 )
 from roomcast.client import Channel, Client, Event, LiveMap, Message, connect
 from roomcast.client.rest import list_channels
+from roomcast.protocol.capabilities import AGENT_CLAIM_PREFIXES
 from roomcast.protocol.patterns import pattern_matches
 from roomcast.protocol.rollup import message_from_create
 
@@ -42,6 +43,8 @@ from .tools import RESERVED_KEYS, Tool, ToolError, call_tool, resolve_tools
 from .triggers import RateWindow, agent_info, consider, depth_of
 
 log = logging.getLogger("roomcast.agents")
+
+[ANSWER_CLAIMS] = AGENT_CLAIM_PREFIXES  # an answer's claim: reserved to key holders
 
 META_CHANNELS = "meta:channels"
 CLAIM_TTL_S = 600.0
@@ -223,7 +226,7 @@ class AgentWorker:
         history: asyncio.Future[list[Message]] | None,
     ) -> None:
         channel = room.channel
-        key = f"answer:{self.name}:{trigger.msg_serial}"
+        key = f"{ANSWER_CLAIMS}{self.name}:{trigger.msg_serial}"
         if not await channel.claim(key, ttl_s=CLAIM_TTL_S):
             return  # another worker has it
         log.info("agent %s answers %s #%d", self.name, channel.name, trigger.msg_serial)
