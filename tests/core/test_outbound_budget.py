@@ -93,6 +93,24 @@ async def test_a_replay_to_a_client_that_never_reads_stays_within_the_byte_budge
         await conn.finish(clean=True)
 
 
+async def test_attaches_with_a_rewind_are_answered_one_at_a_time() -> None:
+    """A snapshot is read when its reply's turn comes: 30 pipelined attaches with a
+    ``rewind`` of about 200 KB each hold one of them beyond the budget, not 30."""
+    async with running_node(outbound_bytes=BUDGET) as node:
+        await fill(node, 100)
+        conn, _ = await stuck_connection(node)
+        rewind = {"action": "attach", "channel": CHANNEL, "rewind": 100}
+        await conn.receive(json.dumps([rewind | {"ref": ref} for ref in range(30)]), is_text=True)
+        largest, reply = 0, 0
+        for _ in range(300):
+            await asyncio.sleep(0)
+            largest = max(largest, conn.queued_bytes)
+            reply = max(reply, max(map(len, conn._out), default=0))
+        assert reply > 150_000
+        assert BUDGET < largest <= BUDGET + reply
+        await conn.finish(clean=True)
+
+
 async def test_a_client_paused_too_long_is_closed_with_4008_and_leaves_nothing() -> None:
     async with running_node(outbound_bytes=BUDGET, outbound_stall_s=0.2) as node:
         await fill(node, 100)
