@@ -42,4 +42,5 @@ bench: install-test peers-env
 	$(PYTHON) -m bench peers
 	$(PYTHON) -m bench stream
 	$(PYTHON) -m bench agents
+	$(PYTHON) -m bench replies
 	$(PYTHON) -m bench scale

@@ -12,7 +12,7 @@ from inproc_node import RecordingTransport, connect, running_node, settle
 from roomcast.core.authz import Capability, Principal
 from roomcast.protocol.capabilities import ALL
 from roomcast.protocol.errors import Forbidden, TooLarge, Unauthorized
-from roomcast.protocol.messages import Append, Cancel, Delete, Publish, Update
+from roomcast.protocol.messages import Append, Cancel, Delete, History, Publish, Update
 
 CHANNEL = "room:node"
 ALICE = Principal("alice", ALL, "key")
@@ -145,3 +145,15 @@ async def test_every_action_that_fans_out_counts_against_a_rate() -> None:
         assert reader_transport.closed is None
         await conn.finish(clean=True)
         await reader.finish(clean=True)
+
+
+async def test_a_history_page_is_cut_to_the_outbound_budget() -> None:
+    async with running_node(outbound_bytes=10_000) as node:
+        for i in range(10):
+            await node.publish(ALICE, Publish(channel=CHANNEL, data=f"{i}" * 3000))
+        newest = await node.history(ALICE, History(channel=CHANNEL, limit=10))
+        assert [m.msg_serial for m in newest.messages] == [8, 9, 10] and newest.has_more
+        oldest = await node.history(ALICE, History(channel=CHANNEL, limit=10, after=0))
+        assert [m.msg_serial for m in oldest.messages] == [1, 2, 3] and oldest.has_more
+        one = await node.history(ALICE, History(channel=CHANNEL, limit=1, before=2))
+        assert [m.msg_serial for m in one.messages] == [1] and not one.has_more

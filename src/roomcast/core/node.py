@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from msgspec import UNSET
 
 from roomcast.backends.base import Store
@@ -29,6 +30,7 @@ from roomcast.protocol.messages import (
     Event,
     History,
     HistoryReply,
+    Message,
     ObjectsSnapshot,
     Ok,
     PresenceEvent,
@@ -51,6 +53,20 @@ from .streams import AppendRollup, StreamSweeper
 log = logging.getLogger("roomcast.node")
 
 _LIST_SCAN_MAX = 10_000  # channels read at most to fill one page of a filtered listing
+
+
+def within_bytes(messages: list[Message], budget: int, *, newest: bool) -> list[Message]:
+    """The part of a history page (oldest first) whose JSON fits in ``budget`` bytes, one
+    message at least: a page is one reply, and a reply must fit a connection's outbound
+    budget. It keeps the newest messages (a page read backwards) or the oldest (forwards);
+    the caller reads on from where it ends."""
+    size, count = 0, 0
+    for message in reversed(messages) if newest else messages:
+        size += len(msgspec.json.encode(message))
+        if count and size > budget:
+            break
+        count += 1
+    return messages[len(messages) - count :] if newest else messages[:count]
 
 
 class Node(Sequencer):
@@ -256,8 +272,12 @@ class Node(Sequencer):
         messages, more = await self.store.history(
             req.channel, before=req.before, after=req.after, limit=req.limit
         )
+        kept = within_bytes(messages, self.settings.outbound_bytes, newest=req.after is None)
         return HistoryReply(
-            ref=ref_of(req.ref), channel=req.channel, messages=messages, has_more=more
+            ref=ref_of(req.ref),
+            channel=req.channel,
+            messages=kept,
+            has_more=more or len(kept) < len(messages),
         )
 
     async def presence_members(self, principal: Principal, channel: str) -> list[PresenceMember]:
