@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from roomcast.protocol.messages import check_value
 from roomcast.testing import ServerProcess
 
 KEY = "ops:" + "q" * 32
@@ -50,7 +51,20 @@ def api_server(test_env: dict[str, str]) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def api_schema(api_server: ServerProcess) -> Any:
-    return schemathesis.openapi.from_url(api_server.url + "/openapi.json")
+    schema = schemathesis.openapi.from_url(api_server.url + "/openapi.json")
+
+    @schema.hook
+    def filter_body(context: Any, body: Any) -> bool:
+        # docs/protocol.md §2 Values: integers in `data` and `extras` stay within 64 bits, a
+        # rule for values of any shape that the document has no way to state. Bodies generated
+        # here keep to it; test_values_no_store_or_format_holds_... sends those that do not.
+        try:
+            check_value(body, "body")
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    return schema
 
 
 # Not plain HTTP: the WebSocket upgrade, and an endless event stream (tests/server/test_sse.py).
@@ -79,6 +93,58 @@ def test_the_api_keeps_the_promises_of_its_document(case: Any, api_server: Serve
             assert response.json()["error"]["code"] == 40000
             return
     case.call_and_validate(base_url=api_server.url, headers=AUTH, checks=CHECKS, timeout=10)
+
+
+# Values the document cannot rule out in a schema (`data` may be any JSON), and the numbers its
+# bounds rule out, put into requests it generates for every channel operation: each is refused
+# with 40000 (docs/protocol.md §2 Frames), never a 5xx.
+POISONS = {
+    "an integer beyond 64 bits": str(2**64),
+    "a number too large for a double": "1e400",
+    "nesting 100 deep": "[" * 100 + "]" * 100,
+    "nesting 5,000 deep": "[" * 5000 + "]" * 5000,
+}
+MARK = "@@poison@@"
+VALUES = {"data", "value", "amount"}  # fields that hold any value; these hold an object:
+OBJECTS = {"extras", "entries"}
+NUMBERS = {"msg_serial", "before", "after", "from_serial", "limit"}  # path and query
+
+
+def _poisoned(item: Any) -> Any:
+    if isinstance(item, list):
+        return [_poisoned(v) for v in item]
+    if not isinstance(item, dict):
+        return item
+    out = {k: _poisoned(v) for k, v in item.items()}
+    out.update({k: MARK for k in VALUES & set(item)})
+    out.update({k: {"k": MARK} for k in OBJECTS & set(item)})
+    return out
+
+
+@schema.include(path_regex=r"^/v1/channels/").parametrize()
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_values_no_store_or_format_holds_are_refused_by_every_operation(
+    case: Any, api_server: ServerProcess
+) -> None:
+    if case.method.upper() != case.operation.method.upper():
+        return  # a wrong method, tested above
+    path = {**(case.path_parameters or {})}
+    query = {**(case.query or {})}
+    for where in (path, query):
+        where.update({k: str(2**63) for k in NUMBERS & set(where)})
+    text = json.dumps(_poisoned(case.body)) if isinstance(case.body, dict | list) else None
+    if MARK not in (text or "") and path == case.path_parameters and query == case.query:
+        return  # nothing in this request to poison
+    url = api_server.url + case.path.format(**path)
+    with httpx.Client(headers=AUTH, timeout=10) as http:
+        for poison in POISONS.values():
+            content = text.replace(f'"{MARK}"', poison) if text else None
+            response = http.request(
+                case.method, url, params=query, content=content, headers=JSON_TYPE
+            )
+            # (A large batch, each of its messages 5,000 deep, is over the body limit.)
+            assert response.status_code in (400, 413), (case.method, url, response.text)
+            assert response.json()["error"]["code"] == response.status_code * 100
 
 
 # What schemathesis found, each pinned by a direct test.
