@@ -7,6 +7,8 @@ agents, whose names the node reserves and whose private key joins the key ring.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import inspect
 import logging
@@ -202,6 +204,22 @@ def host_agents(
     return hosted
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def return_large_buffers_to_the_system() -> None:
+    """Have glibc map every buffer over 128 KiB on its own, so it goes back to the system
+    when freed. By default glibc raises that threshold after the first such buffer is
+    freed, and later ones (a reply of a few MB queued for a slow client) stay in its heap
+    after the client has gone. Elsewhere than glibc this does nothing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
 def freeze_startup_objects() -> None:
     """Move what start-up allocated (modules, the app, the settings) out of the garbage
     collector's sight. A full collection then scans only what serving allocated: about 3 ms
@@ -217,6 +235,7 @@ def _refuse(reason: str) -> None:
 
 
 async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int:
+    return_large_buffers_to_the_system()
     node = app.state.node
     try:
         agents = host_agents(node, settings)
