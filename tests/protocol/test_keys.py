@@ -42,6 +42,7 @@ def test_a_key_splits_on_the_first_two_colons_only() -> None:
         ("nocolon", "NAME:SECRET"),
         ("ops:", "empty secret"),
         ("bad name:x", "key name"),
+        ("ops\n:x", "key name"),
         ("ops:x:{not json", "not JSON"),
         ('ops:x:{"room:*": ["fly"]}', "unknown operations"),
         ('ops:x:["subscribe"]', "JSON object"),

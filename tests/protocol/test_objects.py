@@ -95,6 +95,14 @@ def test_a_counter_that_would_pass_the_largest_float_is_refused() -> None:
         live.plan(CounterInc(object_id="counter-1", amount=1.5e308), 2, objects.get)
 
 
+def test_a_counter_that_would_pass_64_bits_is_refused() -> None:
+    objects: Objects = {}
+    live.apply_op(objects, CounterCreate(value=2**63), 1)
+    inc = CounterInc(object_id="counter-1", amount=2**63)
+    with pytest.raises(BadRequest, match="beyond what every format carries"):
+        live.plan(inc, 2, objects.get)
+
+
 def test_a_map_op_on_a_counter_is_a_conflict() -> None:
     objects: Objects = {}
     live.apply_op(objects, CounterCreate(value=0), 1)

@@ -54,7 +54,7 @@ class ApiKey:
         if len(parts) < 2:
             raise KeySpecError("a key is NAME:SECRET[:CAPABILITY_JSON] (no ':' found)")
         name, secret = parts[0], parts[1]
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise KeySpecError(f"key name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if not secret:
             raise KeySpecError(f"key {name!r} has an empty secret")

@@ -18,6 +18,8 @@ import msgspec
 
 from .errors import BadRequest, Conflict, NotFound, TooLarge
 from .messages import (
+    MAX_INT,
+    MIN_INT,
     CounterCreate,
     CounterInc,
     Event,
@@ -192,8 +194,11 @@ def _number(value: Any) -> int | float:
 
 
 def _finite(value: int | float) -> int | float:
+    """A counter's value, if every wire format carries it (a sum of increments may not)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRequest(f"{value} is not a finite number")
+    if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+        raise BadRequest(f"the counter would be {value}, beyond what every format carries")
     return value
 
 
