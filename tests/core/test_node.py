@@ -12,7 +12,7 @@ from inproc_node import RecordingTransport, connect, running_node, settle
 from roomcast.core.authz import Capability, Principal
 from roomcast.protocol.capabilities import ALL
 from roomcast.protocol.errors import Forbidden, TooLarge, Unauthorized
-from roomcast.protocol.messages import Append, Cancel, Delete, History, Publish, Update
+from roomcast.protocol.messages import Append, Attach, Cancel, Delete, History, Publish, Update
 
 CHANNEL = "room:node"
 ALICE = Principal("alice", ALL, "key")
@@ -157,3 +157,11 @@ async def test_a_history_page_is_cut_to_the_outbound_budget() -> None:
         assert [m.msg_serial for m in oldest.messages] == [1, 2, 3] and oldest.has_more
         one = await node.history(ALICE, History(channel=CHANNEL, limit=1, before=2))
         assert [m.msg_serial for m in one.messages] == [1] and not one.has_more
+
+
+async def test_rewind_gives_the_newest_messages_that_fit_the_outbound_budget() -> None:
+    async with running_node(outbound_bytes=10_000) as node:
+        for i in range(10):
+            await node.publish(ALICE, Publish(channel=CHANNEL, data=f"{i}" * 3000))
+        result = await node.attach(ALICE, Attach(channel=CHANNEL, rewind=10))
+        assert [m.msg_serial for m in result.attached.messages] == [8, 9, 10]

@@ -249,7 +249,11 @@ class Node(Sequencer):
             epoch=snap.epoch,
             serial=snap.serial,
             resumed=req.from_serial is not None and reason is None,
-            messages=snap.messages if req.rewind else UNSET,
+            messages=(
+                within_bytes(list(snap.messages), self.settings.outbound_bytes, newest=True)
+                if req.rewind
+                else UNSET
+            ),
             presence=members,
             objects=UNSET if snap.objects is None else snap.objects,
         )
