@@ -177,10 +177,9 @@ class FanOut:
         if not subscribers:
             return
         self.stats.deliveries += len(events) * len(subscribers)
-        targets = tuple(subscribers)
-        encoded = {f: _encode_all(c, channel, events) for f, c in _formats(targets).items()}
-        for subscriber in targets:
-            frames = encoded[subscriber.codec.format]
+        encoded: dict[str, list[bytes] | None] = {}
+        for subscriber in tuple(subscribers):
+            frames = _frames(encoded, subscriber.codec, channel, events)
             try:
                 if frames is None:
                     subscriber.reset(UNENCODABLE)
@@ -203,10 +202,9 @@ class FanOut:
         subscribers = self._channels.get(channel)
         if not subscribers:
             return
-        targets = tuple(subscribers)
-        encoded = {f: _encode_all(c, channel, (event,)) for f, c in _formats(targets).items()}
-        for subscriber in targets:
-            frames = encoded[subscriber.codec.format]
+        encoded: dict[str, list[bytes] | None] = {}
+        for subscriber in tuple(subscribers):
+            frames = _frames(encoded, subscriber.codec, channel, (event,))
             try:
                 if frames is not None:
                     subscriber.deliver_ephemeral(channel, frames[0])
@@ -232,9 +230,18 @@ class FanOut:
             subscriber.reset(reason)
 
 
-def _formats(subscribers: Sequence[Subscriber]) -> dict[str, Framing]:
-    """One framing for each format the subscribers read."""
-    return {s.codec.format: s.codec for s in subscribers}
+def _frames(
+    encoded: dict[str, list[bytes] | None],
+    codec: Framing,
+    channel: str,
+    messages: Sequence[Event | PresenceEvent | SignalEvent],
+) -> list[bytes] | None:
+    """``messages`` in ``codec``'s format, encoded once per format whoever asks first; None
+    if they cannot be, which costs only that format's readers."""
+    if codec.format in encoded:
+        return encoded[codec.format]
+    frames = encoded[codec.format] = _encode_all(codec, channel, messages)
+    return frames
 
 
 def _encode_all(
