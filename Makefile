@@ -33,10 +33,13 @@ serve: install
 # their own environment, so they never mix with roomcast's dependencies.
 peers-env:
 	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
-	.venv-peers/bin/pip install -q python-socketio uvicorn websockets picows uvloop
+	.venv-peers/bin/pip install -q python-socketio uvicorn websockets picows uvloop orjson
 
-# Every benchmark, one JSON line per measurement (a few minutes; not part of `make test`).
+# Every benchmark, one JSON line per measurement (about an hour with rooms and connections;
+# not part of `make test`). `bench rooms` measures a socket.io anchor: its Node.js packages are
+# installed at the versions bench/node/package-lock.json pins.
 bench: install-test peers-env
+	cd bench/node && npm ci --no-audit --no-fund
 	$(PYTHON) -m bench publish
 	$(PYTHON) -m bench catchup
 	$(PYTHON) -m bench peers
@@ -44,3 +47,5 @@ bench: install-test peers-env
 	$(PYTHON) -m bench agents
 	$(PYTHON) -m bench replies
 	$(PYTHON) -m bench scale
+	$(PYTHON) -m bench rooms
+	$(PYTHON) -m bench connections

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from . import agents, catchup, peers, publish, replies, scale, stream
+from . import agents, catchup, connections, peers, publish, replies, rooms, scale, stream
 
 BENCHMARKS: dict[str, ModuleType] = {
     "publish": publish,
@@ -15,6 +15,8 @@ BENCHMARKS: dict[str, ModuleType] = {
     "agents": agents,
     "scale": scale,
     "replies": replies,
+    "rooms": rooms,
+    "connections": connections,
 }
 
 

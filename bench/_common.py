@@ -58,6 +58,11 @@ def _cpu_of_stat(path: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds a process (all its threads) has used so far."""
+    return _cpu_of_stat(Path(f"/proc/{pid}/stat"))
+
+
 def _machine_busy() -> float:
     """CPU seconds the whole machine has spent busy (every process, every core)."""
     with open("/proc/stat") as stat:
@@ -109,9 +114,9 @@ class CpuSample:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[tuple[ServerProcess, int]]:
-    """A fresh ``roomcast serve`` with its own SQLite file, and its pid."""
-    server = ServerProcess(env=SERVER_ENV)
+def running_server(store: str | None = None) -> Iterator[tuple[ServerProcess, int]]:
+    """A fresh ``roomcast serve`` on ``store`` (default: its own SQLite file), and its pid."""
+    server = ServerProcess(store=store, env=SERVER_ENV)
     with server:
         assert server.proc is not None
         pid = server.proc.pid

@@ -25,6 +25,13 @@ from roomcast.settings import Settings
 from roomcast.testing import ServerProcess, free_port
 
 
+@pytest.fixture(autouse=True)
+def own_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client commands remember a client_id in the config directory: a fresh one here,
+    not the real home's."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "roomcast", *args],
@@ -110,7 +117,7 @@ def test_default_store_lives_in_the_user_data_directory_and_sigterm_stops_cleanl
     assert f"sqlite:///{database}" in output
     assert "presence_grace_s" in output  # the settings are printed
     assert "store flushed and closed" in output
-    assert "agents:    assistant (scripted scripted, mention)" in output
+    assert "agents:    assistant (scripted (no model), mention)" in output
 
 
 # --------------------------------------------------------------------------- client commands
@@ -491,6 +498,8 @@ def test_serve_refuses_a_damaged_store_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+# The immutable journal is a store fault, provoked on purpose: the writer logs it at ERROR.
+@pytest.mark.server_log(expect=[r"sqlite write transaction failed"])
 def test_readyz_fails_while_the_store_takes_no_writes(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
     wal = path.with_name(path.name + "-wal")

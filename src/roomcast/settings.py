@@ -31,241 +31,235 @@ class SettingsError(ValueError):
     """A setting with a value that cannot be used; the message names the setting."""
 
 
+PANELS = ("Server", "Store", "Agents", "Auth", "Limits")
+"""The groups ``roomcast serve --help`` shows the settings in, in this order."""
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
+    """How ``--help`` shows a setting: one short line of what it does (docs/configuration.md
+    says the rest), its group, the placeholder of its value, and its default in words
+    where the value alone would not say it."""
+
+    panel: str
     help: str
+    metavar: str = "N"
+    default: str | None = None
     secret: bool = False
 
 
-def _spec(help: str, **kw: Any) -> dict[str, Spec]:
-    return {"spec": Spec(help, **kw)}
+def _spec(panel: str, help: str, **kw: Any) -> dict[str, Spec]:
+    return {"spec": Spec(panel, help, **kw)}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Every tunable of a server. Field metadata holds the help text shown by ``--help``."""
+    """Every tunable of a server. Field metadata holds how ``--help`` shows it (:class:`Spec`)."""
 
-    host: str = _field(default="127.0.0.1", metadata=_spec("Address to bind."))
-    port: int = _field(default=8000, metadata=_spec("TCP port to listen on."))
+    host: str = _field(
+        default="127.0.0.1",
+        metadata=_spec("Server", "Address to listen on (0.0.0.0: all IPv4).", metavar="ADDR"),
+    )
+    port: int = _field(default=8000, metadata=_spec("Server", "TCP port to listen on."))
     store: str = _field(
         default="",
         metadata=_spec(
-            "Store URL: sqlite:///path (default: roomcast.db in the user data directory) "
-            "or memory:// (tests; nothing survives a restart)."
+            "Store",
+            "Where channels live: sqlite:///PATH, redis://HOST:PORT/DB (several servers; "
+            "also redis+sentinel://, redis+cluster://) or memory:// (nothing kept).",
+            metavar="URL",
         ),
     )
     keys: tuple[str, ...] = _field(
         default=(),
         metadata=_spec(
-            "An API key NAME:SECRET[:CAPABILITY_JSON] (no capability: everything); "
-            "repeat --key for several (ROOMCAST_KEYS: one per line).",
+            "Auth",
+            "An API key NAME:SECRET[:CAP], CAP a capability JSON (none: all); repeatable "
+            "(ROOMCAST_KEYS: one per line).",
+            metavar="KEY",
+            default="none",
             secret=True,
         ),
     )
     keys_file: str = _field(
         default="",
         metadata=_spec(
-            "A file of API keys, one NAME:SECRET[:CAPABILITY_JSON] per line (blank lines and "
-            "# comments skipped), added to --key and ROOMCAST_KEYS."
+            "Auth",
+            "A file of more keys, one per line (# comments).",
+            metavar="FILE",
+            default="none",
         ),
     )
     agents: str = _field(
         default="",
         metadata=_spec(
-            "An agents file (TOML, [[agents]] entries) whose agents run in this process; "
-            "default: one agent, `assistant`, in room:* (see docs/agents.md); `none`: no agents."
+            "Agents",
+            "A TOML file of [[agents]] to run in this server (docs/agents.md); none: no agents.",
+            metavar="FILE",
+            default="one agent, assistant, in room:*",
         ),
     )
     allow_anonymous: bool | None = _field(
         default=None,
         metadata=_spec(
-            "Let clients connect without credentials, picking their own client_id. "
-            "Default: on when bound to loopback with no keys, off otherwise."
+            "Auth",
+            "Let clients connect without credentials, naming themselves "
+            "(--no-allow-anonymous: never).",
+            default="on for a loopback host with no keys",
         ),
     )
     anonymous_capability: str = _field(
         default=DEFAULT_ANONYMOUS_CAPABILITY,
-        metadata=_spec("Capability JSON granted to anonymous clients (docs/protocol.md §6)."),
+        metadata=_spec(
+            "Auth",
+            "What anonymous clients may do (docs/protocol.md §6).",
+            metavar="JSON",
+            default="all but *-any and claim",
+        ),
     )
     presence_grace_s: float = _field(
         default=15.0,
-        metadata=_spec("Seconds a dropped connection stays present, waiting for a resume."),
+        metadata=_spec("Server", "Seconds a dropped client stays present, for its resume."),
     )
     resume_window_s: float = _field(
-        default=120.0, metadata=_spec("Seconds a resume key stays valid after a disconnect.")
+        default=120.0,
+        metadata=_spec("Server", "Seconds a dropped connection may resume."),
     )
     dedup_window_s: float = _field(
-        default=86400.0, metadata=_spec("Seconds a publish `id` is remembered for dedup.")
+        default=86400.0,
+        metadata=_spec("Store", "Seconds a publish id is remembered: a repeat stores nothing."),
     )
     heartbeat_s: float = _field(
         default=15.0,
-        metadata=_spec(
-            "Idle seconds before the server sends `heartbeat`; also the WebSocket ping "
-            "interval (a connection that misses a ping for as long again is closed)."
-        ),
+        metadata=_spec("Server", "Idle seconds before a heartbeat; the ping interval too."),
     )
     publish_rate: float = _field(
         default=50.0,
-        metadata=_spec(
-            "Publishes per second per connection (0 turns every per-connection limit off)."
-        ),
+        metadata=_spec("Limits", "Publishes a second per connection (0: no rate limits)."),
     )
     publish_burst: int = _field(
-        default=200, metadata=_spec("Publishes a connection may send at once above the rate.")
+        default=200, metadata=_spec("Limits", "Publishes at once above the rate.")
     )
     ephemeral_rate: float = _field(
         default=50.0,
-        metadata=_spec(
-            "Signals (typing included) and presence changes per second per connection "
-            "(off when publish_rate is 0)."
-        ),
+        metadata=_spec("Limits", "Signals and presence changes a second per connection."),
     )
     ephemeral_burst: int = _field(
         default=200,
-        metadata=_spec(
-            "Signals and presence changes a connection may send at once above the rate."
-        ),
+        metadata=_spec("Limits", "Signals and presence changes at once above the rate."),
     )
     append_rate: float = _field(
         default=500.0,
-        metadata=_spec(
-            "Appends to streamed messages per second per connection, with a burst of four "
-            "seconds' worth (off when publish_rate is 0)."
-        ),
+        metadata=_spec("Limits", "Appends to streamed messages a second per connection."),
     )
     max_message_bytes: int = _field(
-        default=64 * 1024, metadata=_spec("Largest message `data` + `extras`, in bytes.")
+        default=64 * 1024, metadata=_spec("Limits", "Largest message data + extras.")
     )
     max_stream_bytes: int = _field(
-        default=1024 * 1024,
-        metadata=_spec("Largest accumulated text of a streamed message, in bytes."),
+        default=1024 * 1024, metadata=_spec("Limits", "Largest text of a streamed message.")
     )
     max_objects_bytes: int = _field(
-        default=256 * 1024,
-        metadata=_spec(
-            "Largest live-object state of one channel (all maps and counters, as JSON), in "
-            "bytes; an operation that would pass it gets 41300."
-        ),
+        default=256 * 1024, metadata=_spec("Limits", "Largest live-object state of a channel.")
     )
     max_history_limit: int = _field(
-        default=1000,
-        metadata=_spec(
-            "Largest history page a client may ask for (`limit`, at most 1000); a larger "
-            "`limit` gets 40000."
-        ),
+        default=1000, metadata=_spec("Limits", "Largest history page (at most 1000).")
     )
     rollup_ms: float = _field(
         default=25.0,
-        metadata=_spec(
-            "Appends to one streamed message that arrive within this many milliseconds are "
-            "merged into one event (the first append of a stream goes at once; 0 turns it off)."
-        ),
+        metadata=_spec("Limits", "Appends within this many ms go out as one (0: off)."),
     )
     stream_idle_timeout_s: float = _field(
         default=30.0,
-        metadata=_spec(
-            "A streamed message with no append or update for this long ends `failed` "
-            "(extras.failure = abandoned)."
-        ),
+        metadata=_spec("Limits", "Seconds an idle streamed message lives; then it fails."),
     )
     cancel_grace_s: float = _field(
         default=5.0,
-        metadata=_spec(
-            "Seconds the author of a cancelled stream has to end it before the server ends "
-            "it `cancelled` itself."
-        ),
+        metadata=_spec("Limits", "Seconds a cancelled stream's author has to end it."),
     )
     outbound_queue: int = _field(
         default=8192,
-        metadata=_spec(
-            "Messages queued for one connection before it counts as a slow consumer "
-            "and is closed with 4008 (it resumes from its last serial)."
-        ),
+        metadata=_spec("Limits", "Messages queued for a connection; more: closed as slow."),
     )
     outbound_bytes: int = _field(
         default=4 * 1024 * 1024,
-        metadata=_spec(
-            "Bytes queued for one connection (replies, replays, live messages) over which "
-            "it is paused: it reads no more of its requests, and its replies and replays "
-            "wait, until the queue drains below this."
-        ),
+        metadata=_spec("Limits", "Bytes queued for a connection; more: it waits."),
     )
     outbound_stall_s: float = _field(
         default=30.0,
-        metadata=_spec(
-            "A connection over outbound_bytes that takes nothing of its queue for this many "
-            "seconds is closed with 4008."
-        ),
+        metadata=_spec("Limits", "Seconds a waiting connection may take nothing; then closed."),
     )
     max_channels_per_connection: int = _field(
-        default=200,
-        metadata=_spec("Channels one connection may have attached at once (then 42900)."),
+        default=200, metadata=_spec("Limits", "Channels one connection may attach.")
     )
-    max_connections_per_client: int = _field(
-        default=50,
+    max_channels_per_key_connection: int = _field(
+        default=10_000,
+        metadata=_spec("Limits", "Channels one connection with an API key (an agent) may attach."),
+    )
+    activity_hint_s: float = _field(
+        default=60.0,
         metadata=_spec(
-            "Open connections one client_id may have on this server (then 42900 and close 1013)."
+            "Server", "Seconds between channel.active hints for one channel (per node)."
         ),
     )
+    max_connections_per_client: int = _field(
+        default=50, metadata=_spec("Limits", "Connections one client_id may hold.")
+    )
     max_presence_members: int = _field(
-        default=2000,
-        metadata=_spec("Presence members one channel may have (a further enter gets 42900)."),
+        default=2000, metadata=_spec("Limits", "Presence members of one channel.")
     )
     max_connections: int = _field(
         default=10000,
-        metadata=_spec(
-            "WebSocket connections, SSE streams and connections still sending their request "
-            "headers this server process holds at once; one more WebSocket upgrade and the "
-            "/v1 HTTP routes answer 503 while it is full."
-        ),
+        metadata=_spec("Limits", "Connections this process holds; more get 503."),
     )
     header_timeout_s: float = _field(
         default=10.0,
-        metadata=_spec(
-            "Seconds a connection has to send a request's headers, from its accept (or the "
-            "next request's first byte); then it is closed (408 if the request had begun)."
-        ),
+        metadata=_spec("Server", "Seconds a connection has to send a request's headers."),
     )
     keep_alive_s: float = _field(
         default=5.0,
-        metadata=_spec("Seconds an HTTP connection may stay idle between two requests."),
+        metadata=_spec("Server", "Seconds an HTTP connection may idle between requests."),
     )
     max_pending_writes: int = _field(
         default=50000,
-        metadata=_spec(
-            "Writes waiting for the store in this process; over it, a write is refused with "
-            "50300 (HTTP 503) and /v1 HTTP routes answer 503 until the backlog drains."
-        ),
+        metadata=_spec("Store", "Writes waiting for the store; more are refused (503)."),
     )
     retention: str = _field(
         default="0",
-        metadata=_spec("How long events and messages are kept, e.g. 30d, 12h; 0 keeps all."),
+        metadata=_spec(
+            "Store", "How long messages are kept: 30d, 12h, ...; 0 keeps all.", metavar="AGE"
+        ),
     )
     allowed_origins: str = _field(
         default="",
         metadata=_spec(
-            "Comma-separated web origins (https://chat.example.com) whose pages may use the "
-            "WebSocket and the HTTP API; * allows any. The server's own origin and clients "
-            "that send no Origin (SDK, CLI, curl) are always allowed."
+            "Server",
+            "Other web origins whose pages may connect, comma-separated; * allows any.",
+            metavar="LIST",
+            default="none",
         ),
     )
     allowed_hosts: str = _field(
         default="",
         metadata=_spec(
-            "Comma-separated host names this server answers to in the Host header "
-            "(chat.example.com, *.example.com for its subdomains; * for any); others get 400. "
-            "Loopback names (127.0.0.1, localhost, [::1]) are always served. Default: only "
-            "those when bound to loopback (against DNS rebinding), any name otherwise."
+            "Server",
+            "Host names served, comma-separated (*.example.com; * any), loopback ones always.",
+            metavar="LIST",
+            default="loopback ones, any if host is not",
         ),
     )
     auth_url: str = _field(
         default="",
         metadata=_spec(
-            "Where the web UI gets a token: it POSTs {client_id} there and connects with the "
-            "{token} it gets back (empty: the UI connects anonymously)."
+            "Auth",
+            "Where the web UI gets a token (POST {client_id}).",
+            metavar="URL",
+            default="none: it connects anonymously",
         ),
     )
-    log_level: str = _field(default="info", metadata=_spec("debug, info, warning or error."))
+    log_level: str = _field(
+        default="info",
+        metadata=_spec("Server", "debug, info, warning or error.", metavar="LEVEL"),
+    )
 
     # ------------------------------------------------------------------ derived
 
@@ -394,6 +388,7 @@ class Settings:
             "outbound_bytes",
             "outbound_stall_s",
             "max_channels_per_connection",
+            "max_channels_per_key_connection",
             "max_connections_per_client",
             "max_presence_members",
             "max_connections",
@@ -417,6 +412,7 @@ class Settings:
             "keep_alive_s",
             "stream_idle_timeout_s",
             "cancel_grace_s",
+            "activity_hint_s",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
@@ -507,6 +503,20 @@ def is_loopback(host: str) -> bool:
 
 def default_database_path() -> Path:
     return Path(platformdirs.user_data_dir("roomcast")) / "roomcast.db"
+
+
+def shown_default(name: str) -> str:
+    """A setting's default as ``--help`` shows it: in words where the value would not say
+    what it does, the default file's path for the store, numbers as written (15, not 15.0)."""
+    field = next(f for f in fields(Settings) if f.name == name)
+    spec: Spec = field.metadata["spec"]
+    if spec.default is not None:
+        return spec.default
+    if name == "store":
+        return f"roomcast.db in {default_database_path().parent}"
+    if isinstance(field.default, float):
+        return format(field.default, "g")
+    return str(field.default)
 
 
 SETTING_NAMES = [f.name for f in fields(Settings)]

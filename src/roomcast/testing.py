@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -38,7 +39,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``roomcast serve`` in a subprocess on a free port, with its own SQLite file by default."""
+    """``roomcast serve`` in a subprocess on a free port, with its own SQLite file by default.
+
+    Every instance started is kept in :meth:`tracked` until :meth:`untrack`, with its log
+    (also after :meth:`close`), so a test harness can read what each server wrote while a
+    test ran: :meth:`log_size` before, ``output(since=...)`` after.
+    """
+
+    _tracked: ClassVar[list[ServerProcess]] = []
 
     def __init__(
         self,
@@ -57,6 +65,23 @@ class ServerProcess:
         self.args = list(args or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="roomcast-server-", suffix=".log")[1])
+        self._closed_log: bytes | None = None  # the log as it was at close()
+
+    @classmethod
+    def tracked(cls) -> list[ServerProcess]:
+        """The instances started in this process and not untracked, oldest first."""
+        return list(cls._tracked)
+
+    def untrack(self) -> None:
+        """Leave :meth:`tracked` (and, once closed, drop the copy of the log)."""
+        if self in ServerProcess._tracked:
+            ServerProcess._tracked.remove(self)
+        self._closed_log = None
+
+    @property
+    def closed(self) -> bool:
+        """:meth:`close` was called: the server writes nothing more."""
+        return self._closed_log is not None
 
     @property
     def url(self) -> str:
@@ -67,9 +92,14 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        env = {**os.environ, **self.env}
+        # faulthandler: a server that will not stop is sent SIGABRT, which writes where each
+        # of its threads stands into its log before it dies (see stop()).
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1", **self.env}
         cmd = [sys.executable, "-m", "roomcast", "serve", "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--store", self.store, *self.args]
+        if self not in ServerProcess._tracked:
+            ServerProcess._tracked.append(self)
+        self._closed_log = None
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -85,8 +115,28 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.output()}")
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def output(self, since: int = 0) -> str:
+        """What the server wrote, from byte offset ``since`` (a :meth:`log_size`) on."""
+        return self._log_bytes(since).decode(errors="replace")
+
+    def log_size(self) -> int:
+        """The length of the log in bytes so far."""
+        if self._closed_log is not None:
+            return len(self._closed_log)
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _log_bytes(self, since: int = 0) -> bytes:
+        if self._closed_log is not None:
+            return self._closed_log[since:]
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(since)
+                return log.read()
+        except FileNotFoundError:
+            return b""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Stop the server with ``sig`` and wait; returns its exit code."""
@@ -97,11 +147,32 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self._abort_and_report(sig, timeout)
         code = self.proc.returncode
         self.proc = None
         return code
+
+    def _abort_and_report(self, sig: int, timeout: float) -> None:
+        """A server that did not stop: SIGUSR1 makes it log its tasks' stacks and SIGABRT
+        its threads', then its log's end goes to stderr, where a failing test's report
+        shows it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR1)  # the server logs where its tasks stand
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(1)
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        tail = "\n".join(self.output().splitlines()[-150:])
+        name = signal.Signals(sig).name
+        print(
+            f"the server did not stop within {timeout:g} s of {name}; its log ends:",
+            file=sys.stderr,
+        )
+        print(tail, file=sys.stderr)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -111,6 +182,8 @@ class ServerProcess:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        if self in ServerProcess._tracked and self._closed_log is None:
+            self._closed_log = self._log_bytes()
         self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ServerProcess:

@@ -116,7 +116,8 @@ def test_defaults_fill_what_an_entry_leaves_out(tmp_path: Path) -> None:
 BAD = [
     (
         '[[agents]]\nname = "a"\nprovider = "gemini"\nmodel = "m"\n',
-        "[[agents]] #1 ('a'): provider: must be one of openai, anthropic, scripted; got 'gemini'",
+        "[[agents]] #1 ('a'): provider: must be one of openai, anthropic, scripted, ag-ui; "
+        "got 'gemini'",
     ),
     (
         '[[agents]]\nname = "a"\nprovider = "openai"\nmodel = "m"\npolicy = "sometimes"\n',
@@ -264,8 +265,16 @@ def toml_blocks(markdown: str) -> list[str]:
 
 
 def test_the_examples_in_the_agents_guide_load(tmp_path: Path) -> None:
-    agents_file, script_file = toml_blocks(DOCS.read_text())
+    agents_file, script_file, ag_ui_file, mcp_file = toml_blocks(DOCS.read_text())
     (tmp_path / "demo-script.toml").write_text(script_file)
+    [helper] = load_agents(write(tmp_path, mcp_file))
+    assert helper.tools == ("builtin", "mcp:files", "mcp:tickets")
+    files, tickets = helper.mcp_servers
+    assert (files.name, files.command, files.tools_deny) == ("files", "npx", ("write_*", "move_*"))
+    assert (tickets.name, tickets.url) == ("tickets", "https://tickets.example.com/mcp")
+    [planner] = load_agents(write(tmp_path, ag_ui_file))
+    assert (planner.provider, planner.url) == ("ag-ui", "https://agents.example.com/planner")
+    assert planner.headers_env == (("Authorization", "PLANNER_AUTH"),)
     path = write(tmp_path, agents_file)
     ollie, scribe, demo = load_agents(path)
     assert (ollie.provider, ollie.base_url) == ("openai", "http://localhost:11434/v1")

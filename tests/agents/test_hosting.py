@@ -1,18 +1,15 @@
-"""Agents inside `roomcast serve`: which agents, the private key they offer the server, and a
-missing provider package for the default agent (the wiring into the node and the key ring
-is `roomcast serve`'s: tests/test_cli.py)."""
+"""Agents inside `roomcast serve`: which agents, the private key they offer the server, and
+how they are labelled (a missing provider package: test_missing_provider_package.py; the
+wiring into the node and the key ring is `roomcast serve`'s: tests/test_cli.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from roomcast.agents import hosting
-from roomcast.agents.config import AgentConfig, AgentConfigError
-from roomcast.agents.providers import ProviderConfigError
-from roomcast.agents.providers.scripted import ScriptedProvider
+from roomcast.agents.config import AgentConfigError
 from roomcast.protocol.capabilities import ALL
 from roomcast.settings import Settings
 
@@ -47,15 +44,7 @@ def test_no_agents_means_no_key_and_no_runtime() -> None:
     assert hosted.key is None and hosted.runtime is None
 
 
-def test_a_missing_provider_package_leaves_the_default_agent_scripted(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def missing(config: AgentConfig, environ: Any) -> Any:
-        raise ProviderConfigError("agent 'assistant' needs the 'openai' package")
-
-    monkeypatch.setattr(hosting, "make_provider", missing)
-    settings = Settings.load({})
-    hosted = hosting.HostedAgents(settings, {"OPENAI_API_KEY": "sk-x"})
-    assert hosted.runtime is not None
-    assert isinstance(hosted.runtime.workers[0].provider, ScriptedProvider)
-    assert "needs the 'openai' package" in caplog.text
+def test_the_label_says_what_answers() -> None:
+    assert hosting.agent_label("openai", "gpt-4.1-mini") == "openai gpt-4.1-mini"
+    assert hosting.agent_label("anthropic", "claude-haiku-4-5") == "anthropic claude-haiku-4-5"
+    assert hosting.agent_label("scripted", "scripted") == "scripted (no model)"

@@ -128,7 +128,7 @@ async def test_no_answer_without_a_mention_and_none_twice(default_server: Server
 
 
 async def test_nobody_may_take_an_agent_name(default_server: ServerProcess) -> None:
-    with pytest.raises(AuthError, match="name of an agent"):
+    with pytest.raises(AuthError, match=r"name of an agent|name belongs to an agent"):
         async with connect(default_server.url, client_id="assistant"):
             pass
 
@@ -332,9 +332,13 @@ async def test_tools_make_a_poll_and_vote_visibly(agents_server: ServerProcess) 
     assert [t.data["tool"] for t in tools] == ["create_poll", "vote"]
     assert all(t.client_id == "helper" and not t.data["error"] for t in tools)
     [answer] = answers(messages, "helper")
-    assert answer.data == (
-        "[scripted] Let me set up a poll.\n\n[scripted] The poll is open and I voted."
-    )
+    # One label for the whole answer; each tool line says where in it the call was made.
+    first = "[scripted] Let me set up a poll."
+    assert answer.data == first + "\n\nThe poll is open and I voted."
+    for tool in tools:
+        assert tool.extras["answer"] == answer.msg_serial
+        assert tool.extras["at"] == len(first)
+        assert tool.extras["reply_to"] == answer.extras["reply_to"]
 
 
 # ----------------------------------------------------------------------------- workers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -191,8 +192,9 @@ async def test_a_429_is_retried_and_then_answers(server: ServerProcess, channel:
 
 
 async def test_auto_asks_the_judge_then_answers_or_stays_silent(
-    server: ServerProcess, channel: str
+    server: ServerProcess, channel: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="roomcast.agents")
     replies = [
         Reply(events=openai_text(["YES - they want a suggestion"])),
         Reply(events=openai_text(["Try the ramen place."])),
@@ -203,9 +205,16 @@ async def test_auto_asks_the_judge_then_answers_or_stays_silent(
             await ask(server, channel, "anyone know a good lunch place?")
             [answer] = await settled(server.url, channel)
             assert answer.data == "Try the ramen place."
-            await ask(server, channel, "bob, see you at noon")
+            second = await ask(server, channel, "bob, see you at noon")
             await asyncio.sleep(1.5)
             assert len(await answers(server.url, channel)) == 1
     judge = fake.requests[0].body
     assert judge["max_tokens"] == 30 or judge.get("max_completion_tokens") == 30
     assert len(fake.requests) == 3  # judge, answer, judge
+    # Each decision is logged once, after the judge made it, with its reason.
+    decisions = [r.getMessage() for r in caplog.records if f" {channel} #" in r.getMessage()]
+    assert decisions == [
+        f"agent helper answers {channel} #1 (the auto judge: they want a suggestion)",
+        f"agent helper stays silent on {channel} #{second} "
+        "(the auto judge: they are chatting among themselves)",
+    ]

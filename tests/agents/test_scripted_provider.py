@@ -88,7 +88,7 @@ async def test_a_matching_reply_calls_tools_then_answers_from_their_results(
         provider,
         ask("a poll please", ToolRound("Let me set up a poll.", (ToolResult(calls[0], "ok"),))),
     )
-    assert text_of(after) == "[scripted] The poll is open."
+    assert text_of(after) == "The poll is open."  # the same answer goes on: labelled once
     assert not [e for e in after if isinstance(e, ToolCall)]
 
 
@@ -132,6 +132,13 @@ async def test_the_no_model_script_says_how_to_configure_a_model() -> None:
     for hint in ("No language model is configured", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         assert hint in text
     assert "--agents" in text
+
+
+async def test_the_no_model_script_names_the_cause_it_is_given() -> None:
+    reason = "the openai package is not installed: pip install 'roomcast[openai]'"
+    text = text_of(await collect(ScriptedProvider(no_model_script(reason)), ask("@assistant")))
+    assert text.startswith(LABEL) and reason in text
+    assert "No language model is configured" not in text
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from polling import eventually
 
+from polling import eventually
 from roomcast.client import (
     AuthError,
     Backoff,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from polling import eventually
 
+from polling import eventually
 from roomcast.client import (
     BadRequest,
     Client,

@@ -9,8 +9,8 @@ import random
 import httpx
 import msgspec
 import pytest
-from polling import eventually
 
+from polling import eventually
 from roomcast.client import Client, Conflict, LiveCounter, LiveMap, NotFound, connect
 from roomcast.protocol.messages import ObjectsSnapshot
 from roomcast.testing import ServerProcess

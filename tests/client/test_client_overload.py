@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import uvicorn
-from polling import eventually
 from tcp_proxy import TcpProxy
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
+from polling import eventually
 from roomcast.client import AuthError, Backoff, Client, Overloaded, StateChange, connect
 from roomcast.client.link import retry_after_s
 from roomcast.server import create_app

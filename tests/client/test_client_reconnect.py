@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from polling import eventually
 from tcp_proxy import TcpProxy
 
+from polling import eventually
 from roomcast.client import Backoff, Discontinuity, Event, StateChange, connect
 from roomcast.testing import ServerProcess
 

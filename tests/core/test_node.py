@@ -76,7 +76,7 @@ async def test_an_answer_to_your_message_is_yours_to_cancel() -> None:
 async def test_agent_names_are_reserved_for_key_holders() -> None:
     async with running_node() as node:
         node.agent_names = frozenset({"helper"})
-        with pytest.raises(Unauthorized, match="name of an agent"):
+        with pytest.raises(Unauthorized, match="belongs to an agent"):
             node.identities.anonymous("helper")
         assert node.identities.anonymous(None).client_id.startswith("anon-")
         assert node.identities.anonymous("carol").client_id == "carol"

@@ -8,8 +8,9 @@ import pytest
 
 from roomcast.backends.base import Appended, StoreOptions
 from roomcast.backends.local import LocalBus
+from roomcast.backends.measured import MeasuredStore
 from roomcast.backends.memory import MemoryStore
-from roomcast.core.streams import AppendRollup, StreamSweeper
+from roomcast.core.streams import LINGER_S, AppendRollup, StreamSweeper
 from roomcast.protocol.errors import Conflict, NotFound, TooLarge
 from roomcast.protocol.messages import Event
 from roomcast.settings import Settings
@@ -136,3 +137,39 @@ async def test_one_sweeper_per_store_holds_the_lease() -> None:
     assert await second.tick() is False  # node-1's lease has not run out
     assert await first.tick() is True  # renewed by its holder
     assert first.lease_s < 5  # a dead holder is replaced within the stream timeout + 5 s
+
+
+class Reads:
+    """A StoreObserver that counts the reads of each kind."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def appended(self, op: str, seconds: float, events: int) -> None:
+        pass
+
+    def read(self, op: str, seconds: float) -> None:
+        self.counts[op] = self.counts.get(op, 0) + 1
+
+
+async def test_a_steady_stream_reads_its_message_once_not_after_each_quiet_window() -> None:
+    """Tokens 30 ms apart (a model of 33 tokens a second, or a busy server's jitter)
+    through a 25 ms window leave windows with nothing in them; the message's state outlives
+    them, so the store is not read again for the next token."""
+    inner, _, msg = await setup()
+    reads = Reads()
+    store = MeasuredStore(inner, reads)
+    rollup = AppendRollup(store, Settings(store="memory://", rollup_ms=25))
+    acks = []
+    for i in range(40):  # pipelined, as an agent sends them: no wait for each ok
+        acks.append(rollup.submit("a", CHANNEL, msg, f"{i} "))
+        await asyncio.sleep(0.03)
+    await asyncio.gather(*acks)
+    assert reads.counts.get("get_message") == 1
+    message = await inner.get_message(CHANNEL, msg)
+    assert message is not None and message.data == "".join(f"{i} " for i in range(40))
+
+    await asyncio.sleep(LINGER_S + 0.1)  # quiet for longer: forgotten, read again
+    await rollup.submit("a", CHANNEL, msg, "more")
+    assert reads.counts["get_message"] == 2
+    await rollup.aclose()

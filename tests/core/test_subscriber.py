@@ -4,11 +4,14 @@ pacing, the slow-consumer rule, token expiry and reset, over a fake transport.""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from collections.abc import Sequence
 
 import pytest
-from inproc_node import RecordingTransport, running_node, settle
+from inproc_node import RecordingTransport, connect, running_node, settle
+from starlette.websockets import WebSocketDisconnect
 
 from roomcast.backends.base import REPLAY_PAGE
 from roomcast.core.authz import Capability, Principal
@@ -190,6 +193,46 @@ async def test_a_failed_send_ends_the_subscriber_and_leaves_no_task_unretrieved(
         await settle()
         assert sub.closed and getattr(sub, "lost", False)
         assert sub._send_task is None
+
+
+class Gone(RecordingTransport):
+    """A socket whose peer reset it: nothing can be written any more."""
+
+    async def send(self, frame: bytes) -> None:
+        await asyncio.sleep(0)  # the write is attempted, then the peer is found gone
+        raise WebSocketDisconnect(1006)
+
+
+async def test_sends_on_connections_that_went_away_end_them_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Subscribers reset while a publisher floods their channel (the send task of each
+    fails mid-flood): each ends with nothing logged above debug, and no task is left with
+    an exception nobody retrieved (asyncio would log that at ERROR)."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    caplog.set_level(logging.DEBUG)
+    async with running_node() as node:
+        transports = [Gone() for _ in range(30)]
+        conns = [await connect(node, f"reader-{i}", t) for i, t in enumerate(transports)]
+        for conn in conns:
+            await conn.receive(f'{{"action":"attach","ref":1,"channel":"{CHANNEL}"}}', is_text=True)
+        await settle()
+        for transport in transports:
+            transport.backed_up = True  # the next writes take the send task's path
+        for _ in range(5):
+            await publish(node, 50)
+            await asyncio.sleep(0)
+        await settle()
+        for conn in conns:
+            assert conn.closed and conn._send_task is None
+            await conn.finish(clean=False)
+        del conns, transports
+        gc.collect()
+        await settle()
+    assert unhandled == []
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG] == []
 
 
 class Unencodable:

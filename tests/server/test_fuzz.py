@@ -188,7 +188,11 @@ class Fuzzer:
 
     def socket(self) -> ClientConnection:
         if self.ws is None:
-            self.ws = self._sockets.enter_context(connect(self.url, max_size=None))
+            # No keepalive pings: the client's ping thread draws its payload from the global
+            # `random`, and Hypothesis fails a test whose strategies see that state move.
+            self.ws = self._sockets.enter_context(
+                connect(self.url, max_size=None, ping_interval=None)
+            )
             self.read_until(lambda m: m["action"] == "connected")
         return self.ws
 

@@ -22,29 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from roomcast.client import Message, connect
+from roomcast.client import Channel, Message, connect
 from roomcast.testing import ServerProcess, WireClient
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
-def store_url() -> Iterator[str]:
-    """A redis:// store URL with a prefix of this test's own, deleted after the test."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        pytest.fail(f"these tests need a Redis at {REDIS_URL} ({exc})", pytrace=False)
-    prefix = f"test-{uuid.uuid4().hex}"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
-    client.close()
+def store_url(redis_store: str) -> str:
+    """A redis:// store URL with a prefix of this test's own (``redis_store`` of
+    tests/conftest.py), by the name the scale-out tests use."""
+    return redis_store
 
 
 @contextlib.contextmanager
@@ -359,6 +348,11 @@ def start_worker(node: ServerProcess, agents: Path, log: Path) -> subprocess.Pop
         )
 
 
+async def helpers_present(channel: Channel) -> int:
+    """The connections of the agent ``helper`` in ``channel``'s presence."""
+    return len([m for m in await channel.presence.members() if m.client_id == "helper"])
+
+
 async def test_workers_on_different_nodes_answer_each_trigger_exactly_once(
     store_url: str, test_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -379,10 +373,15 @@ async def test_workers_on_different_nodes_answer_each_trigger_exactly_once(
         for node in nodes:
             node.start()
         workers = [start_worker(node, agents, log) for node, log in zip(nodes, logs, strict=True)]
-        await asyncio.sleep(3.0)  # both workers are up and attached
         channel = room()
         async with connect(nodes[0].url, client_id="alice") as alice:
             lunch = alice.channels.get(channel)
+            # Both workers attach the new room (they are present in it) before the questions:
+            # each then answers what it claims first.
+            await lunch.publish("hello")
+            async with asyncio.timeout(30):
+                while await helpers_present(lunch) < 2:  # noqa: ASYNC110 - a member list
+                    await asyncio.sleep(0.1)
             triggers = [await lunch.publish(f"@helper question {i}") for i in range(50)]
         async with asyncio.timeout(90):
             while True:

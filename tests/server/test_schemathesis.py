@@ -67,11 +67,14 @@ def api_schema(api_server: ServerProcess) -> Any:
     return schema
 
 
-# Not plain HTTP: the WebSocket upgrade, and an endless event stream (tests/server/test_sse.py).
+# Not plain HTTP: the WebSocket upgrade, an endless event stream (tests/server/test_sse.py),
+# and MCP, JSON-RPC with errors of its own (tests/server/test_mcp.py and the official
+# conformance suite, tests/ecosystem/test_mcp_conformance.py).
 schema = (
     schemathesis.pytest.from_fixture("api_schema")
     .exclude(path="/v1/ws")
     .exclude(path_regex=r"/events$")
+    .exclude(path="/mcp")
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
@@ -45,6 +47,18 @@ class People:
     def check(self) -> None:
         """Fail if a page threw an uncaught error."""
         assert self.errors == [], self.errors
+
+
+@contextlib.contextmanager
+def crowd(browser: Browser, server: ServerProcess) -> Iterator[People]:
+    """People on ``server``; on the way out, their contexts close and no page may have
+    thrown an uncaught error."""
+    people = People(browser, server)
+    try:
+        yield people
+    finally:
+        people.close()
+    people.check()
 
 
 def screenshot(page: Page, name: str) -> None:

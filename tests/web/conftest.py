@@ -7,11 +7,13 @@ Screenshots go to ``test-results/`` at the top of the repository.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from browsing import People
+from browsing import People, crowd
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from roomcast.testing import ServerProcess
@@ -67,17 +69,26 @@ script = "{script}"
 """
 
 
+@contextlib.contextmanager
+def serve_agents(
+    folder: Path, env: dict[str, str], agents: str = AGENTS
+) -> Iterator[ServerProcess]:
+    """A server with the agents of ``agents`` (an agents file; ``{script}`` is the path of
+    the scripted replies above) and the environment ``env``."""
+    script = folder / "script.toml"
+    script.write_text(SCRIPT)
+    path = folder / "agents.toml"
+    path.write_text(agents.format(script=script))
+    with ServerProcess(env=env, args=["--agents", str(path)]) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def web_server(
     tmp_path_factory: pytest.TempPathFactory, test_env: dict[str, str]
 ) -> Iterator[ServerProcess]:
     """A server running the scripted ``assistant`` in ``room:*``."""
-    folder = tmp_path_factory.mktemp("agents")
-    script = folder / "script.toml"
-    script.write_text(SCRIPT)
-    agents = folder / "agents.toml"
-    agents.write_text(AGENTS.format(script=script))
-    with ServerProcess(env=test_env, args=["--agents", str(agents)]) as server:
+    with serve_agents(tmp_path_factory.mktemp("agents"), test_env) as server:
         yield server
 
 
@@ -102,9 +113,5 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture
 def people(browser: Browser, web_server: ServerProcess) -> Iterator[People]:
-    crowd = People(browser, web_server)
-    try:
-        yield crowd
-    finally:
-        crowd.close()
-    crowd.check()
+    with crowd(browser, web_server) as people:
+        yield people

@@ -17,6 +17,8 @@ from roomcast.testing import ServerProcess, free_port
 
 KEY = "site:s3cret"
 TTL_S = 4
+# What the site grants once the visitor is signed in: no cancel-any, no agent-admin.
+NARROW = {"room:*": ["history", "object-subscribe", "presence", "publish", "signal", "subscribe"]}
 
 
 class TokenService:
@@ -25,6 +27,7 @@ class TokenService:
 
     def __init__(self, roomcast_url: str) -> None:
         self.calls: list[str] = []
+        self.capability: dict[str, list[str]] | None = None  # None: the key's
         service = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,7 +49,11 @@ class TokenService:
                 minted = httpx.post(
                     f"{roomcast_url}/v1/tokens",
                     headers={"Authorization": f"Bearer {KEY}"},
-                    json={"client_id": client_id, "ttl_s": TTL_S},
+                    json={
+                        "client_id": client_id,
+                        "ttl_s": TTL_S,
+                        **({"capability": service.capability} if service.capability else {}),
+                    },
                 ).json()
                 body = json.dumps({"token": minted["token"]}).encode()
                 self.send_response(200)
@@ -97,9 +104,13 @@ def test_the_ui_signs_in_with_a_token_and_renews_it(
         expect(page.locator("#people")).to_contain_text("Dana")
         send(page, "signed in")
         expect(page.locator("#messages .msg .body")).to_have_text("signed in")
+        capability = "window.roomcastApp.client.capability.rules"
+        assert page.evaluate(capability) == {"*": ["*"]}  # from connected.capability
+        tokens.capability = NARROW  # the renewed tokens grant less: the page knows it
         # Three token lifetimes later the same connection is still up: renewed in place.
         page.wait_for_timeout(TTL_S * 3 * 1000)
         assert len(tokens.calls) >= 3 and set(tokens.calls) == {"Dana"}
+        assert page.evaluate(capability) == NARROW
         expect(page.locator("#conn-state")).to_have_text("connected")
         send(page, "still here")
         expect(page.locator("#messages .msg .body")).to_have_text(["signed in", "still here"])

@@ -1,5 +1,11 @@
 """The product at a glance: a busy room at desktop width (light) and phone width (dark).
-The README shows these screenshots (copied from ``test-results/`` to ``docs/images/``)."""
+The README and docs/web.md show these screenshots; refresh them with
+
+    pytest tests/web/test_screenshots.py
+    for name in desktop phone-chat phone-side; do
+        cp test-results/readme-$name.png docs/images/web-$name.png
+    done
+"""
 
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ def test_screenshots_of_a_busy_room(people: People) -> None:
     alice.get_by_role("checkbox", name="umbrella").check()
     send(bob, "@assistant pick a place")
     expect(last_answer(alice)).to_have_attribute("data-status", "complete", timeout=20000)
+    send(alice, "@assistant vote too")  # its vote shows inside its answer
+    expect(last_answer(alice).locator(".tool-line")).to_contain_text("vote", timeout=20000)
+    expect(last_answer(alice)).to_have_attribute("data-status", "complete", timeout=20000)
     reaction_target = alice.locator("#messages .msg").nth(1)
     reaction_target.hover()
     reaction_target.get_by_role("button", name="React", exact=True).click()
@@ -41,7 +50,11 @@ def test_screenshots_of_a_busy_room(people: People) -> None:
     screenshot(alice, "readme-desktop")
 
     phone = people.join("Carol", "team-lunch", width=390, height=780, dark=True)
-    expect(phone.locator("#messages .msg").last).to_contain_text("[scripted]")
+    expect(phone.locator("#messages .msg").last).to_contain_text("Done: I voted for pizza.")
+    phone.mouse.move(0, 0)  # no message hovered, no focus ring: the room as one reads it
+    phone.evaluate("document.activeElement.blur()")
+    phone.evaluate("document.getElementById('scroller').scrollTop = 1e9")
+    phone.wait_for_timeout(300)  # the message toolbar fades out
     screenshot(phone, "readme-phone-chat")
     phone.get_by_role("button", name="People, agents, polls and boards").click()
     screenshot(phone, "readme-phone-side")

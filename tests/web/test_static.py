@@ -17,6 +17,7 @@ FILES = {
     "/static/dom.js": "text/javascript; charset=utf-8",
     "/static/style.css": "text/css; charset=utf-8",
     "/static/favicon.svg": "image/svg+xml",
+    "/static/roomcast.d.ts": "text/plain; charset=utf-8",
 }
 
 

@@ -11,6 +11,7 @@ Agents are clients like any other: this package uses the SDK (``roomcast.client`
 protocol's types, never the server's internals.
 """
 
+from .config import agent_label
 from .tools import tool
 
-__all__ = ["tool"]
+__all__ = ["agent_label", "tool"]

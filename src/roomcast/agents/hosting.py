@@ -9,13 +9,16 @@ only by its settings and its URL: ``roomcast serve`` hands the names and the key
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
 from collections.abc import Mapping
 from typing import Protocol
 
-from roomcast.agents.config import AgentConfig, default_agents, load_agents
+from msgspec import UNSET
+
+from roomcast.agents.config import AgentConfig, agent_label, default_agents, load_agents
 from roomcast.agents.providers import ProviderConfigError, make_provider
 from roomcast.agents.providers.base import Provider
 from roomcast.agents.providers.scripted import ScriptedProvider, no_model_script
@@ -55,8 +58,9 @@ def configured_agents(settings: HostingSettings, environ: Mapping[str, str]) -> 
     return default_agents(environ)
 
 
-def agent_info(agent: AgentConfig) -> AgentInfo:
-    """What the server lists of an agent (``GET /v1/agents``)."""
+def agent_info(agent: AgentConfig, note: str | None = None) -> AgentInfo:
+    """What the server lists of an agent (``GET /v1/agents``); ``note`` says why it does
+    not run the model it was configured with."""
     return AgentInfo(
         name=agent.name,
         provider=agent.provider,
@@ -64,6 +68,7 @@ def agent_info(agent: AgentConfig) -> AgentInfo:
         policy=agent.policy,
         rooms=list(agent.rooms),
         tools=list(agent.tools),
+        note=UNSET if note is None else note,
     )
 
 
@@ -74,6 +79,8 @@ class HostedAgents:
         agents: The configured agents (none for ``--agents none``).
         names: Their names, which only they may take as client_id.
         infos: What the server lists of them.
+        notes: Why an agent does not run the model it was configured with, by name (the
+            default agent whose provider package is missing answers from a script).
         key: The API key they connect with, for the server's key ring; None without agents.
         runtime: Their runtime; None without agents.
     """
@@ -81,13 +88,14 @@ class HostedAgents:
     def __init__(self, settings: HostingSettings, environ: Mapping[str, str] | None = None) -> None:
         self.environ = os.environ if environ is None else environ
         self.agents = configured_agents(settings, self.environ)
-        self.names = frozenset(agent.name for agent in self.agents)
-        self.infos = [agent_info(agent) for agent in self.agents]
+        self.notes: dict[str, str] = {}
         self.key: ApiKey | None = None
         self.runtime: AgentRuntime | None = None
         providers: dict[str, Provider] = {}
         if self.agents and not settings.agents:
             providers = self._default_provider()
+        self.names = frozenset(agent.name for agent in self.agents)
+        self.infos = [agent_info(agent, self.notes.get(agent.name)) for agent in self.agents]
         if self.agents:
             key = ApiKey("roomcast-agents-" + secrets.token_hex(4), secrets.token_urlsafe(32), ALL)
             self.key = key
@@ -100,15 +108,20 @@ class HostedAgents:
             )
 
     def _default_provider(self) -> dict[str, Provider]:
-        """The default agent's model; if its package is missing (``OPENAI_API_KEY`` set but
-        no ``roomcast[openai]``), it answers from the no-model script rather than keep the
-        server from starting, and the log says what to install."""
+        """The default agent's model. If its package is missing (``OPENAI_API_KEY`` set but
+        no ``roomcast[openai]``), the server still starts and the agent becomes what really
+        answers: a scripted agent (in ``GET /v1/agents``, its presence and its answers'
+        ``extras.agent``) with a note saying why, whose answer names the cause."""
         agent = self.agents[0]
         try:
             return {agent.name: make_provider(agent, self.environ)}
         except ProviderConfigError as exc:
             log.warning("%s; %s answers from a script until then", exc, agent.name)
-            return {agent.name: ScriptedProvider(no_model_script())}
+            self.agents[0] = dataclasses.replace(
+                agent, provider="scripted", model="scripted", base_url=None, api_key_env=None
+            )
+            self.notes[agent.name] = exc.reason
+            return {agent.name: ScriptedProvider(no_model_script(exc.reason))}
 
     async def start(self) -> None:
         """Connect the agents (once the server listens) and let them answer."""
@@ -124,4 +137,4 @@ class HostedAgents:
             await runtime.aclose(grace_s)
 
 
-__all__ = ["HostedAgents", "HostingSettings", "agent_info", "configured_agents"]
+__all__ = ["HostedAgents", "HostingSettings", "agent_info", "agent_label", "configured_agents"]

@@ -47,9 +47,10 @@ def judge_request(config: AgentConfig, history: list[Message], trigger: Message)
 
 async def room_needs_agent(
     provider: Provider, config: AgentConfig, channel: Channel, trigger: Message
-) -> bool:
-    """Ask ``provider`` whether agent ``config`` should answer ``trigger``; a failed call
-    means no (the agent stays silent)."""
+) -> tuple[bool, str]:
+    """Ask ``provider`` whether agent ``config`` should answer ``trigger``: the verdict and
+    its reason (the caller logs the decision). A failed call means no: the agent stays
+    silent."""
     request = judge_request(config, await latest_messages(channel, 20), trigger)
     text = ""
     try:
@@ -58,20 +59,9 @@ async def room_needs_agent(
                 if isinstance(event, TextDelta):
                     text += event.text
     except ProviderError as exc:
-        log.warning(
-            "agent %s: the auto judge failed (%s); staying silent", config.name, exc.message
-        )
-        return False
-    verdict, reason = parse_judgement(text.removeprefix("[scripted]").strip())
-    log.info(
-        "agent %s auto-judge on %s #%d: %s (%s)",
-        config.name,
-        channel.name,
-        trigger.msg_serial,
-        "answer" if verdict else "stay silent",
-        reason,
-    )
-    return verdict
+        log.warning("agent %s: the auto judge failed: %s", config.name, exc.message)
+        return False, f"it failed: {exc.message}"
+    return parse_judgement(text.removeprefix("[scripted]").strip())
 
 
 __all__ = ["judge_request", "room_needs_agent"]

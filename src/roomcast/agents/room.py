@@ -4,6 +4,8 @@ what the agent reads of the room's history and live objects."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roomcast.client import Channel, LiveMap, Message, MessageStream
@@ -20,6 +22,15 @@ class Room:
     queue: asyncio.Lock = field(default_factory=asyncio.Lock)
     agent_answers: RateWindow = field(default_factory=lambda: RateWindow(60))
     running: dict[int, MessageStream | None] = field(default_factory=dict)  # trigger → answer
+    present: bool = False  # in the room's presence: while the agent is in the room
+    presence_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # enters/leaves in order
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once attached (or not)
+    active_at: float = field(default_factory=time.monotonic)  # its latest event or hint
+    unlisten: Callable[[], None] = lambda: None  # removes the live-objects listener
+
+    def touch(self) -> None:
+        """Something happened in the room: it is not idle."""
+        self.active_at = time.monotonic()
 
     def lists(self, name: str) -> bool:
         """Whether agent ``name`` is in the room: ``root.agents`` lists the room's agents

@@ -6,6 +6,11 @@ meanwhile is missed), shows its presence, and for each finished message decides 
 answer. Before doing anything for a trigger it ``claim``s it, so that exactly one worker
 answers, wherever the workers run (in ``roomcast serve`` or in ``roomcast agents``
 processes). The answer is one streamed message that replies to the trigger.
+
+A message may name the agents its sender waits for (``extras.awaits``, set by the AI SDK
+chat endpoint): an agent named there that does not answer it publishes a marker
+(``agent.silent``, with the reason) instead, so that the sender knows the answers are
+complete. The server's ``agent.regenerate`` signal asks for another answer to a message.
 """
 
 from __future__ import annotations
@@ -16,39 +21,49 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from roomcast.agents.config import AgentConfig
+from roomcast.agents.config import AgentConfig, agent_label
 from roomcast.agents.providers import make_provider
 from roomcast.agents.providers.base import (
     Provider,
     ProviderError,
     ProviderRequest,
-    ToolCall,
-    ToolResult,
     Usage,
 )
 from roomcast.client import Channel, Client, Event, LiveMap, Message, connect
-from roomcast.client.rest import list_channels
+from roomcast.protocol.answering import REGENERATE_KEY, SILENT, awaits
 from roomcast.protocol.capabilities import AGENT_CLAIM_PREFIXES
-from roomcast.protocol.patterns import pattern_matches
 from roomcast.protocol.rollup import message_from_create
 
-from .answer import AnswerMessage, stream_round, with_tool_results
+from .answer import (
+    AnswerMessage,
+    agent_did,
+    run_tool,
+    stream_round,
+    with_tool_results,
+)
 from .budget import DailySpend
 from .context import build_request, objects_summary, reply_chain, shared_values
 from .judge import room_needs_agent
+from .mcp import McpToolbox
 from .room import Room, answered_by, latest_messages, message_at
-from .tools import RESERVED_KEYS, Tool, ToolError, call_tool, resolve_tools
-from .triggers import RateWindow, agent_info, consider, depth_of
+from .rooms import AgentRooms
+from .tools import (
+    RESERVED_KEYS,
+    Tool,
+    ToolError,
+    resolve_tools,
+    room_state,
+)
+from .triggers import Decision, agent_info, consider, depth_of
 
 log = logging.getLogger("roomcast.agents")
 
 [ANSWER_CLAIMS] = AGENT_CLAIM_PREFIXES  # an answer's claim: reserved to key holders
 
-META_CHANNELS = "meta:channels"
 CLAIM_TTL_S = 600.0
-STARTUP_LOOKBACK = 200  # events re-read per room at start, for triggers posted just before
 TRIGGER_MAX_AGE_S = 120.0  # older triggers found on start are not answered any more
 MAX_TOOL_ROUNDS = 5
 LIVE_TRIGGER_MS = 5000  # a trigger younger than this was seen live, not found on start
@@ -74,9 +89,15 @@ class AgentWorker:
         self.key = key
         self.agent_names = agent_names
         self.provider = provider or make_provider(config, environ)
-        self.tools: dict[str, Tool] = resolve_tools(config.tools)
+        try:
+            self.tools: dict[str, Tool] = resolve_tools(config.tools)
+        except ToolError as exc:
+            raise ToolError(f"{config.place}: tools: {exc}") from None
+        self.mcp = McpToolbox(config.mcp_servers, environ, config.name, config.place)
         self.client: Client | None = None
-        self.rooms: dict[str, Room] = {}
+        self.watching = AgentRooms(
+            config, on_event=self._on_event, on_regenerate=self._regenerate_in, spawn=self._spawn
+        )
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answers: set[asyncio.Task[Any]] = set()
@@ -86,31 +107,18 @@ class AgentWorker:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Connect, then watch every room that matches the agent's ``rooms``: those that
-        exist now, and those ``meta:channels`` announces later."""
+        """Connect, then answer in the rooms that match the agent's ``rooms``, attached
+        while they are active (:class:`AgentRooms`)."""
+        await self.mcp.start()
         self.client = await connect(self.server, client_id=self.name, key=self.key)
-        meta = self.client.channels.get(META_CHANNELS)
-        await meta.subscribe(self._on_meta_event)
-        for pattern in self.config.rooms:
-            prefix = pattern[:-1] if pattern.endswith("*") else pattern
-            for summary in await list_channels(
-                self.server, prefix=prefix, limit=1000, key=self.key
-            ):
-                if pattern_matches(pattern, summary.channel):
-                    from_serial = max(0, summary.serial - STARTUP_LOOKBACK)
-                    await self.watch(summary.channel, from_serial)
-        log.info(
-            "agent %s is up (%s %s, %s)",
-            self.name,
-            self.config.provider,
-            self.config.model,
-            self.config.policy,
-        )
+        await self.watching.start(self.client, self.server, self.key)
+        label = agent_label(self.config.provider, self.config.model)
+        log.info("agent %s is up (%s, %s)", self.name, label, self.config.policy)
 
     async def aclose(self, grace_s: float = 5.0) -> None:
         """Stop taking triggers, let running answers finish for ``grace_s``, then end what
         is still streaming as ``failed`` ("server shutting down")."""
-        self.stopping = True
+        self.stopping = self.watching.stopping = True
         if self._answers:
             _, pending = await asyncio.wait(self._answers, timeout=grace_s)
             for task in pending:
@@ -121,7 +129,18 @@ class AgentWorker:
             task.cancel()
         if self.client is not None:
             await self.client.close()
+        await self.mcp.aclose()
         await self.provider.aclose()
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """The rooms attached now, by name."""
+        return self.watching.rooms
+
+    def offered_tools(self) -> dict[str, Tool]:
+        """The tools the model is offered now: its own and those of the MCP servers that
+        are connected."""
+        return {**self.tools, **self.mcp.tools()}
 
     def _spawn(self, coro: Any, *, answer: bool = False) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -130,39 +149,6 @@ class AgentWorker:
         task.add_done_callback(group.discard)
         task.add_done_callback(_log_failure)
         return task
-
-    # ------------------------------------------------------------------ rooms
-
-    def _on_meta_event(self, event: Event) -> None:
-        if event.type != "create" or event.name != "channel.created":
-            return
-        channel = event.data.get("channel") if isinstance(event.data, dict) else None
-        if isinstance(channel, str) and channel not in self.rooms and self._may_serve(channel):
-            self._spawn(self.watch(channel, 0))
-
-    def _may_serve(self, channel: str) -> bool:
-        return any(pattern_matches(p, channel) for p in self.config.rooms)
-
-    async def watch(self, name: str, from_serial: int) -> None:
-        """Attach ``name`` from ``from_serial`` and answer what calls for it."""
-        if name in self.rooms or self.client is None or self.stopping:
-            return
-        channel = self.client.channels.get(name)
-        room = self.rooms[name] = Room(
-            channel, agent_answers=RateWindow(self.config.max_agent_answers_per_min)
-        )
-        # Subscribed before the attach goes out, so the replay after from_serial reaches it.
-        subscription = channel.subscribe(lambda event: self._on_event(room, event))
-        await channel.attach(from_serial=from_serial)
-        await subscription
-        await channel.presence.enter(self._presence("idle"))
-
-    def _show(self, channel: Channel, status: str) -> None:
-        """Update the agent's presence without waiting for the ``ok`` (it is only shown)."""
-        self._spawn(_quietly(channel.presence.update(self._presence(status))))
-
-    def _presence(self, status: str) -> dict[str, Any]:
-        return {"kind": "agent", "status": status, "model": self.config.model}
 
     # ------------------------------------------------------------------ triggers
 
@@ -181,14 +167,21 @@ class AgentWorker:
         if message is not None:
             self._consider(room, message, event.timestamp)
 
-    def _consider(self, room: Room, message: Message, at_ms: int) -> None:
-        decision = consider(
+    def _decision(self, message: Message, policy: str) -> Decision:
+        return consider(
             name=self.name,
-            policy=self.config.policy,
+            policy=policy,
             message=message,
             max_chain_depth=self.config.max_chain_depth,
             agent_names=self.agent_names,
         )
+
+    def _consider(self, room: Room, message: Message, at_ms: int) -> None:
+        decision = self._decision(message, self.config.policy)
+        if at_ms / 1000 < self._started_at - TRIGGER_MAX_AGE_S:
+            return  # found on start, too old to answer now
+        if decision.answer and not room.lists(self.name):
+            decision = Decision(False, "not in the room's agents")
         if not decision.answer:
             log.debug(
                 "agent %s skips %s #%d: %s",
@@ -197,43 +190,83 @@ class AgentWorker:
                 message.msg_serial,
                 decision.reason,
             )
+            if self.name in awaits(message):
+                self._spawn(self._claimed_silence(room, message, decision.reason))
             return
-        if at_ms / 1000 < self._started_at - TRIGGER_MAX_AGE_S:
-            return  # found on start, too old to answer now
-        if not room.lists(self.name):
-            log.debug("agent %s is not in root.agents of %s", self.name, room.channel.name)
-            return
-        self._spawn(self._trigger(room, message, decision.needs_judge), answer=True)
+        self._spawn(self._trigger(room, message, decision), answer=True)
 
-    async def _trigger(self, room: Room, trigger: Message, judge: bool) -> None:
+    def _regenerate_in(self, room: Room, msg_serial: int, again: str) -> None:
+        """The server's ``agent.regenerate`` names this agent: answer once more."""
+        if not self.stopping:
+            self._spawn(self._regenerate(room, msg_serial, again), answer=True)
+
+    async def _regenerate(self, room: Room, msg_serial: int, again: str) -> None:
+        """Answer ``msg_serial`` once more (the person asked this agent by name): every
+        rule but the policy holds, and the answers carry ``extras.regenerate``."""
+        trigger = await message_at(room.channel, msg_serial)
+        if trigger is None:
+            return
+        decision = self._decision(trigger, "always")
+        if decision.answer and not room.lists(self.name):
+            decision = Decision(False, "not in the room's agents")
+        if not decision.answer:
+            await self._claimed_silence(room, trigger, decision.reason, again)
+            return
+        await self._trigger(room, trigger, decision, again)
+
+    async def _trigger(
+        self, room: Room, trigger: Message, decision: Decision, again: str | None = None
+    ) -> None:
         # The context is read while the claim is made: one round trip less before the
         # first token.
         history: asyncio.Future[list[Message]] = asyncio.ensure_future(
             latest_messages(room.channel, 200)
         )
         try:
-            await self._claimed_trigger(room, trigger, judge, history)
+            await self._claimed_trigger(room, trigger, decision, history, again)
         finally:
             history.cancel()
             with contextlib.suppress(BaseException):
                 await history
 
+    def _claim_key(self, trigger: Message, again: str | None) -> str:
+        key = f"{ANSWER_CLAIMS}{self.name}:{trigger.msg_serial}"
+        return key if again is None else f"{key}:{again}"
+
+    async def _claimed_silence(
+        self, room: Room, trigger: Message, reason: str, again: str | None = None
+    ) -> None:
+        """Say once (one worker claims it) that this agent stays silent on ``trigger``."""
+        if await room.channel.claim(self._claim_key(trigger, again), ttl_s=CLAIM_TTL_S):
+            await self._stay_silent(room, trigger, reason, again)
+
+    async def _stay_silent(
+        self, room: Room, trigger: Message, reason: str, again: str | None = None
+    ) -> None:
+        """The ``agent.silent`` marker, when ``trigger`` awaits this agent or the agent
+        was asked again: whoever waits for its answer knows that none comes."""
+        if again is None and self.name not in awaits(trigger):
+            return
+        with contextlib.suppress(Exception):
+            await room.channel.publish(
+                reason, name=SILENT, extras=self._answer_extras(trigger, again)
+            )
+
     async def _claimed_trigger(
         self,
         room: Room,
         trigger: Message,
-        judge: bool,
+        decision: Decision,
         history: asyncio.Future[list[Message]] | None,
+        again: str | None = None,
     ) -> None:
         channel = room.channel
-        key = f"{ANSWER_CLAIMS}{self.name}:{trigger.msg_serial}"
-        if not await channel.claim(key, ttl_s=CLAIM_TTL_S):
+        if not await channel.claim(self._claim_key(trigger, again), ttl_s=CLAIM_TTL_S):
             return  # another worker has it
-        log.info("agent %s answers %s #%d", self.name, channel.name, trigger.msg_serial)
         # A trigger seen live is new: the claim is enough. One found on start (or after a
         # reconnect) may have been answered before this worker was there.
         replayed = trigger.timestamp < time.time() * 1000 - LIVE_TRIGGER_MS
-        if replayed and await answered_by(channel, self.name, trigger):
+        if again is None and replayed and await answered_by(channel, self.name, trigger):
             return
         if agent_info(trigger) is not None and not room.agent_answers.take():
             log.warning(
@@ -242,8 +275,10 @@ class AgentWorker:
                 self.config.max_agent_answers_per_min,
                 channel.name,
             )
+            await self._stay_silent(room, trigger, "the cap of answers to agents", again)
             return
-        if judge and not await room_needs_agent(self.provider, self.config, channel, trigger):
+        if not await self._decide(channel, trigger, decision):
+            await self._stay_silent(room, trigger, "the auto judge said no", again)
             return
         if self.config.concurrency == "interrupt":
             for running in list(room.running.values()):
@@ -251,22 +286,43 @@ class AgentWorker:
                     with contextlib.suppress(Exception):
                         await channel.cancel(running.msg_serial, reason="a newer message came")
         lock = room.queue if self.config.concurrency == "queue" else None
-        if judge or (lock is not None and lock.locked()):
+        if decision.needs_judge or (lock is not None and lock.locked()):
             history = None  # read again when the answer starts: the room moved on
         async with lock if lock is not None else contextlib.nullcontext():
             room.running[trigger.msg_serial] = None
             try:
-                await self.answer(room, trigger, history)
+                if not await self.answer(room, trigger, history, again):
+                    await self._stay_silent(room, trigger, "nothing to say", again)
             finally:
                 room.running.pop(trigger.msg_serial, None)
                 if not room.running and not self.stopping:
-                    self._show(channel, "idle")
+                    self.watching.show(room, "idle")
+
+    async def _decide(self, channel: Channel, trigger: Message, decision: Decision) -> bool:
+        """Whether to answer ``trigger`` (the ``auto`` judge decides when the policy says
+        so), logged once, with the reason, when it is decided."""
+        answering, reason = True, decision.reason
+        if decision.needs_judge:
+            answering, verdict = await room_needs_agent(
+                self.provider, self.config, channel, trigger
+            )
+            reason = f"the auto judge: {verdict}"
+        log.info(
+            "agent %s %s %s #%d (%s)",
+            self.name,
+            "answers" if answering else "stays silent on",
+            channel.name,
+            trigger.msg_serial,
+            reason,
+        )
+        return answering
 
     # ------------------------------------------------------------------ the answer
 
-    def _answer_extras(self, trigger: Message) -> dict[str, Any]:
-        """``reply_to`` and ``agent`` of the messages that answer ``trigger``."""
-        return {
+    def _answer_extras(self, trigger: Message, again: str | None = None) -> dict[str, Any]:
+        """``reply_to`` and ``agent`` of the messages that answer ``trigger`` (and
+        ``regenerate`` when the agent was asked again)."""
+        extras: dict[str, Any] = {
             "reply_to": trigger.msg_serial,
             "agent": {
                 "name": self.name,
@@ -275,45 +331,40 @@ class AgentWorker:
                 "depth": depth_of(trigger) + 1,
             },
         }
+        if again is not None:
+            extras[REGENERATE_KEY] = again
+        return extras
 
     async def answer(
         self,
         room: Room,
         trigger: Message,
         history: asyncio.Future[list[Message]] | None = None,
-    ) -> None:
+        again: str | None = None,
+    ) -> bool:
         """Answer ``trigger`` in ``room``: one streamed message (or a visible refusal when
-        the budget is spent, or nothing for an empty or ``[skip]`` answer)."""
+        the budget is spent, or nothing for an empty or ``[skip]`` answer).
+
+        Returns:
+            Whether the agent said something (False: it stayed silent).
+        """
         channel = room.channel
-        extras = self._answer_extras(trigger)
+        extras = self._answer_extras(trigger, again)
         if self.spend.over_budget(channel.name):
             await channel.publish(
                 f"I have used up today's budget for {channel.name}, so I cannot answer "
                 "until tomorrow.",
                 extras={**extras, "budget_exhausted": True},
             )
-            return
-        self._show(channel, "thinking")
+            return True
+        self.watching.show(room, "thinking")
         request = await self._request(channel, trigger, history)
         answer = AnswerMessage(channel, extras)
         room.running[trigger.msg_serial] = answer.stream
-        usage = Usage(0, 0)
+        spent: list[Usage] = []  # each round's usage, also when a later round fails
         try:
-            for _ in range(MAX_TOOL_ROUNDS):
-                round_text, calls, used = await stream_round(
-                    self.provider, request, answer, lambda: self._show(channel, "streaming")
-                )
-                usage = Usage(
-                    usage.input_tokens + used.input_tokens, usage.output_tokens + used.output_tokens
-                )
-                if not calls or answer.stream.cancelled.is_set():
-                    break
-                results = []
-                for call in calls:
-                    results.append(await self._run_tool(channel, call, extras))
-                request = with_tool_results(request, round_text, results)
-                answer.next_round()
-            await answer.finish(self.spend.record(channel.name, usage))
+            await self._rounds(room, request, answer, extras, spent)
+            await answer.finish(self.spend.record(channel.name, total(spent)))
         except ProviderError as exc:
             log.warning(
                 "agent %s: %s failed on %s #%d: %s",
@@ -323,39 +374,44 @@ class AgentWorker:
                 trigger.msg_serial,
                 exc.message,
             )
-            await answer.fail(exc.message, self.spend.record(channel.name, usage))
+            await answer.fail(exc.message, self.spend.record(channel.name, total(spent)))
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(answer.fail(SHUTDOWN_REASON, {}))
             raise
+        return answer.stream.msg_serial is not None
 
-    async def _run_tool(
-        self, channel: Channel, call: ToolCall, extras: dict[str, Any]
-    ) -> ToolResult:
-        """Run a tool call and show it in the room as a ``tool`` message."""
-        try:
-            output = await call_tool(self.tools, channel, call.name, call.arguments)
-            result = ToolResult(call, output)
-        except ToolError as exc:
-            result = ToolResult(call, str(exc), is_error=True)
-        log.info(
-            "agent %s called %s on %s: %s",
-            self.name,
-            call.name,
-            channel.name,
-            "error" if result.is_error else "ok",
-        )
-        await channel.publish(
-            {
-                "tool": call.name,
-                "arguments": call.arguments,
-                "result": result.output,
-                "error": result.is_error,
-            },
-            name="tool",
-            extras={"reply_to": extras["reply_to"], "agent": extras["agent"]},
-        )
-        return result
+    async def _rounds(
+        self,
+        room: Room,
+        request: ProviderRequest,
+        answer: AnswerMessage,
+        extras: dict[str, Any],
+        spent: list[Usage],
+    ) -> None:
+        """The model's rounds of one answer: after each round that calls tools, the tools
+        run (each shown in the room) and the model goes on with their results."""
+        channel = room.channel
+        for _ in range(MAX_TOOL_ROUNDS):
+            done = agent_did(self.name, channel, request.state, answer, extras)
+            found = await stream_round(
+                self.provider, request, answer, lambda: self.watching.show(room, "streaming"), done
+            )
+            spent.append(found.usage)
+            if not found.calls or answer.stream.cancelled.is_set():
+                return
+            results = list(found.ran)  # the agent's own calls, for its next round
+            for call in found.calls:
+                tool_extras = {**extras, **answer.position()}
+                tools = self.offered_tools()
+                results.append(await run_tool(self.name, tools, channel, call, tool_extras, answer))
+                if answer.stream.cancelled.is_set():
+                    return
+            request = with_tool_results(request, found.text, results)
+            if request.state is not None:  # the tools may have changed it
+                with contextlib.suppress(Exception):
+                    request = replace(request, state=await _room_state(channel))
+            answer.next_round()
 
     async def _request(
         self,
@@ -368,20 +424,26 @@ class AgentWorker:
         lookup.setdefault(trigger.msg_serial, trigger)
         chain = reply_chain(trigger, lookup)
         summary = ""
+        state: dict[str, Any] | None = None
         with contextlib.suppress(Exception):
-            await channel.objects.sync()
+            state = await _room_state(channel)
             root = channel.objects.get("root")
             shared = (
                 shared_values(root.entries(), RESERVED_KEYS) if isinstance(root, LiveMap) else {}
             )
             summary = objects_summary(channel.polls.list(), channel.boards.list(), shared)
-        specs = [tool.spec for tool in self.tools.values()]
-        return build_request(self.config, channel.name, history, trigger, chain, summary, specs)
+        specs = [tool.spec for tool in self.offered_tools().values()]
+        request = build_request(self.config, channel.name, history, trigger, chain, summary, specs)
+        return replace(request, room=channel.name, state=state)
 
 
-async def _quietly(coro: Any) -> None:
-    with contextlib.suppress(Exception):
-        await coro
+def total(spent: list[Usage]) -> Usage:
+    return Usage(sum(u.input_tokens for u in spent), sum(u.output_tokens for u in spent))
+
+
+async def _room_state(channel: Channel) -> dict[str, Any]:
+    await channel.objects.sync()
+    return room_state(channel.objects)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

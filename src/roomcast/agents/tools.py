@@ -1,11 +1,13 @@
 """The tools an agent may call (docs/agents.md): the room's live objects, its history,
-and Python functions of your own.
+and Python functions of your own; and the room's shared state as one document, which an
+agent that keeps state of its own (an AG-UI agent) reads and changes.
 
 Built-in tools work on the room the agent is answering in, through the SDK, as the agent:
 ``create_poll``, ``vote``, ``close_poll``, ``add_to_board``, ``set_shared``, ``get_shared``
 and ``search_history``. In an agent's ``tools`` list, ``builtin`` stands for all of them;
-``package.module:function`` adds one of your functions, and ``package.module`` adds every
-function of that module decorated with :func:`tool`::
+``package.module:function`` adds one of your functions, ``package.module`` adds every
+function of that module decorated with :func:`tool`, and ``mcp:NAME`` adds the tools of an
+MCP server (agents/mcp.py)::
 
     from roomcast.agents import tool
 
@@ -19,17 +21,21 @@ back to the model as text (JSON for anything but a string).
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 import msgspec
 
-from roomcast.agents.providers.base import ToolSpec
-from roomcast.client import Channel, LiveMap, RoomcastError
+from roomcast.agents.config import MCP_PREFIX
+from roomcast.agents.providers.base import StateChange, ToolSpec
+from roomcast.client import Channel, LiveMap, LiveObjects, RoomcastError
+from roomcast.protocol import messages as m
+from roomcast.protocol.objects import ROOT, plain_state
 
 from .triggers import message_text
 
@@ -298,6 +304,8 @@ def resolve_tools(names: tuple[str, ...]) -> dict[str, Tool]:
     """
     tools: dict[str, Tool] = {}
     for entry in names:
+        if entry.startswith(MCP_PREFIX):
+            continue  # an MCP server's tools: the runtime connects to it (agents/mcp.py)
         if entry == "builtin":
             tools.update(BUILTIN)
         elif entry in BUILTIN:
@@ -351,13 +359,199 @@ async def call_tool(tools: dict[str, Tool], channel: Channel, name: str, args: A
         raise ToolError(f"{name} failed: {exc.message}") from None
 
 
+# ----------------------------------------------------------------------------- shared state
+#
+# The room's live objects as one JSON document, {object_id: state}: a map's entries (a
+# reference stays {"object_id": id}), a counter's value. An agent changes it with a JSON
+# Patch over the state as it is now, or with a whole snapshot read against the state it was
+# given; either becomes live-object operations (docs/agents.md, "Shared state").
+
+
+def room_state(objects: LiveObjects) -> dict[str, Any]:
+    """The room's live objects as one document (the copy must be synced)."""
+    return plain_state(objects.snapshot().objects)
+
+
+async def change_state(
+    channel: Channel, change: StateChange, given: Mapping[str, Any] | None
+) -> list[m.ObjectOp]:
+    """Make the room's live objects what ``change`` says, as the agent; ``given`` is the
+    state the agent was sent (a snapshot's changes are read against it).
+
+    Returns:
+        The operations sent, in order (none when nothing changes).
+
+    Raises:
+        ToolError: the change is refused as a whole (a patch that does not apply, an object
+            that would be created, removed or change its type, a reserved root key), or
+            the server refused an operation (those before it stay done).
+    """
+    try:
+        await channel.objects.sync()
+    except RoomcastError as exc:
+        raise ToolError(f"the live objects cannot be read: {exc.message}") from None
+    current = room_state(channel.objects)
+    if change.patch is not None:
+        ops = state_ops(current, apply_patch(current, change.patch), partial=False)
+    else:
+        ops = state_ops({**current, **(given or {})}, change.snapshot, partial=True)
+    for number, op in enumerate(ops, start=1):
+        try:
+            await channel.objects.apply(op)
+        except RoomcastError as exc:
+            raise ToolError(f"operation {number} of {len(ops)} refused: {exc.message}") from None
+    return ops
+
+
+def state_ops(before: Mapping[str, Any], after: Any, *, partial: bool) -> list[m.ObjectOp]:
+    """The operations that make the objects ``before`` into ``after``: a map's keys set
+    or removed, a counter increased by the difference. With ``partial`` an object left out
+    of ``after`` stays as it is (else leaving it out would delete it: refused).
+
+    Raises:
+        ToolError: ``after`` creates, deletes or retypes an object, or changes a reserved
+            root key (``polls``, ``boards``, ``agents``: their tools keep the conventions).
+    """
+    if not isinstance(after, dict):
+        raise ToolError("the state is an object of live objects by id")
+    for object_id in before:
+        if object_id not in after and not partial:
+            raise ToolError(f"{object_id} cannot be removed: live objects are never deleted")
+    ops: list[m.ObjectOp] = []
+    for object_id, new in after.items():
+        if object_id not in before:
+            raise ToolError(
+                f"there is no live object {object_id!r}: new objects get their ids from the "
+                "server (create them with the tools)"
+            )
+        old = before[object_id]
+        if isinstance(old, dict):
+            ops += _map_ops(object_id, old, new)
+        elif isinstance(new, bool) or not isinstance(new, int | float):
+            raise ToolError(f"{object_id} is a counter: its state is a number, not {new!r}")
+        elif new != old:
+            ops.append(m.CounterInc(object_id=object_id, amount=new - old))
+    return ops
+
+
+def _map_ops(object_id: str, old: dict[str, Any], new: Any) -> list[m.ObjectOp]:
+    if not isinstance(new, dict):
+        raise ToolError(f"{object_id} is a map: its state is an object, not {new!r}")
+    ops: list[m.ObjectOp] = []
+    try:
+        for key, value in new.items():
+            if key not in old or old[key] != value:
+                ops.append(m.MapSet(object_id=object_id, key=key, value=value))
+    except (TypeError, ValueError) as exc:
+        raise ToolError(f"{object_id}: {exc}") from None
+    ops += [m.MapRemove(object_id=object_id, key=key) for key in old if key not in new]
+    if object_id == ROOT:
+        reserved = sorted({op.key for op in ops if isinstance(op, m.MapSet | m.MapRemove)})
+        kept = [key for key in reserved if key in RESERVED_KEYS]
+        if kept:
+            raise ToolError(f"root.{kept[0]} is kept for {kept[0]}: use the {kept[0]} tools")
+    return ops
+
+
+def apply_patch(document: Any, patch: Sequence[Mapping[str, Any]]) -> Any:
+    """``document`` changed by the JSON Patch ``patch`` (RFC 6902), as a copy.
+
+    Raises:
+        ToolError: an operation does not apply (a path that is not there, a ``test`` that
+            fails); the patch then changes nothing.
+    """
+    result = copy.deepcopy(document)
+    for number, op in enumerate(patch, start=1):
+        what = f"operation {number} ({op.get('op')} {op.get('path')!r})"
+        try:
+            result = _patched(result, op)
+        except (KeyError, IndexError):
+            raise ToolError(f"{what}: the path is not there") from None
+        except (TypeError, ValueError) as exc:
+            raise ToolError(f"{what}: {exc}") from None
+    return result
+
+
+def _patched(document: Any, op: Mapping[str, Any]) -> Any:
+    kind, path = op.get("op"), _pointer(op.get("path"))
+    if kind == "test":
+        if _get(document, path) != op["value"]:
+            raise ValueError("the test failed")
+        return document
+    if kind in ("move", "copy"):
+        source = _pointer(op.get("from"))
+        value = copy.deepcopy(_get(document, source))
+        if kind == "move":
+            document = _remove(document, source)
+        return _put(document, path, value, insert=True)
+    if kind == "remove":
+        return _remove(document, path)
+    if kind in ("add", "replace"):
+        return _put(document, path, copy.deepcopy(op["value"]), insert=kind == "add")
+    raise ValueError(f"unknown operation {kind!r}")
+
+
+def _pointer(path: object) -> list[str]:
+    if not isinstance(path, str) or (path and not path.startswith("/")):
+        raise ValueError(f"{path!r} is not a JSON pointer")
+    return [token.replace("~1", "/").replace("~0", "~") for token in path.split("/")[1:]]
+
+
+def _index(container: Any, token: str, *, append: bool = False) -> Any:
+    if isinstance(container, dict):
+        return token
+    if isinstance(container, list):
+        if append and token == "-":
+            return len(container)
+        if not token.isdigit() or (token != "0" and token.startswith("0")):
+            raise ValueError(f"{token!r} is not an array index")
+        return int(token)
+    raise ValueError(f"{token!r} is inside a value that is neither an object nor an array")
+
+
+def _get(document: Any, tokens: list[str]) -> Any:
+    for token in tokens:
+        document = document[_index(document, token)]
+    return document
+
+
+def _put(document: Any, tokens: list[str], value: Any, *, insert: bool) -> Any:
+    """``add`` (``insert``: a new array element, or a key set) or ``replace`` (the place
+    must exist)."""
+    if not tokens:
+        return value
+    parent = _get(document, tokens[:-1])
+    key = _index(parent, tokens[-1], append=insert)
+    if isinstance(parent, list) and insert:
+        if key > len(parent):
+            raise IndexError(key)
+        parent.insert(key, value)
+    else:
+        if not insert:
+            parent[key]  # replace: the place must be there (KeyError, IndexError)
+        parent[key] = value
+    return document
+
+
+def _remove(document: Any, tokens: list[str]) -> Any:
+    if not tokens:
+        raise ValueError("the whole state cannot be removed")
+    parent = _get(document, tokens[:-1])
+    del parent[_index(parent, tokens[-1])]
+    return document
+
+
 __all__ = [
     "BUILTIN",
     "RESERVED_KEYS",
     "Tool",
     "ToolError",
+    "apply_patch",
     "call_tool",
+    "change_state",
     "resolve_tools",
+    "room_state",
     "schema_of",
+    "state_ops",
     "tool",
 ]

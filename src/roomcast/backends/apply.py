@@ -25,12 +25,14 @@ from roomcast.protocol.errors import BadRequest
 from roomcast.protocol.messages import Event, Message, ObjectState
 from roomcast.protocol.rollup import admit, apply_event, check_size, message_from_create
 
-from .base import Appended, StoreOptions
+from .base import Appended, AppendReport, StoreOptions
 
 _encode = msgspec.json.Encoder().encode  # thread-safe: the SQLite writer thread uses it too
 
 
-class Sequenced(msgspec.Struct, frozen=True):
+# gc=False: made per write, and it can hold no reference cycle, so the garbage collector
+# need not track it (fewer objects for it to walk while publishes are in flight).
+class Sequenced(msgspec.Struct, frozen=True, gc=False):
     """An event ready to store, and what it changes.
 
     ``event`` has its serial and timestamp (and, if it created a live object, that object's
@@ -236,7 +238,12 @@ def encode_event(event: Event) -> bytes:
 
 
 class EventQueue(Protocol):
-    """The writer of a queued store, as :class:`QueuedAppends` hands it events."""
+    """The writer of a queued store, as :class:`QueuedAppends` hands it events.
+
+    ``report``, when set, is told of each queued write as its future is answered (see
+    :meth:`.base.Store.report_appends`)."""
+
+    report: AppendReport | None
 
     def submit_events(
         self, events: Sequence[Event], keys: Sequence[str | None], *, batch: bool
@@ -259,6 +266,10 @@ class QueuedAppends:
     call order is the serial order."""
 
     _writer: EventQueue
+
+    def report_appends(self, report: AppendReport) -> bool:
+        self._writer.report = report
+        return True
 
     def submit(
         self, event: Event, *, idempotency_key: str | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -33,8 +33,15 @@ from roomcast.protocol.messages import (
 REPLAY_PAGE = 5000
 """Events read at once when a client catches up."""
 
+AppendReport = Callable[[str, float, int], None]
+"""Told of one answered append, on the event loop: its kind (``append`` or
+``append_batch``), the seconds from its call to its answer, and the events it stored (0 for
+a no-op, a repeated idempotency key or a failure)."""
 
-class Appended(msgspec.Struct, frozen=True):
+
+# gc=False: made per write, and it can hold no reference cycle, so the garbage collector
+# need not track it (fewer objects for it to walk while publishes are in flight).
+class Appended(msgspec.Struct, frozen=True, gc=False):
     """The result of one append: the stored event, or None for a no-op.
 
     ``serial`` is the event's serial; for a repeated idempotency key it is the first
@@ -190,6 +197,13 @@ class Store(ABC):
         one costs no task of its own; a store with a write queue overrides it."""
         return asyncio.ensure_future(self.append(event, idempotency_key=idempotency_key))
 
+    def report_appends(self, report: AppendReport) -> bool:
+        """Call ``report`` for every append, batch and submit as it is answered, and return
+        True; a store that cannot returns False (the default), and its caller times the
+        calls itself. A store with a write queue reports from where it answers a whole
+        commit's writes at once, which costs no callback per write."""
+        return False
+
     @abstractmethod
     async def append_batch(
         self, events: Sequence[Event], keys: Sequence[str | None]
@@ -242,8 +256,9 @@ class Store(ABC):
         """The channel's epoch and latest serial; None if it has none."""
 
     @abstractmethod
-    async def list_channels(self, prefix: str, limit: int) -> list[ChannelInfo]:
-        """Channels with at least one event whose name starts with ``prefix``, by name."""
+    async def list_channels(self, prefix: str, limit: int, after: str = "") -> list[ChannelInfo]:
+        """Channels with at least one event whose name starts with ``prefix``, by name;
+        only those after ``after`` (the last name of the previous page) when it is set."""
 
     @abstractmethod
     async def streaming_messages(self, idle_since_ms: int, limit: int) -> list[tuple[str, Message]]:

@@ -213,8 +213,10 @@ class MemoryStore(LocalEphemeralState, Store):
             return None
         return ChannelInfo(channel, log.epoch, log.serial, log.updated_at)
 
-    async def list_channels(self, prefix: str, limit: int) -> list[ChannelInfo]:
-        names = sorted(n for n, log in self._logs.items() if log.serial and n.startswith(prefix))
+    async def list_channels(self, prefix: str, limit: int, after: str = "") -> list[ChannelInfo]:
+        names = sorted(
+            n for n, log in self._logs.items() if log.serial and n.startswith(prefix) and n > after
+        )
         return [
             ChannelInfo(n, self._logs[n].epoch, self._logs[n].serial, self._logs[n].updated_at)
             for n in names[:limit]

@@ -9,7 +9,8 @@ How a write is made (one implementation of the rules, in Python):
 2. For each channel it reads, with one Lua script (:data:`LOAD`), the channel's head (epoch,
    serial, first serial, objects size), the messages the events refer to, their idempotency
    keys and (for object operations) the channel's live objects. (A script rather than a
-   MULTI: redis-py's cluster client queues each command of a MULTI through a thread.)
+   MULTI: redis-py's cluster client queues each command of a MULTI through a thread.) A
+   group that names none skips it after this node's own commit (step 4 checks the head).
 3. It applies the events in Python with ``apply.apply_to_stage``, exactly as the other
    stores do: a refused event takes no serial and writes nothing.
 4. It commits with one Lua script (:data:`COMMIT`) that first checks that the channel's
@@ -104,8 +105,13 @@ return {head, messages, found, objects}
 
 # KEYS: head, log, messages, index, objects, epoch seed, idempotency keys...
 # ARGV: expected serial, expected first, epoch seed if none, new serial, now, objects bytes,
-#       #events, #messages, #objects, #keys, key ttl ms, bus channel, channel,
-#       event bodies..., (msg_serial, body, is_new)..., (object_id, body)..., key serials...
+#       #objects, #keys, key ttl ms, bus channel, channel,
+#       the events as a JSON array with ",\n" between them (what the bus publishes),
+#       the changed messages' serials joined by spaces, their bodies joined by newlines,
+#       one flag per message ('1': new, '0': changed), (object_id, body)..., key serials...
+# Few long arguments: packing each one is Python work on the node's busy loop. Stored JSON
+# never holds a raw newline, so the script splits at them (a plain find) and publishes the
+# array as it came (building it in Lua cost Redis more than the writes).
 COMMIT = (
     LUA_EPOCH
     + """
@@ -113,38 +119,61 @@ local head = redis.call('HMGET', KEYS[1], 'epoch', 'serial', 'first')
 local epoch = head[1]
 if not epoch then
   if tonumber(ARGV[1]) ~= 0 or tonumber(ARGV[2]) ~= 1 then return {0} end
-  epoch = channel_epoch(KEYS[6], ARGV[3], ARGV[13])
+  epoch = channel_epoch(KEYS[6], ARGV[3], ARGV[11])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'first', 1)
 elseif tonumber(head[2] or 0) ~= tonumber(ARGV[1])
     or tonumber(head[3] or 1) ~= tonumber(ARGV[2]) then
   return {0}
 end
 redis.call('HSET', KEYS[1], 'serial', ARGV[4], 'updated', ARGV[5], 'obytes', ARGV[6])
-local n_events, n_msgs = tonumber(ARGV[7]), tonumber(ARGV[8])
-local n_objs, n_keys = tonumber(ARGV[9]), tonumber(ARGV[10])
-local i = 14
+local function hset_fields(key, fields)
+  for s = 1, #fields, 500 do
+    redis.call('HSET', key, unpack(fields, s, math.min(#fields, s + 499)))
+  end
+end
+local function split(text, sep, pos, last)  -- text[pos..last] at each sep (plain find)
+  local out = {}
+  while pos <= last do
+    local stop = string.find(text, sep, pos, true) or last + 1
+    out[#out + 1], pos = string.sub(text, pos, stop - 1), stop + #sep
+  end
+  return out
+end
 local serial = tonumber(ARGV[1])
-local bodies = {}
-for j = 1, n_events do
-  serial = serial + 1
-  bodies[j] = ARGV[i]
-  redis.call('HSET', KEYS[2], serial, ARGV[i])
-  i = i + 1
+local bodies = split(ARGV[12], ',\\n', 2, #ARGV[12] - 1)  -- inside the array's brackets
+local fields = {}
+for j = 1, #bodies do
+  fields[2 * j - 1] = serial + j
+  fields[2 * j] = bodies[j]
 end
-for _ = 1, n_msgs do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  if ARGV[i + 2] == '1' then redis.call('ZADD', KEYS[4], ARGV[i], ARGV[i]) end
-  i = i + 3
+hset_fields(KEYS[2], fields)
+local msg_serials = split(ARGV[13], ' ', 1, #ARGV[13])
+local msg_bodies = split(ARGV[14], '\\n', 1, #ARGV[14])
+fields = {}
+local created = {}
+for j = 1, #msg_bodies do
+  fields[2 * j - 1] = msg_serials[j]
+  fields[2 * j] = msg_bodies[j]
+  if string.byte(ARGV[15], j) == 49 then  -- '1': a new message
+    created[#created + 1] = msg_serials[j]
+    created[#created + 1] = msg_serials[j]
+  end
 end
+hset_fields(KEYS[3], fields)
+for s = 1, #created, 500 do
+  redis.call('ZADD', KEYS[4], unpack(created, s, math.min(#created, s + 499)))
+end
+local n_objs, n_keys = tonumber(ARGV[7]), tonumber(ARGV[8])
+local i = 16
 for _ = 1, n_objs do
   redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-for j = 1, n_keys do
-  redis.call('SET', KEYS[6 + j], ARGV[i], 'PX', ARGV[11])
+for k = 1, n_keys do
+  redis.call('SET', KEYS[6 + k], ARGV[i], 'PX', ARGV[9])
   i = i + 1
 end
-redis.call('SPUBLISH', ARGV[12], 'e' .. epoch .. '\\n[' .. table.concat(bodies, ',') .. ']')
+redis.call('SPUBLISH', ARGV[10], 'e' .. epoch .. '\\n' .. ARGV[12])
 return {1, epoch}
 """
 )

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from roomcast.aio import cancel_and_wait
 from roomcast.protocol.errors import Unavailable
 from roomcast.protocol.messages import Event, PresenceEvent, SignalEvent
 
@@ -113,9 +114,7 @@ class RedisBus(Bus):
     async def aclose(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()

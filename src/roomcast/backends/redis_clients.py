@@ -33,6 +33,8 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
+from roomcast.aio import cancel_and_wait
+
 from .redis import (
     CLUSTER_SCHEMES,
     SENTINEL_SCHEMES,
@@ -212,9 +214,7 @@ class FollowingPool(SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
     async def aclose(self) -> None:
         watch, self._watch = self._watch, None
         if watch is not None:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            await cancel_and_wait(watch)
         try:
             await super().aclose()
         finally:

@@ -224,9 +224,9 @@ class RedisStore(QueuedAppends, RedisEphemeralState, Store):
             found = await self._infos([channel])
         return found[0] if found else None
 
-    async def list_channels(self, prefix: str, limit: int) -> list[ChannelInfo]:
+    async def list_channels(self, prefix: str, limit: int, after: str = "") -> list[ChannelInfo]:
         # Channel names are UTF-8, which never holds the byte 0xff: the range's end.
-        low = b"[" + prefix.encode()
+        low = b"(" + after.encode() if after > prefix else b"[" + prefix.encode()
         high = b"(" + prefix.encode() + b"\xff"
         with self._errors():
             names = await self.redis.zrangebylex(self.k.channels, low, high, start=0, num=limit)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from roomcast.protocol.errors import RoomcastError, Unavailable
 from roomcast.protocol.messages import Event, Message, ObjectState
 
 from .apply import apply_to_stage, encode_event
-from .base import StoreOptions
+from .base import AppendReport, StoreOptions
 from .local import new_epoch, now_ms
 from .redis import (
     COMMIT,
@@ -36,6 +37,7 @@ from .redis_errors import RedisErrors
 log = logging.getLogger("roomcast.backends.redis_store")
 
 _MAX_BATCH = 1000  # queued writes taken at once
+_HEADS = 10_000  # channel heads remembered from this node's own commits
 MAX_ATTEMPTS = 50  # compare-and-set attempts per channel group before giving up
 
 Deliver = Callable[[str, str, list[Event]], None]
@@ -50,6 +52,7 @@ class _Work:
     batch: bool
     result: Any = None
     error: BaseException | None = None
+    started: float = 0.0  # perf_counter() at submit, for a report
 
 
 @dataclass(slots=True)
@@ -65,6 +68,7 @@ class _Group:
     keys: dict[str, int | None]
     objects: dict[str, ObjectState]
     base_serial: int = 0
+    remembered: bool = False  # the head is the one this node last committed, not read
     events: list[tuple[Event, bytes]] = field(default_factory=list)
     dirty: dict[int, tuple[Message, bool]] = field(default_factory=dict)
     dirty_objects: dict[str, ObjectState] = field(default_factory=dict)
@@ -172,7 +176,12 @@ class RedisWriter:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
+        self.report: AppendReport | None = None
         self._unlisted: set[str] = set()  # channels whose listing failed: retried
+        # channel → (epoch, serial, first, objects bytes) as this node last committed them:
+        # a group that reads nothing else skips the read, and the commit's compare-and-set
+        # finds out if another node wrote since.
+        self._heads: dict[str, tuple[str, int, int, int]] = {}
 
     @property
     def running(self) -> bool:
@@ -202,7 +211,10 @@ class RedisWriter:
         if not self._accepting or self._wake is None:
             raise Unavailable(f"the Redis store at {self._errors.where} is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Work(events, keys, future, batch))
+        work = _Work(events, keys, future, batch)
+        if self.report is not None:
+            work.started = time.perf_counter()
+        self._queue.append(work)
         self._wake.set()
         return future
 
@@ -231,29 +243,55 @@ class RedisWriter:
                     committed = await self._commit_group(group)
                 if committed is not None:
                     epoch = committed
+                    self._remember(group, epoch)
                     await self._update_indexes(group)
                     break
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                self._heads.pop(channel, None)
+                if not group.remembered:  # a head just read was stale: back off
+                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             else:
                 raise Unavailable(f"too much contention on {channel!r}: try again")
         except Exception as exc:
+            self._heads.pop(channel, None)
             failure = exc if isinstance(exc, RoomcastError) else Unavailable(repr(exc))
             for work in works:
-                if not work.future.done():
-                    work.future.set_exception(failure)
+                work.error = failure
+            self._answer(works, stored=False)
             return
         self._deliver(channel, epoch, [event for event, _ in group.events])
+        self._answer(works, stored=True)
+
+    def _answer(self, works: list[_Work], *, stored: bool) -> None:
+        """Resolve the works' futures (``stored``: their group committed), and report them."""
+        report = self.report
+        now = time.perf_counter()
         for work in works:
-            if work.future.done():
-                continue
-            if work.error is not None:
-                work.future.set_exception(work.error)
-            else:
-                work.future.set_result(work.result)
+            if not work.future.done():
+                if work.error is not None:
+                    work.future.set_exception(work.error)
+                else:
+                    work.future.set_result(work.result)
+            if report is not None:
+                count = 0
+                if stored and work.error is None:
+                    results = work.result if work.batch else (work.result,)
+                    count = sum(r.event is not None for r in results)
+                report("append_batch" if work.batch else "append", now - work.started, count)
+
+    def _remember(self, group: _Group, epoch: str) -> None:
+        if len(self._heads) >= _HEADS:
+            self._heads.clear()
+        self._heads[group.channel] = (epoch, group.serial, group.first, group.objects_bytes)
 
     async def _load(self, channel: str, works: list[_Work]) -> _Group:
-        head, _, messages_key, _, objects_key = self.k.channel(channel)
         serial_list, key_list, any_objects = _needs(works)
+        remembered = self._heads.get(channel)
+        if remembered is not None and not (serial_list or key_list or any_objects):
+            epoch, serial, first, objects_bytes = remembered
+            group = _Group(channel, epoch, serial, first, objects_bytes, {}, {}, {})
+            group.base_serial, group.remembered = serial, True
+            return group
+        head, _, messages_key, _, objects_key = self.k.channel(channel)
         keys = [head, messages_key, objects_key]
         keys += [self.k.idempotency(channel, k) for k in key_list]
         reply = await self._read_state(keys=keys, args=["1" if any_objects else "0", *serial_list])
@@ -305,6 +343,7 @@ class RedisWriter:
     async def _commit_group(self, group: _Group) -> str | None:
         """Run the commit script; the channel's epoch, or None if another node wrote first."""
         channel = group.channel
+        dirty = group.dirty
         args: list[Any] = [
             group.base_serial,
             group.first,
@@ -312,17 +351,16 @@ class RedisWriter:
             group.serial,
             now_ms(),
             group.objects_bytes,
-            len(group.events),
-            len(group.dirty),
             len(group.dirty_objects),
             len(group.new_keys),
             max(1, int(self.options.dedup_window_s * 1000)),
             bus_channel(self.k.prefix, channel),
             channel,
+            b"[" + b",\n".join([body for _, body in group.events]) + b"]",
+            " ".join(map(str, dirty)),
+            b"\n".join([encode_value(message) for message, _ in dirty.values()]),
+            "".join(["1" if is_new else "0" for _, is_new in dirty.values()]),
         ]
-        args += [body for _, body in group.events]
-        for msg_serial, (message, is_new) in group.dirty.items():
-            args += [msg_serial, encode_value(message), "1" if is_new else "0"]
         for object_id, state in group.dirty_objects.items():
             args += [object_id, encode_value(state)]
         args += list(group.new_keys.values())

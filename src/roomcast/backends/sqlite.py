@@ -233,13 +233,13 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
         rows = await self._query(sql, (channel,), lambda r: ChannelInfo(*r))
         return rows[0] if rows else None
 
-    async def list_channels(self, prefix: str, limit: int) -> list[ChannelInfo]:
+    async def list_channels(self, prefix: str, limit: int, after: str = "") -> list[ChannelInfo]:
         # The range bounds the index scan; substr() is the exact prefix test.
         sql = (
             "SELECT name, epoch, serial, updated_at FROM channels WHERE name >= ? AND name < ?"
-            " AND substr(name, 1, ?) = ? AND serial > 0 ORDER BY name LIMIT ?"
+            " AND name > ? AND substr(name, 1, ?) = ? AND serial > 0 ORDER BY name LIMIT ?"
         )
-        args = (prefix, prefix + "\U0010ffff", len(prefix), prefix, limit)
+        args = (prefix, prefix + "\U0010ffff", after, len(prefix), prefix, limit)
         return await self._query(sql, args, lambda r: ChannelInfo(*r))
 
     async def get_object(self, channel: str, object_id: str) -> ObjectState | None:

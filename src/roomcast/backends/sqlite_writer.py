@@ -15,6 +15,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from roomcast.protocol.errors import Unavailable
 from roomcast.protocol.messages import Event, Message, ObjectState
 
 from .apply import ChannelHead, apply_to_stage, encode_event
-from .base import Appended, StoreOptions
+from .base import Appended, AppendReport, StoreOptions
 from .local import channel_epoch, now_ms
 from .sqlite_file import (
     EPOCH_SEED_SQL,
@@ -58,7 +59,7 @@ _UPSERT_CHANNELS = (
     objects_bytes = excluded.objects_bytes""",
 )
 _UPSERT_OBJECTS = ("INSERT OR REPLACE INTO objects VALUES ", 3, "")
-_ROWS_PER_STATEMENT = 500
+_ROWS_PER_STATEMENT = 1000  # 6,000 values at most, under SQLite's limit of 32,766
 
 
 def _write_rows(
@@ -101,6 +102,7 @@ class Work:
     retention_ms: int = 0
     result: Any = None
     error: BaseException | None = None
+    started: float = 0.0  # perf_counter() at submit, for a report
 
     def stored(self) -> list[Event]:
         if self.error is not None or self.kind not in ("append", "batch"):
@@ -121,6 +123,14 @@ class _Stage:
         self.keys: dict[tuple[str, str], tuple[int, int]] = {}
         self.objects: dict[tuple[str, str], ObjectState] = {}
         self.events: list[tuple[Event, bytes]] = []
+        self.views: dict[str, _ChannelStage] = {}  # one per channel: many events share it
+
+    def view(self, channel: str) -> _ChannelStage:
+        """The channel as ``apply_to_stage`` sees it in this stage."""
+        found = self.views.get(channel)
+        if found is None:
+            found = self.views[channel] = _ChannelStage(self, channel)
+        return found
 
     def find_chan(self, name: str) -> ChannelHead | None:
         if name in self.chans:
@@ -156,6 +166,8 @@ class _Stage:
         return self.parent.key(channel, key) if self.parent else self.writer.load_key(channel, key)
 
     def merge(self, child: _Stage) -> None:
+        for name in child.chans:  # the child's heads replace ours: so must the views
+            self.views.pop(name, None)
         self.chans.update(child.chans)
         self.messages.update(child.messages)
         self.keys.update(child.keys)
@@ -324,8 +336,7 @@ class _WriteConnection:
         stage.merge(child)
 
     def apply(self, stage: _Stage, event: Event, key: str | None, now: int) -> Appended:
-        stage_of_channel = _ChannelStage(stage, event.channel)
-        return apply_to_stage(stage_of_channel, event, key, options=self.options, now=now)
+        return apply_to_stage(stage.view(event.channel), event, key, options=self.options, now=now)
 
     def flush(self, stage: _Stage) -> None:
         """Write the staged rows (still inside the transaction)."""
@@ -434,6 +445,7 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.accepting = False
+        self.report: AppendReport | None = None
 
     @property
     def running(self) -> bool:
@@ -487,7 +499,10 @@ class SqliteWriter:
     ) -> asyncio.Future[Any]:
         """See :meth:`.apply.EventQueue.submit_events`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        return self.submit(Work("batch" if batch else "append", future, events, keys))
+        work = Work("batch" if batch else "append", future, events, keys)
+        if self.report is not None:
+            work.started = time.perf_counter()
+        return self.submit(work)
 
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue ``work``; its future resolves once its transaction committed (or failed).
@@ -515,15 +530,29 @@ class SqliteWriter:
                 loop.call_soon_threadsafe(self._complete, batch)
 
     def _complete(self, batch: list[Work]) -> None:
+        """On the loop: answer the batch's writes, then hand their events to the bus."""
         by_channel: dict[str, list[Event]] = {}
+        report = self.report
+        now = time.perf_counter()
         for work in batch:
+            stored = work.stored()
             if not work.future.done():
                 if work.error is not None:
                     work.future.set_exception(work.error)
                 else:
                     work.future.set_result(work.result)
-            for event in work.stored():
-                by_channel.setdefault(event.channel, []).append(event)
+            if report is not None and work.kind != "purge":
+                op = "append" if work.kind == "append" else "append_batch"
+                report(op, now - work.started, len(stored))
+            if len(stored) == 1:
+                event = stored[0]
+                events = by_channel.get(event.channel)
+                if events is None:
+                    by_channel[event.channel] = [event]
+                else:
+                    events.append(event)
+            elif stored:
+                by_channel.setdefault(stored[0].channel, []).extend(stored)
         for channel, events in by_channel.items():
             try:
                 self._emit(channel, events)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from roomcast.cli.root import DEFAULT_SERVER, ServerOption, note, run_client
+from roomcast.cli.root import DEFAULT_SERVER, ServerOption, console, note, run_client
 
 
 def agents_command(
@@ -44,21 +44,22 @@ def agents_command(
         raise typer.BadParameter(
             "workers connect with an API key of the server", param_hint="--key"
         )
-    try:
-        agents = load_agents(agents_file)
-    except AgentConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--agents") from None
-    if not agents:
-        raise typer.BadParameter(f"{agents_file} has no [[agents]]", param_hint="--agents")
     from roomcast.agents.providers import ProviderConfigError
     from roomcast.agents.runtime import AgentRuntime
     from roomcast.agents.tools import ToolError
 
     try:
-        runtime = AgentRuntime(server, agents, key=key)
-    except (ProviderConfigError, ToolError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--agents") from None
+        runtime = AgentRuntime(server, load_agents(agents_file), key=key)
+    except (AgentConfigError, ProviderConfigError, ToolError) as exc:
+        _refuse(f"cannot start the agents: {exc}")
     run_client(_run_agents(server, runtime, grace), server)
+
+
+def _refuse(reason: str) -> NoReturn:
+    """An agents file that cannot be used: one line naming the file and the entry (never
+    wrapped, so it greps), exit code 2."""
+    console.print(reason, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
 
 
 async def _run_agents(server: str, runtime: Any, grace: float) -> int:

@@ -10,23 +10,35 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from roomcast.cli.output import event_line, expand_object, json_line, message_line
+from roomcast.cli.feed import make_feed
+from roomcast.cli.line_reader import LineReader
+from roomcast.cli.output import (
+    expand_object,
+    json_line,
+    message_block,
+)
 from roomcast.cli.root import (
     DEFAULT_SERVER,
     ClientIdOption,
     JsonOption,
     ServerOption,
     console,
-    note,
+    resolve_client_id,
     run_client,
 )
+
+if TYPE_CHECKING:
+    from roomcast.client import MessageStream
+
+INTERNAL = "meta:"  # the namespace of the server's own channels (meta:channels)
+MAX_LISTED = 1000  # GET /v1/channels answers at most this many
 
 
 def pub(
@@ -50,18 +62,20 @@ def pub(
         bool,
         typer.Option(
             "--stream",
-            help="Stream stdin as one message: each line is an append; it ends complete at EOF.",
+            help="Stream stdin as one message: each line is an append; it ends complete at"
+            " end of input (Ctrl-D), cancelled on Ctrl-C.",
         ),
     ] = False,
 ) -> None:
     """Publish one message and print its serial.
 
     With --stream, publish a streaming message, print its serial at once, append each line
-    of stdin to it as it is read, and end it complete at end of input (exit 1 if someone
-    cancelled it)."""
+    of stdin to it as it is read, and end it complete at end of input (Ctrl-D); Ctrl-C ends
+    it cancelled (exit 130), and a cancel by someone else stops it too (exit 1)."""
     if stream:
         if text is not None or as_json:
             raise typer.BadParameter("--stream reads stdin: give no TEXT and no --json")
+        client_id = resolve_client_id(client_id)
         run_client(_publish_stream(channel, server, client_id, name, id), server)
         return
     if text is None:
@@ -72,6 +86,7 @@ def pub(
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise typer.BadParameter(f"not JSON: {exc}", param_hint="TEXT") from None
+    client_id = resolve_client_id(client_id)
 
     async def publish() -> int:
         from roomcast.client import connect
@@ -89,17 +104,53 @@ async def _publish_stream(
 ) -> int:
     from roomcast.client import connect
 
-    loop = asyncio.get_running_loop()
     async with connect(server, client_id=client_id) as client:
         async with client.channels.get(channel).stream(name=name or "text", id=id) as message:
             print(message.msg_serial, flush=True)
-            while line := await loop.run_in_executor(None, sys.stdin.readline):
-                await message.append(line)
+            stopped_by = await _append_input(message)
+            if stopped_by is not None:
+                await message.cancel()
+    if stopped_by is not None:
+        console.print(("\n" if sys.stdin.isatty() else "") + "cancelled", markup=False)
+        return 128 + stopped_by
     if message.status == "cancelled":
         who = f" by {message.cancelled_by}" if message.cancelled_by else ""
         console.print(f"cancelled{who}", markup=False)
         return 1
     return 0
+
+
+async def _append_input(message: MessageStream) -> int | None:
+    """Append each line of stdin to ``message`` until end of input or a cancel by someone
+    (then ``None``), or until Ctrl-C or SIGTERM (then the signal's number)."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    stopped: asyncio.Future[int] = loop.create_future()
+    for sig in signals:
+        loop.add_signal_handler(sig, _settle, stopped, int(sig))
+    cancelled = asyncio.ensure_future(message.cancelled.wait())
+    try:
+        async with LineReader(sys.stdin.fileno(), sys.stdin.encoding or "utf-8") as lines:
+            while not (stopped.done() or cancelled.done()):
+                line = asyncio.ensure_future(lines.next_line())
+                waiting: set[asyncio.Future[Any]] = {line, stopped, cancelled}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not line.done():
+                    line.cancel()
+                elif (text := line.result()) is None:
+                    return None
+                else:
+                    await message.append(text)
+    finally:
+        cancelled.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return stopped.result() if stopped.done() else None
+
+
+def _settle(future: asyncio.Future[int], value: int) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def sub(
@@ -119,6 +170,7 @@ def sub(
     """Print a channel's events as they happen (serial, client_id, data), until Ctrl-C.
 
     A dropped connection is resumed with nothing lost or repeated."""
+    client_id = resolve_client_id(client_id)
     following = _follow(channel, server, client_id, as_json, rewind, from_serial)
     run_client(_until_stopped(following), server)
 
@@ -157,24 +209,30 @@ async def _follow(
             "resumed": "reconnected: resumed where it left off",
             "connected": "reconnected (a new session)",
         }
-        note(messages[change.event])
+        feed.note(messages[change.event])
 
+    feed = make_feed(as_json)
     async with connect(server, client_id=client_id) as client:
         for event in ("disconnected", "resumed", "connected"):
             client.on(event, on_change)
         channel = client.channels.get(name)
         subscription = channel.subscribe()
         attached = await channel.attach(rewind=rewind, from_serial=from_serial)
-        for message in attached.messages or []:
-            print(json_line(message) if as_json else message_line(message), flush=True)
-        note(f"attached to {name} at serial {attached.serial}; Ctrl-C to stop")
-        while True:
-            try:
-                async for item in subscription:
-                    print(json_line(item) if as_json else event_line(item), flush=True)
-                return 0
-            except Discontinuity as gap:
-                note(f"gap in {name}: {gap.reason} (epoch {gap.epoch}); see `roomcast history`")
+        try:
+            for message in attached.messages or []:
+                feed.message(message)
+            feed.note(f"attached to {name} at serial {attached.serial}; Ctrl-C to stop")
+            while True:
+                try:
+                    async for item in subscription:
+                        feed.event(item)
+                    return 0
+                except Discontinuity as gap:
+                    feed.note(
+                        f"gap in {name}: {gap.reason} (epoch {gap.epoch}); see `roomcast history`"
+                    )
+        finally:
+            feed.close()
 
 
 def history(
@@ -186,7 +244,9 @@ def history(
     ] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """Print a channel's latest messages, oldest first (msg_serial, client_id, data)."""
+    """Print a channel's latest messages, oldest first (msg_serial, client_id, [status,]
+    text; continuation lines indented)."""
+    client_id = resolve_client_id(client_id)
 
     async def read() -> int:
         from roomcast.client import Message, connect
@@ -201,7 +261,7 @@ def history(
                     break
         for messages in reversed(pages):
             for message in messages:
-                print(json_line(message) if as_json else message_line(message))
+                print(json_line(message) if as_json else message_block(message))
         return 0
 
     run_client(read(), server)
@@ -215,6 +275,7 @@ def objects(
 ) -> None:
     """Print a channel's live objects: the root map with its references expanded
     (--json: the raw snapshot, {serial, objects})."""
+    client_id = resolve_client_id(client_id)
 
     async def read() -> int:
         from roomcast.client import connect
@@ -244,25 +305,37 @@ def channels(
     server: ServerOption = DEFAULT_SERVER,
     prefix: Annotated[str, typer.Option("--prefix", help="Only names starting with it.")] = "",
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    show_all: Annotated[
+        bool, typer.Option("--all", help=f"Include the server's own ({INTERNAL}*) channels.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """List the channels that have messages (GET /v1/channels)."""
+    """List the channels that have messages (GET /v1/channels), by name; the server's own
+    channels (meta:channels, ...) only with --all or a --prefix that names them."""
+    shown = show_all or prefix.startswith(INTERNAL)
 
     async def list_them() -> int:
         import httpx
 
         from roomcast.client import list_channels
 
+        asked = limit
         try:
-            items = await list_channels(server, prefix=prefix, limit=limit)
+            while True:  # ask for more by as many as were hidden, until `limit` are shown
+                items = await list_channels(server, prefix=prefix, limit=asked)
+                kept = [i for i in items if shown or not i.channel.startswith(INTERNAL)]
+                if len(kept) >= limit or len(items) < asked or asked >= MAX_LISTED:
+                    break
+                asked = min(MAX_LISTED, asked + len(items) - len(kept))
         except httpx.HTTPError as exc:
             raise OSError(str(exc) or type(exc).__name__) from exc
+        kept = kept[:limit]
         if as_json:
-            for item in items:
+            for item in kept:
                 print(json_line(item))
             return 0
         table = Table("channel", "serial", "updated", "occupancy", box=None, pad_edge=False)
-        for item in items:
+        for item in kept:
             updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.updated_at / 1000))
             table.add_row(item.channel, str(item.serial), updated, str(item.occupancy))
         Console(highlight=False).print(table)

@@ -10,9 +10,10 @@ an event at or below it (a replay overlapping what was already delivered) is dro
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +32,9 @@ from .stream import MessageStream
 from .subscription import DiscontinuityCallback, EventCallback, Subscription
 
 Direction = Literal["backwards", "forwards"]
+SignalListener = Callable[[m.SignalEvent], object]
+
+log = logging.getLogger("roomcast.client")
 
 _CHANNEL = re.compile(m.CHANNEL_PATTERN)
 
@@ -84,6 +88,7 @@ class Channel:
         self.boards = Boards(self.objects, client)
         self._client = client
         self._subscriptions: list[Subscription] = []
+        self._signal_listeners: list[SignalListener] = []
         self._waiters: list[asyncio.Future[m.Attached]] = []
         self._attach_ref: int | None = None
         self._rewind: int | None = None
@@ -362,6 +367,23 @@ class Channel:
         subscription.start()
         return subscription
 
+    def on_signal(self, listener: SignalListener) -> Callable[[], None]:
+        """Call ``listener(signal)`` for each ``signal`` of the channel (typing indicators
+        and the like, and the server's ``channel.occupied`` on ``meta:channels``) while it is
+        attached. Signals are ephemeral: one sent while the channel is not attached is never
+        seen, and none is in history.
+
+        Returns:
+            A function that removes the listener.
+        """
+        self._signal_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._signal_listeners:
+                self._signal_listeners.remove(listener)
+
+        return remove
+
     # ------------------------------------------------------------------ history
 
     async def history(
@@ -450,6 +472,9 @@ class Channel:
         elif isinstance(message, m.PresenceEvent):
             if self.state in ("attached", "attaching"):
                 self.presence.on_event(message)
+        elif isinstance(message, m.SignalEvent):
+            if self.state in ("attached", "attaching"):
+                self._signal(message)
         elif isinstance(message, m.Discontinuity):
             if self.state not in ("attached", "attaching"):
                 return
@@ -457,6 +482,13 @@ class Channel:
             gap = Discontinuity(self.name, message.reason, self.epoch, snapshot)
             for subscription in self._subscriptions:
                 subscription.push(gap)
+
+    def _signal(self, signal: m.SignalEvent) -> None:
+        for listener in list(self._signal_listeners):
+            try:
+                listener(signal)
+            except Exception:
+                log.exception("a signal listener of %s failed", self.name)
 
     def _on_attach_reply(self, reply: m.ServerMessage) -> None:
         if getattr(reply, "ref", None) != self._attach_ref:

@@ -31,7 +31,7 @@ from .errors import AuthError, ClientClosed, Overloaded, error_from_reply
 from .link import Format, Link, request_encoder
 from .rest import list_channels
 from .state import State, StateCallback, StateChange, StateEvent, StateListeners
-from .tokens import AuthCallback, TokenKeeper
+from .tokens import AuthCallback, TokenKeeper, token_capability
 from .urls import websocket_url
 
 log = logging.getLogger("roomcast.client")
@@ -168,11 +168,18 @@ class Client:
         """Remove a callback added with :meth:`on` (nothing happens if it is not there)."""
         self._listeners.remove(event, callback)
 
-    async def list_channels(self, prefix: str = "", limit: int = 100) -> list[ChannelSummary]:
+    async def list_channels(
+        self, prefix: str = "", limit: int = 100, after: str = ""
+    ) -> list[ChannelSummary]:
         """The server's channels by name (``GET /v1/channels``, with this client's
         credentials); see :func:`roomcast.client.rest.list_channels`."""
         return await list_channels(
-            self.url, prefix=prefix, limit=limit, token=self._tokens.token, key=self._key
+            self.url,
+            prefix=prefix,
+            limit=limit,
+            token=self._tokens.token,
+            key=self._key,
+            after=after,
         )
 
     async def ping(self) -> float:
@@ -467,9 +474,17 @@ class Client:
             except Exception:  # closed, or failed for good: nothing to renew
                 return False
         self._tokens.set(token)
+        self._take_capability(token)
         log.debug("roomcast client: token renewed")
         self._emit("renewed")
         return True
+
+    def _take_capability(self, token: str) -> None:
+        """After a renewal the server applies the new token's capability: say so in
+        ``connected.capability``, as a new connection's ``connected`` would."""
+        capability = token_capability(token)
+        if self.connected is not None and capability is not None:
+            self.connected = msgspec.structs.replace(self.connected, capability=capability)
 
     def _renewal_failed(self, reason: str, error: BaseException) -> None:
         log.warning("roomcast client: token renewal failed: %s", reason)

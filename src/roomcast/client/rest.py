@@ -21,6 +21,7 @@ async def list_channels(
     limit: int = 100,
     token: str | None = None,
     key: str | None = None,
+    after: str = "",
 ) -> list[ChannelSummary]:
     """``GET /v1/channels``: the channels with at least one event, by name.
 
@@ -28,6 +29,7 @@ async def list_channels(
         url: The server's HTTP base or WebSocket URL (as for :func:`connect`).
         prefix: Only channels whose name starts with it.
         limit: At most this many (1 to 1000).
+        after: Only channels named after this (the last name of the previous page).
         token: A signed token, sent as ``Authorization: Bearer``.
         key: An API key ``name:secret``, sent the same way (when there is no token).
 
@@ -44,7 +46,9 @@ async def list_channels(
     headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     async with httpx.AsyncClient(base_url=http_base(url), timeout=HTTP_TIMEOUT_S) as http:
         response = await http.get(
-            "/v1/channels", params={"prefix": prefix, "limit": limit}, headers=headers
+            "/v1/channels",
+            params={"prefix": prefix, "limit": limit, "after": after},
+            headers=headers,
         )
     if response.status_code != 200:
         raise http_error(response)

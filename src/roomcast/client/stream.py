@@ -11,7 +11,9 @@ Entering publishes a ``streaming`` message; leaving ends it ``complete``, or ``f
 listens for ``cancel`` events on its message (it attaches the channel itself if nobody did),
 so an agent stops within one token: :attr:`MessageStream.cancelled` is set, and the next
 :meth:`MessageStream.append` raises :class:`~roomcast.client.Cancelled`, which the ``async
-with`` block swallows after ending the message ``cancelled``.
+with`` block swallows after ending the message ``cancelled``. The author stops its own
+stream with :meth:`MessageStream.cancel`: the message then ends ``cancelled`` with the author
+as ``cancelled_by``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class StreamingChannel(Protocol):
         extras: dict[str, Any] | None = None,
         status: Status | None = None,
     ) -> int | None: ...
+
+    async def cancel(self, msg_serial: int, reason: str | None = None) -> int | None: ...
 
 
 class MessageStream:
@@ -175,6 +179,22 @@ class MessageStream:
             await asyncio.wait({self._in_flight[0][0]})
             self._check(msg_serial)
         self._in_flight.append((self.channel.send_append(msg_serial, text), text))
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Stop the stream yourself (the person at the keyboard pressed Ctrl-C, say).
+
+        It sends a ``cancel`` of the message, so the stored message records you in
+        ``cancelled_by``, and sets :attr:`cancelled`: the next :meth:`append` raises
+        :class:`~roomcast.client.Cancelled`, and leaving the ``async with`` block ends the
+        message ``cancelled``. Without the ``cancel-own`` capability no ``cancel`` is
+        stored, and the message still ends ``cancelled``.
+        """
+        msg_serial = self._started()
+        if self.status != "streaming" or self.cancelled.is_set():
+            return
+        with contextlib.suppress(Forbidden, Conflict):  # not allowed, or already ended
+            await self.channel.cancel(msg_serial, reason)
+        self._mark_cancelled(None)  # the cancel event, which may come later, names who
 
     async def flush(self) -> None:
         """Wait until every fragment sent is stored; raise the first refusal if any.

@@ -15,6 +15,7 @@ import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 # Renewal starts at 2/3 of a token's remaining lifetime or 30 s before it expires, whichever
 # is sooner, but never before half of it (a short token would otherwise renew at once).
@@ -25,19 +26,32 @@ FRESH_FOR_S = 5.0
 AuthCallback = Callable[[], str | Awaitable[str]]
 
 
-def token_expiry(token: str) -> float | None:
-    """A token's ``exp`` (seconds since the epoch), read without verifying it (only the
-    server can); None if it has none or is not a JWT."""
+def _claims(token: str) -> dict[str, Any]:
+    """A token's claims, read without verifying them (only the server can); empty if it is
+    not a JWT."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None
+        return {}
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
     except (ValueError, binascii.Error):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def token_expiry(token: str) -> float | None:
+    """A token's ``exp`` (seconds since the epoch), read without verifying it (only the
+    server can); None if it has none or is not a JWT."""
+    exp = _claims(token).get("exp")
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def token_capability(token: str) -> dict[str, list[str]] | None:
+    """A token's ``capability`` claim (what the server applies once it takes the token),
+    read without verifying it; None if it has none."""
+    capability = _claims(token).get("capability")
+    return capability if isinstance(capability, dict) else None
 
 
 def renew_delay(remaining: float) -> float:

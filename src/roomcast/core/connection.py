@@ -126,7 +126,10 @@ class Connection(SubscriberCore):
                         "outbound_bytes": settings.outbound_bytes,
                         "history_limit": settings.max_history_limit,
                         "max_objects_bytes": settings.max_objects_bytes,
+                        "max_channels": self.channel_limit,
+                        "activity_hint_s": settings.activity_hint_s,
                     },
+                    capability=self.principal.capability.to_json(),
                 )
             )
         )
@@ -203,8 +206,17 @@ class Connection(SubscriberCore):
         self._check_rate()
         return self.node.submit_publish(self.principal, req, frame_size=size)
 
+    @property
+    def channel_limit(self) -> int:
+        """How many channels this connection may attach: more with an API key (agents
+        attach every room they serve)."""
+        settings = self.node.settings
+        if self.principal.kind == "key":
+            return settings.max_channels_per_key_connection
+        return settings.max_channels_per_connection
+
     def admit(self, channel: str) -> None:
-        limit = self.node.settings.max_channels_per_connection
+        limit = self.channel_limit
         if channel not in self.session.attachments and len(self.session.attachments) >= limit:
             raise RateLimited(f"at most {limit} channels may be attached on one connection")
 
@@ -343,7 +355,7 @@ class Connection(SubscriberCore):
         if isinstance(result, _Attaching):
             await self.finish_attach(result.attachment, result.result)
         elif isinstance(result, Appended):
-            ok = self.node.acknowledge(channel or "", result)
+            ok = self.node.acknowledge(channel or "", result, created=True)
             self.push(self.codec.encode(msgspec.structs.replace(ok, ref=m.ref_of(ref))))
         elif isinstance(result, m.Ok):
             self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))

@@ -63,9 +63,7 @@ class Identities:
         if client_id.lower().startswith(KEY_PREFIX):
             raise Unauthorized(f"{client_id!r} is the identity of an API key: pick another")
         if client_id.lower() in {name.lower() for name in self.reserved}:  # no look-alikes
-            raise Unauthorized(
-                f"{client_id!r} is the name of an agent of this server: pick another client_id"
-            )
+            raise Unauthorized("that name belongs to an agent; pick another")
 
     def anonymous(self, client_id: str | None) -> Principal:
         """Who an anonymous caller is: the client_id it picked, or a new one."""

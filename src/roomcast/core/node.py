@@ -11,7 +11,6 @@ REST, SSE) are thin adapters that turn frames and requests into calls on the nod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
+from roomcast.aio import cancel_and_wait
 from roomcast.backends.base import Store
 from roomcast.protocol.errors import CLOSE_SERVICE_RESTART, BadRequest, RateLimited, Unavailable
 from roomcast.protocol.http import AgentInfo, ChannelSummary
@@ -43,6 +43,7 @@ from roomcast.protocol.messages import (
 )
 from roomcast.settings import Settings
 
+from .activity import ActivityHints
 from .authz import Principal, authorize
 from .fanout import AttachResult, FanOut, NodeStats
 from .identity import Identities
@@ -52,6 +53,7 @@ from .streams import AppendRollup, StreamSweeper
 
 log = logging.getLogger("roomcast.node")
 
+CHANNEL_OCCUPIED = "channel.occupied"  # the meta:channels signal of a channel somebody entered
 _LIST_SCAN_MAX = 10_000  # channels read at most to fill one page of a filtered listing
 
 
@@ -88,6 +90,9 @@ class Node(Sequencer):
         self.rollup = AppendRollup(store, settings)  # streams: appends merged per window
         self.sweeper = StreamSweeper(store, settings, self.node_id, self.rollup)
         self.presence_keeper = PresenceKeeper(self)
+        self.hints = ActivityHints(
+            self._publish_signal, self.latest_serial, self.spawn, settings.activity_hint_s
+        )
 
     @property
     def agent_names(self) -> frozenset[str]:
@@ -120,9 +125,7 @@ class Node(Sequencer):
     async def stop(self) -> None:
         """Close every connection (clients resume elsewhere), then flush the store."""
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await cancel_and_wait(self._ticker)
         for conn in list(self.connections.values()):
             await conn.close(CLOSE_SERVICE_RESTART, "server restarting")
         self.presence_keeper.stop()
@@ -290,13 +293,13 @@ class Node(Sequencer):
         return await self.store.presence_members(channel)
 
     async def list_channels(
-        self, principal: Principal, prefix: str, limit: int
+        self, principal: Principal, prefix: str, limit: int, after: str = ""
     ) -> list[ChannelSummary]:
-        """Channels with at least one event whose name starts with ``prefix``, by name,
-        keeping only those ``principal`` may subscribe to."""
+        """Channels with at least one event whose name starts with ``prefix``, by name
+        (after ``after``, if set), keeping only those ``principal`` may subscribe to."""
         scan = limit
         while True:
-            infos = await self.store.list_channels(prefix, scan)
+            infos = await self.store.list_channels(prefix, scan, after)
             allowed = [i for i in infos if principal.capability.allows("subscribe", i.channel)]
             # Refused channels take room in a page: read a larger one, within reason.
             if len(allowed) >= limit or len(infos) < scan or scan >= _LIST_SCAN_MAX:
@@ -344,16 +347,39 @@ class Node(Sequencer):
                 await self.broadcast_presence(channel, "leave", member)
             return Ok()
         was_present = channel in session.presence
+        occupied = True  # somebody was present before
         if not was_present:
             limit = self.settings.max_presence_members
-            if len(await self.store.presence_members(channel)) >= limit:
+            members = len(await self.store.presence_members(channel))
+            if members >= limit:
                 raise RateLimited(f"{channel} already has {limit} presence members")
+            occupied = members > 0
         session.presence[channel] = data
         await self.store.presence_set(channel, member, self.node_id)
         # Stored before the ok: a client that drops right after resumes with it anywhere.
         await self.presence_keeper.changed(conn)
         await self.broadcast_presence(channel, "update" if was_present else "enter", member)
+        if not occupied:
+            await self._announce_occupied(channel)
+        if not was_present and principal.kind != "key":  # a person: agents may be needed
+            self.hints.hint(channel)
         return Ok()
+
+    async def _announce_occupied(self, channel: str) -> None:
+        """Somebody entered ``channel``'s presence, where nobody was: a ``channel.occupied``
+        signal on ``meta:channels`` lets agents join a room before its first message. A
+        signal is not stored: a channel still exists from its first event."""
+        if channel == META_CHANNELS:
+            return
+        try:
+            # With the latest serial: an agent attaching from it misses nothing after.
+            data = {"channel": channel, "serial": await self.latest_serial(channel)}
+            signal = SignalEvent(
+                channel=META_CHANNELS, client_id=None, name=CHANNEL_OCCUPIED, data=data
+            )
+            await self.store.bus.publish_signal(signal)
+        except Unavailable as exc:  # only a hint: agents still find the room at its first event
+            log.debug("could not announce that %s is occupied: %s", channel, exc)
 
     async def leave_channel(self, conn: Client, channel: str) -> None:
         data = conn.session.presence.pop(channel, UNSET)
@@ -363,6 +389,14 @@ class Node(Sequencer):
             await self.presence_keeper.leave(
                 session.client_id, session.connection_id, {channel: data}
             )
+
+    async def latest_serial(self, channel: str) -> int:
+        """The serial of ``channel``'s latest event (0 if it has none)."""
+        info = await self.store.channel_info(channel)
+        return info.serial if info is not None else 0
+
+    async def _publish_signal(self, signal: SignalEvent) -> None:
+        await self.store.bus.publish_signal(signal)
 
     async def broadcast_presence(
         self, channel: str, op: PresenceOp, member: PresenceMember
@@ -400,4 +434,4 @@ class Node(Sequencer):
         return Ok(granted=granted)
 
 
-__all__ = ["META_CHANNELS", "AttachResult", "Node", "NodeStats"]
+__all__ = ["CHANNEL_OCCUPIED", "META_CHANNELS", "AttachResult", "Node", "NodeStats"]

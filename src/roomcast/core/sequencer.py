@@ -36,6 +36,7 @@ from roomcast.protocol.messages import (
 )
 from roomcast.settings import Settings
 
+from .activity import ActivityHints
 from .authz import Operation, Principal, authorize
 from .streams import AppendRollup, StreamSweeper
 
@@ -60,6 +61,7 @@ class Sequencer:
     rollup: AppendRollup
     sweeper: StreamSweeper
     spawn: Callable[[Awaitable[Any]], Any]
+    hints: ActivityHints
 
     def __init__(self) -> None:
         self._announced: set[str] = set()
@@ -85,10 +87,13 @@ class Sequencer:
         result = await self.store.append(event, idempotency_key=idempotency_key)
         return self.acknowledge(event.channel, result)
 
-    def acknowledge(self, channel: str, result: Appended) -> Ok:
-        """The ``ok`` for a stored event; the channel's first event announces it."""
+    def acknowledge(self, channel: str, result: Appended, *, created: bool = False) -> Ok:
+        """The ``ok`` for a stored event; the channel's first event announces it. A new
+        message (``created``) hints that the channel is active."""
         if result.serial == 1 and not result.duplicate:
             self._announce(channel)
+        if created and result.serial is not None and not result.duplicate:
+            self.hints.hint(channel, result.serial - 1)
         return Ok(serial=result.serial if result.serial is not None else UNSET)
 
     def _announce(self, channel: str) -> None:
@@ -125,7 +130,9 @@ class Sequencer:
     # ------------------------------------------------------------------ publish
 
     async def publish(self, principal: Principal, req: Publish) -> Ok:
-        return self.acknowledge(req.channel, await self.submit_publish(principal, req))
+        return self.acknowledge(
+            req.channel, await self.submit_publish(principal, req), created=True
+        )
 
     def submit_publish(
         self, principal: Principal, req: Publish, *, frame_size: int | None = None
@@ -172,6 +179,9 @@ class Sequencer:
         serials = [r.serial for r in results]
         if None in serials:  # a create is never a no-op; a store that says so is broken
             raise RuntimeError(f"the store stored no serial for a create on {channel}")
+        fresh = [r.serial for r in results if not r.duplicate and r.serial is not None]
+        if fresh:
+            self.hints.hint(channel, min(fresh) - 1)
         return [s for s in serials if s is not None]
 
     # ------------------------------------------------------------------ changes
@@ -288,7 +298,7 @@ class Sequencer:
             authorize(principal, "agent-admin", channel)
         event = self.new_event(channel, "object", principal.client_id, op=op)
         result = await self.store.append(event)
-        ok = self.acknowledge(channel, result)
+        ok = self.acknowledge(channel, result, created=True)
         if result.event is not None and isinstance(result.event.object_id, str):
             ok = msgspec.structs.replace(ok, object_id=result.event.object_id)
         return ok

@@ -27,6 +27,7 @@ from typing import Any
 
 from msgspec import UNSET
 
+from roomcast.aio import cancel_and_wait
 from roomcast.backends.base import Appended, Store
 from roomcast.protocol.errors import (
     Conflict,
@@ -48,6 +49,7 @@ FAILURE_ABANDONED = "abandoned"
 """``extras.failure`` of a stream the sweeper ended for being idle."""
 
 _SWEEP_BATCH = 500  # messages ended per sweep and kind; the next sweep takes the rest
+LINGER_S = 1.0  # an idle stream is remembered this long, for the next append
 
 
 def _now_ms() -> int:
@@ -84,6 +86,8 @@ class _Stream:
     window: asyncio.TimerHandle | None = None
     loading: asyncio.Future[None] | None = None
     in_flight: int = 0
+    touched: float = 0.0  # the loop time of its latest append
+    linger: asyncio.TimerHandle | None = None  # forgets it once idle for LINGER_S
 
     @property
     def idle(self) -> bool:
@@ -121,6 +125,7 @@ class AppendRollup:
             stream = self._streams[key] = _Stream(channel, msg_serial)
             stream.loading = asyncio.ensure_future(self._load(stream))
         stream.queue.append(_Item(client_id, data, future))
+        stream.touched = asyncio.get_running_loop().time()
         if stream.loaded:
             self._take_queue(stream)
         return future
@@ -172,9 +177,10 @@ class AppendRollup:
             with contextlib.suppress(Exception):
                 await self.settle(stream.channel, stream.msg_serial)
         for stream in self._streams.values():
-            if stream.window is not None:
-                stream.window.cancel()
-                stream.window = None
+            for timer in (stream.window, stream.linger):
+                if timer is not None:
+                    timer.cancel()
+            stream.window = stream.linger = None
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
@@ -311,9 +317,30 @@ class AppendRollup:
         self._forget(stream)
 
     def _forget(self, stream: _Stream, *, force: bool = False) -> None:
+        """Drop what this node knows of an idle message: at once if ``force`` or if it
+        takes no more appends; else once no append came for ``LINGER_S``. A message streamed
+        at a steady pace has a window with nothing in it now and then: it is not read from
+        the store again for the next one."""
         key = (stream.channel, stream.msg_serial)
-        if self._streams.get(key) is stream and (force or stream.idle):
+        if self._streams.get(key) is not stream or not (force or stream.idle):
+            return
+        if force or stream.status != "streaming" or stream.deleted or stream.cancelled_by:
+            if stream.linger is not None:
+                stream.linger.cancel()
+                stream.linger = None
             del self._streams[key]
+        elif stream.linger is None:
+            loop = asyncio.get_running_loop()
+            stream.linger = loop.call_later(LINGER_S, self._linger_end, stream)
+
+    def _linger_end(self, stream: _Stream) -> None:
+        stream.linger = None
+        quiet_for = asyncio.get_running_loop().time() - stream.touched
+        if quiet_for >= LINGER_S:
+            self._forget(stream, force=stream.idle)
+        elif self._streams.get((stream.channel, stream.msg_serial)) is stream:
+            loop = asyncio.get_running_loop()
+            stream.linger = loop.call_later(LINGER_S - quiet_for, self._linger_end, stream)
 
 
 class StreamSweeper:
@@ -347,9 +374,7 @@ class StreamSweeper:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         for handle in self._timers.values():
             handle.cancel()

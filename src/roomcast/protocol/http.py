@@ -43,6 +43,7 @@ class ChannelQuery(Struct, kw_only=True):
 
     prefix: Annotated[str, Meta(max_length=200)] = ""
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    after: Annotated[str, Meta(max_length=200)] = ""  # the last name of the previous page
 
 
 class TokenRequest(Struct, kw_only=True):
@@ -91,7 +92,9 @@ class ObjectOpResult(Struct, kw_only=True, omit_defaults=True):
 
 
 class AgentInfo(Struct, kw_only=True):
-    """One configured agent, as ``GET /v1/agents`` lists it."""
+    """One configured agent, as ``GET /v1/agents`` lists it; ``note`` (when present) says
+    why it does not run the model it was configured with, e.g. ``the openai package is not
+    installed: pip install 'roomcast[openai]'`` (it then answers as ``scripted``)."""
 
     name: str
     provider: str
@@ -99,6 +102,7 @@ class AgentInfo(Struct, kw_only=True):
     policy: str
     rooms: list[str]
     tools: list[str] = []
+    note: str | UnsetType = UNSET
 
 
 class AgentList(Struct, kw_only=True):

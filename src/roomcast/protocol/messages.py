@@ -344,6 +344,9 @@ class Connected(Reply, tag="connected", kw_only=True):
     resumed: bool
     heartbeat_s: float
     limits: dict[str, Any]
+    # What this connection may do (§6: pattern → operations), so that a UI offers only what
+    # the server allows. Optional: servers before it leave it out.
+    capability: dict[str, list[str]] | UnsetType = UNSET
 
 
 class Attached(Reply, tag="attached", kw_only=True):
@@ -401,7 +404,7 @@ class PresenceEvent(Reply, tag="presence", kw_only=True):
 
 class SignalEvent(Reply, tag="signal", kw_only=True):
     channel: str
-    client_id: str
+    client_id: str | None  # None for the server's own (``channel.occupied``)
     name: str
     data: Any = None
 

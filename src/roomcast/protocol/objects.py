@@ -154,6 +154,19 @@ def with_root(objects: Mapping[str, ObjectState]) -> dict[str, ObjectState]:
     return out
 
 
+def plain_state(objects: Mapping[str, ObjectState]) -> dict[str, Any]:
+    """The objects as one plain JSON document, the form AG-UI's state takes: a map as its
+    entries (a reference stays ``{"object_id": id}``), a counter as its value."""
+    return {object_id: plain(state) for object_id, state in objects.items()}
+
+
+def plain(state: ObjectState) -> Any:
+    """One object in :func:`plain_state`'s form."""
+    if state.type == "map":
+        return dict(state.entries) if isinstance(state.entries, dict) else {}
+    return state.value if isinstance(state.value, int | float) else 0
+
+
 def touches_agents(op: ObjectOp, lookup: Lookup) -> bool:
     """Whether ``op`` changes ``root.agents`` (the key itself, or the map it references)."""
     if isinstance(op, MapSet | MapRemove):

@@ -9,13 +9,14 @@ the §7 error format in one place.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -27,6 +28,8 @@ from roomcast.protocol.http import ENVELOPE, describe_validation_error
 
 from .auth import Identity, request_identity
 from .errors import error_response, internal_error_response, json_response
+
+log = logging.getLogger("roomcast.http")
 
 T = TypeVar("T")
 Handler = Callable[["Call"], Awaitable[msgspec.Struct | Response]]
@@ -184,7 +187,11 @@ def convert(
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (41300) one over ``limit`` bytes without reading it all."""
+    """The request body, refusing (41300) one over ``limit`` bytes without reading it all.
+
+    Raises starlette's ``ClientDisconnect`` if the client goes away before sending it all:
+    :func:`endpoint` treats that as the client's leaving, not as an error of ours.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"the body is {declared} bytes, over the {limit} byte limit")
@@ -252,6 +259,11 @@ def endpoint(op: Operation) -> Endpoint:
             result = await handler(Call(request, node, identity, where))
         except RoomcastError as exc:
             return error_response(request, exc)
+        except ClientDisconnect:
+            # The client left before its request was read whole: nothing was done, and
+            # nobody is there to read an answer (the server drops it).
+            log.debug("%s %s: the client went away mid-request", request.method, request.url.path)
+            return Response(status_code=499)
         except Exception as exc:
             return internal_error_response(request, exc)
         if isinstance(result, Response):

@@ -28,11 +28,12 @@ from roomcast.protocol.http import ErrorBody, HealthStatus
 from roomcast.protocol.messages import CHANNEL_PATTERN
 from roomcast.settings import Settings
 
+from . import ag_ui, ai_sdk, rest, sse, web
 from . import agents as agent_routes
+from . import mcp as mcp_routes
 from . import metrics as metrics_routes
 from . import objects as object_routes
 from . import openapi as openapi_routes
-from . import rest, sse, web
 from .api import Api, Call, Param, Returns
 from .auth import CLIENT_ID_HEADER
 from .errors import (
@@ -41,6 +42,7 @@ from .errors import (
     json_response,
     unhandled_exception_handler,
 )
+from .mcp import McpEndpoint, with_mcp
 from .metrics import Metrics, RequestMetrics
 from .overload import Overload, SheddingStore
 from .sse import EventStreams
@@ -188,6 +190,9 @@ API_TABLES = (
     ApiTable(object_routes.api),
     ApiTable(agent_routes.api),
     ApiTable(sse.api),
+    ApiTable(ai_sdk.api),
+    ApiTable(ag_ui.api),
+    ApiTable(mcp_routes.api, lambda settings: mcp_routes.routes()),
     ApiTable(metrics_routes.api),
     ApiTable(openapi_routes.api),
     ApiTable(web.api, lambda settings: web.routes(settings.auth_url)),  # `/`, `/static/...`
@@ -230,15 +235,22 @@ async def unmanaged_lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 def middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
-    """Request metrics, then CORS for the origins of ``settings``."""
+    """Request metrics, then CORS for the origins of ``settings`` (a page may send MCP's
+    headers and read its session id)."""
     return [
         Middleware(RequestMetrics, metrics=metrics),
         Middleware(
             CORSMiddleware,
             allow_origins=sorted(settings.origins),
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", CLIENT_ID_HEADER, "Last-Event-ID"],
-            expose_headers=["X-Correlation-Id"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                CLIENT_ID_HEADER,
+                "Last-Event-ID",
+                *mcp_routes.CORS_ALLOW_HEADERS,
+            ],
+            expose_headers=["X-Correlation-Id", *mcp_routes.CORS_EXPOSE_HEADERS],
         ),
     ]
 
@@ -255,6 +267,7 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     overload = Overload(settings, streams)
     node = Node(open_store(settings, metrics, overload), settings)
     metrics.watch(node, streams)
+    mcp = McpEndpoint(node)  # MCP's Streamable HTTP (docs/mcp.md)
     app = RoomcastApp(
         routes=[route for table in API_TABLES for route in table.routes(settings)],
         middleware=middleware(settings, metrics),
@@ -262,12 +275,15 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
             HTTPException: http_exception_handler,
             Exception: unhandled_exception_handler,
         },
-        lifespan=node_lifespan(node, streams, settings) if manage_node else unmanaged_lifespan,
+        lifespan=with_mcp(
+            mcp, node_lifespan(node, streams, settings) if manage_node else unmanaged_lifespan
+        ),
     )
     app.state.node = node
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.event_streams = streams
     app.state.overload = overload
+    app.state.mcp = mcp
     app.state.operations = [op for table in API_TABLES for op in table.api.operations]
     return app

@@ -31,6 +31,7 @@ from roomcast.protocol.messages import (
     Update,
 )
 
+from .ag_ui import RunInput, run_input_schema
 from .api import Api, Call, Operation, Returns
 from .auth import CLIENT_ID_HEADER
 
@@ -124,6 +125,11 @@ def openapi_document(operations: Sequence[Operation]) -> dict[str, Any]:
     ordered = sorted(response_types | set(bodies), key=lambda t: t.__name__)
     _, components = msgspec.json.schema_components(ordered, ref_template=REF)
     for body in bodies:
+        if body is RunInput:  # AG-UI's own schema, with this server's rules
+            schema, referred = run_input_schema()
+            components.update(referred)
+            components[body_name(body)] = schema
+            continue
         schema = without_envelope(components[body.__name__], body_name(body))
         schema.update(copy.deepcopy(BODY_RULES.get(body, {})))
         if body is TokenRequest:

@@ -252,7 +252,8 @@ async def read_presence(call: Call) -> msgspec.Struct:
     "/v1/channels",
     summary="List channels (those you may subscribe to), by name",
     description=(
-        "Channels with at least one event whose name starts with `prefix`. `occupancy` "
+        "Channels with at least one event whose name starts with `prefix`, by name; with "
+        "`after`, only those after that name (the last of the previous page). `occupancy` "
         "counts the WebSocket attachments and SSE streams on the node that answers."
     ),
     tag="channels",
@@ -261,7 +262,7 @@ async def read_presence(call: Call) -> msgspec.Struct:
 )
 async def list_channels(call: Call) -> msgspec.Struct:
     query = call.query(ChannelQuery)
-    items = await call.node.list_channels(call.principal, query.prefix, query.limit)
+    items = await call.node.list_channels(call.principal, query.prefix, query.limit, query.after)
     return ChannelPage(items=items)
 
 

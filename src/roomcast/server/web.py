@@ -35,6 +35,7 @@ CONTENT_TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
     ".json": "application/json",
+    ".ts": "text/plain; charset=utf-8",  # roomcast.d.ts: TypeScript declarations
 }
 
 # The page's settings go in a <meta> tag, so the page needs no second request to start.

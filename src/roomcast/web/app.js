@@ -7,7 +7,7 @@ import { isNearEnd, renderMessage, scrollToEnd, setupMessageList } from "./messa
 import { Client, MessageStore, authUrlCallback } from "./roomcast.js";
 import { renderRoomList } from "./rooms.js";
 import { renderSide, setupSide } from "./side.js";
-import { $, app, saveName, toast } from "./state.js";
+import { $, app, clearToast, saveName, toast } from "./state.js";
 import { setupTheme } from "./theme.js";
 import { onSignal, renderTyping } from "./typing.js";
 
@@ -29,11 +29,13 @@ function showConnection({ state, resumed, reason }) {
   if (state === "connected") {
     shown = app.everConnected ? (resumed ? "resumed" : "reconnected") : "connected";
     app.everConnected = true;
+  } else if (state === "failed" && !app.everConnected) {
+    shown = "idle"; // a join refused: the join form says why
   }
-  const labels = { connecting: "connecting…", reconnecting: "reconnecting…", failed: "disconnected", closed: "closed" };
+  const labels = { idle: "not connected", connecting: "connecting…", reconnecting: "reconnecting…", failed: "disconnected", closed: "closed" };
   box.dataset.state = shown;
   box.textContent = labels[shown] || shown;
-  box.title = reason || "";
+  box.title = reason ? `${box.textContent}: ${reason}` : box.textContent; // the text, where only the dot shows
 }
 
 async function connect() {
@@ -42,13 +44,17 @@ async function connect() {
   const client = new Client({ clientId, authCallback: AUTH_URL ? authUrlCallback(AUTH_URL, clientId) : null });
   app.client = client;
   client.on("state", showConnection);
-  client.on("failed", (error) => toast(`Disconnected: ${error.message}`));
+  // A refused join is said on the join form; a connection lost for good, in a toast.
+  client.on("failed", (error) => app.everConnected && toast(`Disconnected: ${error.message}`));
+  client.on("capability", rerenderMessages);
+  showConnection({ state: "connecting" });
   try {
     await client.connect();
   } catch (error) {
     app.client = null;
     throw error;
   }
+  clearToast();
   loadAgents(client);
   return client;
 }
@@ -126,6 +132,8 @@ async function openRoom(room) {
   app.store = new MessageStore();
   app.elements = new Map();
   app.typers.clear();
+  app.mentionHints = [];
+  $("mention-hint").hidden = true;
   cancelReply();
   $("messages").replaceChildren();
   const channel = app.client.channel(`room:${room}`);
@@ -179,6 +187,11 @@ function onEvent(event) {
     for (const other of app.store.list()) if (other.extras?.reply_to === message.msg_serial) renderMessage(other);
   }
   if (nearEnd || (event.type === "create" && message.client_id === app.client.clientId)) scrollToEnd();
+}
+
+/** What the connection may do changed (a renewed token): Stop buttons follow it. */
+function rerenderMessages() {
+  if (app.channel) for (const message of app.store.list()) renderMessage(message);
 }
 
 let sideQueued = false;

@@ -1,5 +1,6 @@
 // The message box: send (Enter), a new line (Shift+Enter), replies, typing signals.
 
+import { hintMentions } from "./side.js";
 import { $, app, attempt, displayName } from "./state.js";
 import { sendTyping } from "./typing.js";
 
@@ -32,8 +33,11 @@ async function send(event) {
   autosize();
   const extras = app.replyTo !== null ? { reply_to: app.replyTo } : undefined;
   cancelReply();
-  const serial = await attempt("send", app.channel.publish(text, { extras }));
+  const channel = app.channel;
+  const serial = await attempt("send", channel.publish(text, { extras }));
+  if (app.channel !== channel) return; // the room was left while the message went out
   if (serial === null) input.value = text;
+  else hintMentions(app, text);
 }
 
 function autosize() {

@@ -44,8 +44,33 @@ export function scrollToEnd() {
   scroller.scrollTop = scroller.scrollHeight;
 }
 
-/** Show `message`: a new item in serial order, or the one shown updated in place. */
+/** The answer a tool line belongs in: the message `extras.answer` names, by the same
+ * author, if the page has it; null for a tool line shown on its own. */
+function toolAnswer(message) {
+  if (message.name !== "tool" || !Number.isInteger(message.extras?.answer) || !Number.isInteger(message.extras?.at)) return null;
+  const answer = app.store.get(message.extras.answer);
+  return answer && answer.client_id === message.client_id && answer.name !== "tool" ? answer : null;
+}
+
+/** The tool lines that belong in `answer`, in the order they ran. */
+function toolsOf(answer) {
+  return app.store
+    .list()
+    .filter((other) => other.name === "tool" && other.extras?.answer === answer.msg_serial && toolAnswer(other) === answer)
+    .sort((a, b) => a.extras.at - b.extras.at || a.msg_serial - b.msg_serial);
+}
+
+/** Show `message`: a new item in serial order, or the one shown updated in place. A tool
+ * line of an answer the page has is shown inside that answer instead. */
 export function renderMessage(message) {
+  if (message.name === "agent.silent") return; // an agent's "no answer" marker, for streams to end
+  const answer = toolAnswer(message);
+  if (answer) {
+    app.elements.get(message.msg_serial)?.remove();
+    app.elements.delete(message.msg_serial);
+    renderMessage(answer);
+    return;
+  }
   const existing = app.elements.get(message.msg_serial);
   const node = buildMessage(message);
   if (existing) {
@@ -112,7 +137,7 @@ function buildMessage(message) {
     agent ? el("span", { class: "tag", text: "agent" }) : null,
     el("time", { datetime: when.iso, title: new Date(message.timestamp).toLocaleString(), text: when.short }),
     el("span", { class: "badges" }, badgeList(message)),
-    message.status === "streaming" && !message.cancelled_by
+    message.status === "streaming" && !message.cancelled_by && canStop(message)
       ? el("button", { type: "button", class: "stop", text: "Stop", "aria-label": `Stop ${author}'s answer`, onclick: () => stop(message) })
       : null,
   );
@@ -139,11 +164,29 @@ function buildMessage(message) {
   }
   const body = el("div", { class: "body" });
   if (message.deleted) body.append(el("em", { class: "muted", text: "message deleted" }));
-  else if (typeof message.data === "string") body.append(renderMarkdown(message.data));
+  else if (typeof message.data === "string") body.append(...textWithTools(message));
   else body.append(el("code", { text: JSON.stringify(message.data) }));
   main.append(body, buildReactions(message), buildActions(message, mine));
   li.append(avatar, main);
   return li;
+}
+
+/** An answer's text, with each of its tool lines where the tool ran: `extras.at` counts
+ * code points (as Python does), and JS strings are UTF-16, so split an array of them. */
+function textWithTools(message) {
+  const tools = toolsOf(message);
+  if (!tools.length) return [renderMarkdown(message.data)];
+  const chars = Array.from(message.data);
+  const parts = [];
+  let from = 0;
+  for (const tool of tools) {
+    const at = Math.min(Math.max(tool.extras.at, from), chars.length);
+    if (at > from) parts.push(renderMarkdown(chars.slice(from, at).join("")));
+    parts.push(buildTool(tool, displayName(tool.client_id)));
+    from = at;
+  }
+  if (from < chars.length) parts.push(renderMarkdown(chars.slice(from).join("")));
+  return parts;
 }
 
 function buildTool(message, author) {
@@ -229,6 +272,17 @@ function buildActions(message, mine) {
     actions.append(del);
   }
   return actions;
+}
+
+/** Whether this connection may stop `message` (docs/protocol.md §6): with `cancel-any`, or
+ * with `cancel-own` when it is ours or answers one of ours (`extras.reply_to`). */
+function canStop(message) {
+  const { client, channel } = app;
+  if (client.can("cancel-any", channel.name)) return true;
+  if (!client.can("cancel-own", channel.name)) return false;
+  if (message.client_id === client.clientId) return true;
+  const asked = Number.isInteger(message.extras?.reply_to) ? app.store.get(message.extras.reply_to) : null;
+  return Boolean(asked) && asked.client_id === client.clientId;
 }
 
 async function stop(message) {

@@ -2,9 +2,12 @@
 // and its HTTP API (docs/http.md).
 //
 // Plain ES modules with no dependencies; this one names the public API, and the modules of
-// `roomcast/` hold it: `link.js` (the connection), `channel.js`, `presence.js`,
+// `roomcast/` hold it: `link.js` (the connection), `capability.js`, `channel.js`, `presence.js`,
 // `objects.js` (live objects), `conventions.js` (polls and boards), `messages.js` (a message
-// list), `http.js` (the HTTP API), `tokens.js`, `backoff.js`, `errors.js`, `emitter.js`.
+// list), `http.js` (the HTTP API), `tokens.js`, `backoff.js`, `errors.js`, `emitter.js`, and
+// `chat-transport.js` (the AI SDK's ChatTransport on a room, docs/ai-sdk.md) with
+// `answering.js` (who answers a message) and `replies.js` (answers as UI message chunks).
+// Its TypeScript declarations are `roomcast.d.ts`, next to it.
 //
 // It keeps what must outlive a socket: the resume key, the channels and their positions
 // (the last serial each delivered), the requests not yet answered. When the socket drops it
@@ -24,7 +27,9 @@
 // See docs/web.md for the whole API.
 
 export { Backoff } from "./roomcast/backoff.js";
+export { Capability, patternMatches } from "./roomcast/capability.js";
 export { Channel, newPublishId } from "./roomcast/channel.js";
+export { RoomcastChatTransport, roomOf } from "./roomcast/chat-transport.js";
 export { Boards, Polls } from "./roomcast/conventions.js";
 export { RoomcastError } from "./roomcast/errors.js";
 export { HttpApi } from "./roomcast/http.js";
@@ -32,4 +37,4 @@ export { CLOSE_AUTH, Client } from "./roomcast/link.js";
 export { MessageStore } from "./roomcast/messages.js";
 export { LiveObjects } from "./roomcast/objects.js";
 export { Presence } from "./roomcast/presence.js";
-export { authUrlCallback, renewDelay, tokenExpiry } from "./roomcast/tokens.js";
+export { authUrlCallback, renewDelay, tokenCapability, tokenExpiry } from "./roomcast/tokens.js";

@@ -3,6 +3,7 @@
 // agents' tools change, so a vote cast by an agent shows in the same chart.
 
 import { el, keepFocus } from "./dom.js";
+import { patternMatches } from "./roomcast.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -78,17 +79,6 @@ function renderPeople(app) {
 
 // ---------------------------------------------------------------------- agents
 
-function patternMatches(pattern, channel) {
-  if (pattern === "*") return true;
-  const want = pattern.split(":");
-  const have = channel.split(":");
-  if (want[want.length - 1] === "*") {
-    const head = want.slice(0, -1);
-    return have.length > head.length && head.every((part, i) => part === have[i]);
-  }
-  return want.length === have.length && want.every((part, i) => part === have[i]);
-}
-
 /** The names in `root.agents`, or null while the room has no list (every matching agent). */
 function roomAgentList(app) {
   const objects = app.channel.objects;
@@ -97,10 +87,22 @@ function roomAgentList(app) {
   return entries ? { ref, names: Object.keys(entries), entries } : null;
 }
 
-function defaultAgents(app) {
+/** The configured agents that serve the open room (their `rooms` match it): those that
+ * can be in it. */
+function servingAgents(app) {
   return app.configuredAgents.filter((agent) => (agent.rooms || []).some((p) => patternMatches(p, app.channel.name))).map((agent) => agent.name);
 }
 
+/** Until someone changes `root.agents`, every agent that serves the room is in it. */
+const defaultAgents = servingAgents;
+
+/** The names of the agents that answer in the open room. */
+function agentsInRoom(app) {
+  const list = roomAgentList(app);
+  return list ? list.names : defaultAgents(app);
+}
+
+/** Add (`add`) or remove agent `name` from the open room's `root.agents`. */
 async function changeAgents(app, name, add) {
   const objects = app.channel.objects;
   const entry = { added_by: app.client.clientId, ts: Date.now() };
@@ -120,27 +122,82 @@ async function changeAgents(app, name, add) {
   }
 }
 
+/** What answers for a configured agent: its model, or that it has none (a script). */
+function agentDetail(configured) {
+  if (!configured) return "not configured here";
+  if (configured.provider === "scripted") return "scripted (no model)";
+  return configured.model ? `${configured.provider} · ${configured.model}` : configured.provider;
+}
+
+/** "@a to ask", "@a or @b to ask", "@a, @b or @c to ask"; "" for no agents. */
+function askHint(names) {
+  const mentions = names.map((name) => `@${name}`);
+  if (!mentions.length) return "";
+  const last = mentions.pop();
+  return `${mentions.length ? `${mentions.join(", ")} or ` : ""}${last} to ask`;
+}
+
 function renderAgents(app) {
-  const list = roomAgentList(app);
-  const inRoom = list ? list.names : defaultAgents(app);
+  const inRoom = agentsInRoom(app);
   $("agents").replaceChildren(
     ...inRoom.map((name) => {
       const configured = app.configuredAgents.find((agent) => agent.name === name);
-      const detail = configured ? `${configured.provider}${configured.model ? ` · ${configured.model}` : ""}` : "not configured here";
+      const note = typeof configured?.note === "string" && configured.note ? configured.note : null;
       return el(
         "li",
-        { class: "agent-row" },
+        { class: "agent-row", dataset: { agent: name }, title: note },
         el("span", { class: "name", text: name }),
-        el("span", { class: "muted", text: ` ${detail}` }),
+        el("span", { class: "muted detail", text: ` ${agentDetail(configured)}` }),
         el("button", { type: "button", class: "small", "aria-label": `Remove ${name} from this room`, text: "Remove", onclick: () => changeAgents(app, name, false) }),
+        note ? el("span", { class: "note", text: note }) : null,
       );
     }),
   );
   if (!inRoom.length) $("agents").replaceChildren(el("li", { class: "muted", text: "No agents in this room." }));
-  const addable = app.configuredAgents.map((agent) => agent.name).filter((name) => !inRoom.includes(name));
+  const addable = servingAgents(app).filter((name) => !inRoom.includes(name));
   const select = $("add-agent");
+  const chosen = select.value; // a redraw keeps the choice someone is about to add
   select.replaceChildren(...addable.map((name) => el("option", { value: name, text: name })));
+  if (addable.includes(chosen)) select.value = chosen;
   $("add-agent-form").hidden = !addable.length;
+  const ask = askHint(inRoom);
+  $("composer-input").placeholder = ask ? `Message… (${ask})` : "Message…";
+  renderMentionHint(app, inRoom);
+}
+
+// ---------------------------------------------------------------------- mentions
+
+/** Whether `text` @mentions `name` (any case, a whole name), as the agents read mentions. */
+function mentions(text, name) {
+  const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`(?<![A-Za-z0-9_.@-])@${escaped}(?![A-Za-z0-9_-])`, "i").test(text);
+}
+
+/** After sending `text`: a hint for each configured agent it @mentions that is not in the
+ * room (it will not answer), with a button that adds it when it can be. */
+export function hintMentions(app, text) {
+  const inRoom = agentsInRoom(app);
+  app.mentionHints = app.configuredAgents.map((agent) => agent.name).filter((name) => !inRoom.includes(name) && mentions(text, name));
+  renderMentionHint(app, inRoom);
+}
+
+function renderMentionHint(app, inRoom) {
+  const names = (app.mentionHints || []).filter((name) => !inRoom.includes(name));
+  app.mentionHints = names;
+  const serving = servingAgents(app);
+  const box = $("mention-hint");
+  box.replaceChildren(
+    ...names.map((name) =>
+      el(
+        "span",
+        { class: "hint-line", dataset: { agent: name } },
+        serving.includes(name)
+          ? [`${name} is not in this room: `, el("button", { type: "button", class: "link", "aria-label": `Add ${name} to this room`, text: "Add it", onclick: () => changeAgents(app, name, true) })]
+          : `${name} does not answer in this room`,
+      ),
+    ),
+  );
+  box.hidden = !names.length;
 }
 
 // ---------------------------------------------------------------------- polls

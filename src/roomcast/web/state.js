@@ -22,6 +22,7 @@ export const app = {
   lastTypingSent: 0,
   everConnected: false,
   configuredAgents: [],
+  mentionHints: [], // agents the last message sent @mentioned that are not in the room
   toast,
   displayName,
   isAgentId,
@@ -42,6 +43,12 @@ export function toast(text) {
   box.hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => (box.hidden = true), 5000);
+}
+
+/** Take down the toast shown, if any. */
+export function clearToast() {
+  clearTimeout(toastTimer);
+  $("toast").hidden = true;
 }
 
 /** Await `promise`; on failure, say "Could not <what>" and resolve with null. */

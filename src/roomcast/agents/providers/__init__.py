@@ -1,7 +1,8 @@
 """Model providers behind agents, and :func:`make_provider` that picks one from a config.
 
 The SDK-backed adapters import their SDK lazily: a server whose agents are all scripted needs
-neither ``openai`` nor ``anthropic`` installed.
+neither ``openai`` nor ``anthropic`` installed. So does the ``ag-ui`` provider (an agent of
+any framework behind an AG-UI endpoint) import ag-ui-protocol and its HTTP client.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from roomcast.agents.providers.base import (
     ProviderEvent,
     ProviderRequest,
     RetryPolicy,
+    StateChange,
     TextDelta,
     ToolCall,
     ToolResult,
@@ -44,6 +46,7 @@ __all__ = [
     "Script",
     "ScriptError",
     "ScriptedProvider",
+    "StateChange",
     "TextDelta",
     "ToolCall",
     "ToolResult",
@@ -53,6 +56,7 @@ __all__ = [
     "Usage",
     "cost_usd",
     "make_provider",
+    "missing_package",
 ]
 
 _ADAPTERS = {
@@ -65,7 +69,18 @@ UNUSED_KEY = "unused"
 
 
 class ProviderConfigError(Exception):
-    """An agent's provider cannot be set up (missing SDK, missing API key)."""
+    """An agent's provider cannot be set up (missing SDK, missing API key).
+
+    Attributes:
+        where: The agent it is about (``FILE: [[agents]] #N ('name')``, or its name).
+        reason: What is wrong and what to do, without ``where`` (``the openai package is
+            not installed: pip install 'roomcast[openai]'``).
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
 
 
 def make_provider(
@@ -81,18 +96,17 @@ def make_provider(
         try:
             script = Script.load(config.script) if config.script else no_model_script()
         except ScriptError as exc:
-            raise ProviderConfigError(f"agent {config.name!r}: {exc}") from None
+            raise ProviderConfigError(config.place, f"script: {exc}") from None
         return ScriptedProvider(script)
+    if config.provider == "ag-ui":
+        return _ag_ui_provider(config, environ, retry)
     module_name, class_name = _ADAPTERS[config.provider]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         if exc.name != config.provider:
             raise
-        raise ProviderConfigError(
-            f"agent {config.name!r} uses provider {config.provider!r}, which needs the "
-            f"{config.provider!r} package: pip install 'roomcast[{config.provider}]'"
-        ) from None
+        raise ProviderConfigError(config.place, missing_package(config.provider)) from None
     key_env = config.key_env
     api_key = environ.get(key_env) if key_env else None
     if not api_key:
@@ -100,7 +114,9 @@ def make_provider(
             api_key = UNUSED_KEY
         else:
             raise ProviderConfigError(
-                f"agent {config.name!r}: the API key variable ${key_env} is not set"
+                config.place,
+                f"the API key variable ${key_env} is not set (set it, or name another "
+                "variable with api_key_env)",
             )
     provider: Provider = getattr(module, class_name)(
         model=config.model,
@@ -111,3 +127,38 @@ def make_provider(
         key_env=key_env,
     )
     return provider
+
+
+def _ag_ui_provider(
+    config: AgentConfig, environ: Mapping[str, str], retry: RetryPolicy | None
+) -> Provider:
+    """An AG-UI agent's provider, its headers' values read from ``environ``.
+
+    Raises:
+        ProviderConfigError: a variable that ``headers_env`` names is not set.
+    """
+    from roomcast.agents.providers.ag_ui import AGUIProvider
+
+    assert config.url is not None  # the config requires it
+    headers: dict[str, str] = {}
+    for header, variable in config.headers_env:
+        value = environ.get(variable)
+        if not value:
+            raise ProviderConfigError(
+                config.place,
+                f"headers_env: {header}: the variable ${variable} is not set (set it, or "
+                "name another variable)",
+            )
+        headers[header] = value
+    return AGUIProvider(
+        url=config.url,
+        headers=headers,
+        timeout_s=config.timeout_s,
+        retry=retry,
+        model=config.model,
+    )
+
+
+def missing_package(provider: str) -> str:
+    """What to do when a provider's SDK is not installed."""
+    return f"the {provider} package is not installed: pip install 'roomcast[{provider}]'"

@@ -1,10 +1,13 @@
 """What every model provider takes and gives: a request in, a stream of events out.
 
 A provider turns one :class:`ProviderRequest` (system prompt, the conversation so far with
-speaker names, tool specs, limits) into an async iterator of :class:`ProviderEvent`:
-``TextDelta`` as tokens arrive, ``ToolCall`` once a call's arguments are complete, and at most
-one ``Usage`` at the end. Everything that goes wrong is a :class:`ProviderError` with a message
-a person can read (the runtime shows it as the answer's ``extras.failure``).
+speaker names, tool specs, limits, and the room's shared state) into an async iterator of
+:class:`ProviderEvent`: ``TextDelta`` as tokens arrive, ``ToolCall`` once a call's arguments
+are complete, and at most one ``Usage`` at the end. An agent that runs tools of its own and
+keeps state (an AG-UI agent) also reports a ``ToolResult`` for each call it ran itself (shown
+in the room, not run again) and a ``StateChange`` for each change it made to the shared state.
+Everything that goes wrong is a :class:`ProviderError` with a message a person can read (the
+runtime shows it as the answer's ``extras.failure``).
 
 Consumers close the iterator when they stop early (``contextlib.aclosing``): providers close
 the underlying HTTP stream right then, so a cancelled answer stops costing tokens at once.
@@ -67,7 +70,11 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
-    """What running one tool call gave back."""
+    """What running one tool call gave back.
+
+    As a provider event: a call the agent ran itself, with its result; the runtime shows it
+    in the room as a tool line and does not run it.
+    """
 
     call: ToolCall
     output: str
@@ -86,7 +93,21 @@ class ToolRound:
     results: tuple[ToolResult, ...]
 
 
-ProviderEvent = TextDelta | ToolCall | Usage
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """The agent changed the room's shared state (:attr:`ProviderRequest.state`).
+
+    Exactly one of the two is set: ``patch``, a JSON Patch (RFC 6902) over the state as it
+    is now, or ``snapshot``, the whole state as the agent wants it, read against the state the
+    request carried (what the agent changed there is what changes). The runtime turns either
+    into live-object operations (docs/agents.md, "Shared state").
+    """
+
+    patch: tuple[dict[str, Any], ...] | None = None
+    snapshot: Any = None
+
+
+ProviderEvent = TextDelta | ToolCall | ToolResult | StateChange | Usage
 Message = Turn | ToolRound
 
 
@@ -100,6 +121,11 @@ class ProviderRequest:
     tools: tuple[ToolSpec, ...] = ()
     max_tokens: int = 1024
     temperature: float | None = None
+    room: str = ""
+    """The channel the answer is for (empty outside a room, e.g. for the ``auto`` judge)."""
+    state: dict[str, Any] | None = None
+    """The room's live objects, ``{object_id: state}``: a map's entries (a reference stays
+    ``{"object_id": id}``), a counter's value; None when the runtime did not read them."""
 
 
 class ProviderError(Exception):

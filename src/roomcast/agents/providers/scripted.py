@@ -1,6 +1,7 @@
 """A provider that answers from a script: for tests and the offline demo.
 
-Every answer starts with ``[scripted]`` so nobody mistakes it for a model. A script is a TOML or
+Every answer starts with ``[scripted]`` so nobody mistakes it for a model (once: what it
+says after its tool calls continues the same answer). A script is a TOML or
 JSON file::
 
     delay_ms = 30                  # between tokens (optional, default 0)
@@ -160,20 +161,24 @@ def _reply(entry: object, where: str) -> ScriptedReply:
     return ScriptedReply(text, when, tuple(tool_calls), then, delay)
 
 
-def no_model_script() -> Script:
-    """What the default agent says when no model is configured."""
-    return Script(
-        (
-            ScriptedReply(
-                "No language model is configured, so this answer comes from a script. "
-                "To use a real model, set OPENAI_API_KEY (and ROOMCAST_MODEL to pick the model; "
-                "OPENAI_BASE_URL for Ollama, vLLM or another OpenAI-compatible server) or "
-                "ANTHROPIC_API_KEY, or describe your agents in a TOML file and start "
-                "`roomcast serve --agents FILE` (see docs/agents.md)."
-            ),
-        ),
-        delay_ms=15.0,
-    )
+def no_model_script(reason: str | None = None) -> Script:
+    """What the default agent says when no model is configured, or, with ``reason``, why
+    the model it was configured with cannot run (``the openai package is not installed:
+    pip install 'roomcast[openai]'``)."""
+    if reason is None:
+        text = (
+            "No language model is configured, so this answer comes from a script. "
+            "To use a real model, set OPENAI_API_KEY (and ROOMCAST_MODEL to pick the model; "
+            "OPENAI_BASE_URL for Ollama, vLLM or another OpenAI-compatible server) or "
+            "ANTHROPIC_API_KEY, or describe your agents in a TOML file and start "
+            "`roomcast serve --agents FILE` (see docs/agents.md)."
+        )
+    else:
+        text = (
+            f"A language model is configured but cannot run: {reason}, then restart "
+            "`roomcast serve`. Until then this answer comes from a script."
+        )
+    return Script((ScriptedReply(text),), delay_ms=15.0)
 
 
 def tokens(text: str) -> list[str]:
@@ -208,7 +213,9 @@ class ScriptedProvider:
                 text, calls, delay = reply.text, reply.tool_calls, reply.delay_ms
         delay_s = (self.script.delay_ms if delay is None else delay) / 1000
         output_tokens = 0
-        for piece in tokens(LABEL + text) if text else ():
+        # Only the answer's first round is labelled: what follows tool calls continues it.
+        shown = text if isinstance(last, ToolRound) else LABEL + text
+        for piece in tokens(shown) if text else ():
             if delay_s:
                 await asyncio.sleep(delay_s)
             output_tokens += 1

@@ -37,6 +37,11 @@ export class Channel extends Emitter {
     this._rewind = null;
     this._attachRef = null;
     this._waiters = [];
+    // What arrives while an attach is pending waits for its reply: the reply settles a
+    // promise (a microtask), while the events the server sent after it in the same frame
+    // are dispatched at once. Handled first, they would be applied before the snapshot
+    // they follow, and then lost to it.
+    this._held = [];
   }
 
   /** Attach; resolves with `attached`. `rewind`: include the last N messages. */
@@ -53,6 +58,8 @@ export class Channel extends Emitter {
 
   async detach() {
     this.state = "detached";
+    this._attachRef = null;
+    this._held = [];
     this.serial = this.epoch = this.attached = null;
     if (this.client.isConnected) await this.client.request({ action: "detach", channel: this.name }, { resend: false });
   }
@@ -112,6 +119,8 @@ export class Channel extends Emitter {
       (reply) => this._onAttached(ref, reply),
       (error) => {
         if (ref !== this._attachRef || error.code === 0) return; // dropped: re-sent on reconnect
+        this._attachRef = null;
+        this._held = [];
         this.state = "failed";
         for (const waiter of this._waiters.splice(0)) waiter.reject(error);
         this.emit("error", error);
@@ -131,6 +140,7 @@ export class Channel extends Emitter {
     this.objects._onAttached(reply, resumed);
     this.emit("attached", { ...reply, resumed });
     for (const waiter of this._waiters.splice(0)) waiter.resolve(reply);
+    for (const message of this._held.splice(0)) this._receive(message);
   }
 
   _linkUp() {
@@ -141,11 +151,16 @@ export class Channel extends Emitter {
   }
   _linkDown() {
     this._attachRef = null;
+    this._held = []; // the connection's; a resume replays its events
     if (this.state === "attached") this.state = "attaching";
   }
 
   _receive(message) {
     if (this.state !== "attached" && this.state !== "attaching") return;
+    if (this._attachRef !== null) {
+      this._held.push(message);
+      return;
+    }
     switch (message.action) {
       case "event":
         if (this.serial !== null && message.serial <= this.serial) return; // replay overlap

@@ -2,17 +2,19 @@
 // not yet answered and the channels to attach again.
 
 import { Backoff } from "./backoff.js";
+import { Capability } from "./capability.js";
 import { Channel } from "./channel.js";
 import { Emitter } from "./emitter.js";
 import { RoomcastError } from "./errors.js";
 import { HttpApi, httpBaseOf } from "./http.js";
-import { renewDelay, tokenExpiry } from "./tokens.js";
+import { renewDelay, tokenCapability, tokenExpiry } from "./tokens.js";
 
 export const CLOSE_AUTH = 4001;
 // Close codes after which reconnecting cannot help (bad credentials, frames refused).
 const TERMINAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008]);
 const STABLE_AFTER_MS = 1000;
 const FRESH_FOR_S = 5;
+const OPEN = 1; // WebSocket.OPEN, the same in every implementation
 
 function defaultUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -25,16 +27,19 @@ function defaultUrl() {
  * Options: `url` (default: this page's server, `/v1/ws`), `clientId` (anonymous access),
  * `token` (a signed token), `authCallback` (an async function returning a fresh token: used
  * at connect, before expiry and after a 4001), `backoff`, `httpUrl` (where `client.http`
- * sends its calls; default: the server of `url`).
+ * sends its calls; default: the server of `url`), `WebSocket` (the WebSocket class to use;
+ * default: the global one; e.g. the `ws` package's on a Node.js without one).
  *
  * Events (`client.on(name, fn)`): `state` ({state, resumed, reason}), `connected`
- * (the `connected` message), `error` (an `error` with no ref), `failed` (a RoomcastError).
+ * (the `connected` message), `capability` (a renewed token changed `client.capability`),
+ * `error` (an `error` with no ref), `failed` (a RoomcastError).
  * `state` is `connecting`, `connected`, `reconnecting`, `failed` or `closed`.
  */
 export class Client extends Emitter {
-  constructor({ url, clientId = null, token = null, authCallback = null, backoff = null, httpUrl = null } = {}) {
+  constructor({ url, clientId = null, token = null, authCallback = null, backoff = null, httpUrl = null, WebSocket: socketClass = null } = {}) {
     super();
     this.url = url || defaultUrl();
+    this.WebSocket = socketClass || globalThis.WebSocket;
     /** The HTTP API, with this client's credentials. */
     this.http = new HttpApi(this, httpUrl || httpBaseOf(this.url));
     this.clientId = clientId;
@@ -43,6 +48,7 @@ export class Client extends Emitter {
     this.backoff = backoff || new Backoff();
     this.state = "connecting";
     this.connected = null; // the latest `connected` message
+    this.capability = null; // what the connection may do: a Capability, null if not told
     this.connectionId = null;
     this.resumed = false;
     this._resumeKey = null;
@@ -79,8 +85,14 @@ export class Client extends Emitter {
     return channel;
   }
 
+  /** Whether the connection may do `operation` on `channel` (docs/protocol.md §6); true
+   * when the server did not say (one older than `connected.capability`): it decides. */
+  can(operation, channel) {
+    return this.capability === null || this.capability.allows(operation, channel);
+  }
+
   get isConnected() {
-    return this.state === "connected" && this._ws?.readyState === WebSocket.OPEN;
+    return this.state === "connected" && this._ws?.readyState === OPEN;
   }
 
   /**
@@ -122,6 +134,8 @@ export class Client extends Emitter {
   async renew(token) {
     await this.request({ action: "auth", token }, { resend: false });
     this.token = token;
+    const granted = tokenCapability(token);
+    if (granted) this._setCapability(granted);
     this._scheduleRenewal();
   }
 
@@ -158,6 +172,7 @@ export class Client extends Emitter {
       return;
     }
     let ws;
+    const WebSocket = this.WebSocket; // the global one unless the options gave another
     try {
       ws = new WebSocket(this._query());
     } catch (error) {
@@ -236,8 +251,15 @@ export class Client extends Emitter {
     this._pending.clear();
   }
 
+  /** The server now applies `rules`; `capability` tells who shows what it allows. */
+  _setCapability(rules) {
+    this.capability = rules ? new Capability(rules) : null;
+    this.emit("capability", this.capability);
+  }
+
   _onConnected(message) {
     this.connected = message;
+    this.capability = message.capability ? new Capability(message.capability) : null;
     this.clientId = message.client_id;
     this.connectionId = message.connection_id;
     this.resumed = Boolean(message.resumed);

@@ -4,17 +4,29 @@ import { RoomcastError } from "./errors.js";
 
 const RENEW_BEFORE_S = 30;
 
+/** A token's claims, read without verifying them (only the server can); {} if it is not a JWT. */
+function tokenClaims(token) {
+  const parts = String(token || "").split(".");
+  if (parts.length !== 3) return {};
+  try {
+    const claims = JSON.parse(atob(parts[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return claims && typeof claims === "object" ? claims : {};
+  } catch {
+    return {};
+  }
+}
+
 /** A token's `exp` in seconds, read without verifying it; null if it has none. */
 export function tokenExpiry(token) {
-  const parts = String(token || "").split(".");
-  if (parts.length !== 3) return null;
-  try {
-    const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
-    const exp = JSON.parse(json).exp;
-    return typeof exp === "number" ? exp : null;
-  } catch {
-    return null;
-  }
+  const exp = tokenClaims(token).exp;
+  return typeof exp === "number" ? exp : null;
+}
+
+/** A token's `capability` claim (what the server applies once it takes the token); null if
+ * it has none. */
+export function tokenCapability(token) {
+  const capability = tokenClaims(token).capability;
+  return capability && typeof capability === "object" ? capability : null;
 }
 
 /** Seconds until a token with `remaining` seconds of life should be renewed. */

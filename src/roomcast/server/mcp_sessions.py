@@ -1,0 +1,181 @@
+"""MCP sessions of ``/mcp``: their ids, who they are, and their presence in rooms.
+
+The SDK serves each request statelessly; the session is roomcast's, and no node holds it
+alone, so a load balancer may send each request to any node:
+
+- the ``Mcp-Session-Id`` carries the session's client id (``<random>.<base64 client
+  id>``): an anonymous session keeps the client id it started with on every node, and a
+  request whose credentials name another client is answered 404, as for an unknown
+  session. The id grants nothing by itself: every request still carries its credentials;
+- a session ended with ``DELETE`` is marked in the store (a counter with a TTL), and every
+  node then answers 404 for it;
+- presence: the session is a member of each room it used (``connection_id`` = the session
+  id), held by the node that served its last request there (``presence_adopt``). It leaves
+  at ``DELETE`` (on any node: the rooms are in the store's resume session of the id), when
+  the node that holds it sees no request for ``idle_s``, or when that node dies (the
+  store's node liveness reaps its members, as for WebSocket connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from roomcast.backends.base import ResumeSession
+from roomcast.core.authz import Principal
+from roomcast.core.identity import check_client_id
+from roomcast.core.node import Node
+from roomcast.protocol.errors import BadRequest
+from roomcast.protocol.messages import PresenceMember
+
+log = logging.getLogger("roomcast.mcp")
+
+IDLE_S = 300.0  # a session that sends nothing for this long leaves presence
+CLOSED_TTL_S = 86_400.0  # how long every node remembers that a session was ended
+PRESENCE_DATA = {"via": "mcp"}
+
+
+@dataclass(frozen=True, slots=True)
+class McpSession:
+    session_id: str
+    client_id: str
+
+    @classmethod
+    def new(cls, client_id: str) -> McpSession:
+        encoded = base64.urlsafe_b64encode(client_id.encode()).decode().rstrip("=")
+        return cls(f"{secrets.token_urlsafe(18)}.{encoded}", client_id)
+
+    @classmethod
+    def parse(cls, session_id: str) -> McpSession | None:
+        """The session an id names, or None for an id this server did not make."""
+        _, dot, encoded = session_id.partition(".")
+        if not dot or len(session_id) > 400:
+            return None
+        try:
+            client_id = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            check_client_id(client_id)
+        except (binascii.Error, UnicodeDecodeError, ValueError, BadRequest):
+            return None
+        return cls(session_id, client_id)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A session's rooms whose presence this node holds, and its idle timer."""
+
+    rooms: set[str] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+
+
+class McpSessions:
+    """The sessions of one node: ended ones (through the store) and presence."""
+
+    def __init__(self, node: Node, idle_s: float = IDLE_S) -> None:
+        self.node = node
+        self.idle_s = idle_s
+        self._held: dict[str, _Held] = {}
+
+    @staticmethod
+    def _closed_key(session: McpSession) -> str:
+        return f"mcp-closed:{session.session_id}"
+
+    @staticmethod
+    def _rooms_key(session: McpSession) -> str:
+        return f"mcp-rooms:{session.session_id}"
+
+    async def is_closed(self, session: McpSession) -> bool:
+        return await self.node.store.incr_counter(self._closed_key(session), 0, CLOSED_TTL_S) > 0
+
+    def touched(self, session: McpSession) -> None:
+        """A request of ``session`` here: its presence here lasts ``idle_s`` more."""
+        held = self._held.get(session.session_id)
+        if held is None:
+            return
+        if held.timer is not None:
+            held.timer.cancel()
+        loop = asyncio.get_running_loop()
+        held.timer = loop.call_later(self.idle_s, self._idle, session)
+
+    async def enter(self, session: McpSession, principal: Principal, room: str) -> None:
+        """Show ``session`` in ``room``'s presence, held by this node (when its capability
+        allows presence there; a tool works without it)."""
+        node = self.node
+        if not principal.capability.allows("presence", room):
+            return
+        held = self._held.setdefault(session.session_id, _Held())
+        adopted = await node.store.presence_adopt(
+            room, session.client_id, session.session_id, node.node_id
+        )
+        if adopted is None:
+            member = PresenceMember(
+                client_id=session.client_id,
+                connection_id=session.session_id,
+                data=PRESENCE_DATA,
+                timestamp=time.time_ns() // 1_000_000,
+            )
+            await node.store.presence_set(room, member, node.node_id)
+            await node.broadcast_presence(room, "enter", member)
+        if room not in held.rooms:
+            held.rooms.add(room)
+            record = ResumeSession(
+                client_id=session.client_id,
+                connection_id=session.session_id,
+                presence=dict.fromkeys(held.rooms, PRESENCE_DATA),
+                expires_at=time.time() + CLOSED_TTL_S,
+            )
+            await node.store.save_session(self._rooms_key(session), record)
+        self.touched(session)
+
+    async def close(self, session: McpSession) -> None:
+        """``DELETE``: the session ends on every node and leaves every room it was in."""
+        node = self.node
+        await node.store.incr_counter(self._closed_key(session), 1, CLOSED_TTL_S)
+        record = await node.store.take_session(self._rooms_key(session))
+        rooms = set(record.presence) if record is not None else set()
+        held = self._held.pop(session.session_id, None)
+        if held is not None:
+            rooms |= held.rooms
+            if held.timer is not None:
+                held.timer.cancel()
+        for room in sorted(rooms):
+            await self._leave(session, room, holder=None)
+
+    def _idle(self, session: McpSession) -> None:
+        held = self._held.pop(session.session_id, None)
+        if held is not None:
+            self.node.spawn(self._leave_all(session, held.rooms))
+
+    async def _leave_all(self, session: McpSession, rooms: set[str]) -> None:
+        for room in sorted(rooms):
+            try:
+                await self._leave(session, room, holder=self.node.node_id)
+            except Exception:  # the member stays until its node's liveness lapses
+                log.exception("could not end the presence of an MCP session in %s", room)
+
+    async def _leave(self, session: McpSession, room: str, *, holder: str | None) -> None:
+        node = self.node
+        removed = await node.store.presence_remove(
+            room, session.client_id, session.session_id, holder=holder
+        )
+        if removed:
+            member = PresenceMember(
+                client_id=session.client_id,
+                connection_id=session.session_id,
+                data=PRESENCE_DATA,
+                timestamp=time.time_ns() // 1_000_000,
+            )
+            await node.broadcast_presence(room, "leave", member)
+
+    def stop(self) -> None:
+        for held in self._held.values():
+            if held.timer is not None:
+                held.timer.cancel()
+        self._held.clear()
+
+
+__all__ = ["IDLE_S", "McpSession", "McpSessions"]

@@ -1,0 +1,236 @@
+"""Agents in every room (docs/agents.md "Many rooms"): an agent whose pattern matches a
+thousand rooms answers in all of them, on one connection (an API key's channel limit),
+attaches the active ones, detaches idle ones and comes back, without missing a trigger, when
+the server hints that a room is active again. Real servers and ``roomcast agents`` workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from roomcast.client import Client, Event, connect
+from roomcast.testing import ServerProcess
+
+KEY = "workers:" + "r" * 32
+ROOMS = 1100  # more than one page of GET /v1/channels (1000)
+ENV = {
+    "ROOMCAST_KEYS": KEY,
+    "ROOMCAST_ALLOW_ANONYMOUS": "true",
+    "ROOMCAST_PUBLISH_RATE": "0",
+    "ROOMCAST_ACTIVITY_HINT_S": "1",
+    "ROOMCAST_LOG_LEVEL": "info",
+}
+SCRIPT = """
+[[replies]]
+text = "On it."
+"""
+AGENTS = """
+[[agents]]
+name = "helper"
+provider = "scripted"
+model = "scripted"
+rooms = ["{prefix}:*"]
+script = "{script}"
+idle_detach_s = 2
+"""
+
+
+def agents_file(folder: Path, prefix: str) -> Path:
+    script = folder / "script.toml"
+    script.write_text(textwrap.dedent(SCRIPT))
+    path = folder / "agents.toml"
+    path.write_text(textwrap.dedent(AGENTS).format(prefix=prefix, script=script))
+    return path
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"many{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess(store="memory://", env=ENV, args=["--agents", "none"]) as proc:
+        yield proc
+
+
+class Worker:
+    """``roomcast agents`` in a subprocess, its output in a file."""
+
+    def __init__(self, server: ServerProcess, agents: Path, log: Path) -> None:
+        self.log = log
+        command = [sys.executable, "-m", "roomcast", "agents", "--agents", str(agents)]
+        command += ["--server", server.url, "--key", KEY]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def logged(self, text: str, within: float = 60) -> None:
+        async with asyncio.timeout(within):
+            while text not in self.output():
+                assert self.proc.poll() is None, self.output()
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class Answers:
+    """A key holder's connection attached to every room: the answers it sees end."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.complete: dict[str, list[int]] = {}  # room → msg_serials of finished answers
+
+    async def watch(self, rooms: list[str]) -> None:
+        await asyncio.gather(*(self.client.channels.get(r).subscribe(self._event) for r in rooms))
+
+    def _event(self, event: Event) -> None:
+        if event.type == "update" and event.status == "complete" and event.client_id == "helper":
+            assert isinstance(event.msg_serial, int)
+            self.complete.setdefault(event.channel, []).append(event.msg_serial)
+
+    async def in_every(self, rooms: list[str], worker: Worker, within: float) -> None:
+        """Until every one of ``rooms`` has a finished answer; else a failure that says
+        where none came, with the worker's log."""
+        try:
+            async with asyncio.timeout(within):
+                while self.missing(rooms):  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)  # a plain dict, filled by the subscriptions
+        except TimeoutError:
+            missing = self.missing(rooms)
+            raise AssertionError(
+                f"no answer in {len(missing)} rooms ({missing[:3]}...); "
+                f"the worker's log ends:\n{worker.output()[-4000:]}"
+            ) from None
+
+    def missing(self, rooms: list[str]) -> list[str]:
+        return [r for r in rooms if not self.complete.get(r)]
+
+
+async def channels(server: ServerProcess, prefix: str) -> dict[str, int]:
+    """Every channel of ``prefix`` and its occupancy, read page by page with ``after``."""
+    found: dict[str, int] = {}
+    after = ""
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        while True:
+            params = {"prefix": f"{prefix}:", "limit": 1000, "after": after}
+            items = (await http.get("/v1/channels", params=params)).json()["items"]
+            found.update((i["channel"], i["occupancy"]) for i in items)
+            if len(items) < 1000:
+                return found
+            after = items[-1]["channel"]
+
+
+async def until_detached(server: ServerProcess, prefix: str, within: float = 60) -> None:
+    async with asyncio.timeout(within):
+        while any((await channels(server, prefix)).values()):  # noqa: ASYNC110 - over HTTP
+            await asyncio.sleep(0.5)
+
+
+async def test_a_worker_answers_in_1100_rooms_then_detaches_idle_ones_and_comes_back(
+    server: ServerProcess, prefix: str, tmp_path: Path
+) -> None:
+    rooms = [f"{prefix}:{i:04d}" for i in range(ROOMS)]
+    async with connect(server.url, client_id="alice") as alice:
+        await asyncio.gather(*(alice.channels.get(r).publish("hello") for r in rooms))
+    listed = await channels(server, prefix)
+    assert sorted(listed) == rooms  # two pages
+
+    worker = Worker(server, agents_file(tmp_path, prefix), tmp_path / "worker.log")
+    try:
+        # It lists them all; it attaches those with an event in the last seconds now, the
+        # others when they get active. Either way it answers in each, on one connection.
+        await worker.logged(f"of its {ROOMS} rooms")
+        async with connect(server.url, client_id="watcher", key=KEY) as watcher:
+            answers = Answers(watcher)
+            await answers.watch(rooms)
+            async with connect(server.url, client_id="bob") as bob:
+                await asyncio.gather(*(bob.channels.get(r).publish("@helper hi") for r in rooms))
+            await answers.in_every(rooms, worker, within=120)
+        assert all(len(answers.complete[r]) == 1 for r in rooms)
+
+        # Nobody is here and nothing happens: the worker detaches every room.
+        await until_detached(server, prefix)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            members = (await http.get(f"/v1/channels/{rooms[7]}/presence")).json()["items"]
+        assert members == []
+
+        # Activity brings it back: a message it does not answer, then a mention, in 100
+        # rooms; it resumes from the serial it saw last, so it answers each mention once.
+        again = rooms[::11]
+        async with connect(server.url, client_id="watcher", key=KEY) as watcher:
+            answers = Answers(watcher)
+            await answers.watch(again)
+            async with connect(server.url, client_id="carol") as carol:
+                for r in again:
+                    await carol.channels.get(r).publish("anyone here?")
+                await asyncio.gather(
+                    *(carol.channels.get(r).publish("@helper are you?") for r in again)
+                )
+            await answers.in_every(again, worker, within=60)
+            await asyncio.sleep(1.0)  # a second answer would have come by now
+        assert all(len(answers.complete[r]) == 1 for r in again)
+        assert "Traceback" not in worker.output()
+    finally:
+        worker.stop()
+
+
+async def test_a_person_entering_an_idle_room_brings_its_agent_back_to_presence(
+    server: ServerProcess, prefix: str, tmp_path: Path
+) -> None:
+    channel = f"{prefix}:lobby"
+    async with connect(server.url, client_id="alice") as alice:
+        await alice.channels.get(channel).publish("hello")
+    worker = Worker(server, agents_file(tmp_path, prefix), tmp_path / "worker.log")
+    try:
+        await worker.logged("of its 1 rooms")
+        await until_detached(server, prefix)
+        async with connect(server.url, client_id="dana") as dana:
+            lobby = dana.channels.get(channel)
+            await lobby.presence.enter({"name": "Dana"})
+            async with asyncio.timeout(30):
+                while "helper" not in [m.client_id for m in await lobby.presence.members()]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)  # a member list, kept by the client
+            # While a person is here the agent stays, however quiet the room is.
+            await asyncio.sleep(5)
+            assert "helper" in [m.client_id for m in await lobby.presence.members()]
+    finally:
+        worker.stop()
+
+
+async def test_a_mention_right_after_entering_a_new_room_is_answered(
+    server: ServerProcess, prefix: str, tmp_path: Path
+) -> None:
+    """The agent attaches from the serial the server's signal names, so a message posted
+    before its attach arrives is replayed to it, not missed."""
+    rooms = [f"{prefix}:new{i}" for i in range(60)]
+    worker = Worker(server, agents_file(tmp_path, prefix), tmp_path / "worker.log")
+    try:
+        await worker.logged("agent helper attached 0 of its 0 rooms")
+        async with connect(server.url, client_id="watcher", key=KEY) as watcher:
+            answers = Answers(watcher)
+            await answers.watch(rooms)
+            async with connect(server.url, client_id="erin") as erin:
+
+                async def enter_and_ask(name: str) -> None:
+                    await erin.channels.get(name).presence.enter({"name": "Erin"})
+                    await erin.channels.get(name).publish("@helper quick question")
+
+                await asyncio.gather(*(enter_and_ask(r) for r in rooms))
+                await answers.in_every(rooms, worker, within=60)
+        assert all(len(answers.complete[r]) == 1 for r in rooms)
+    finally:
+        worker.stop()
