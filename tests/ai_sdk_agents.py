@@ -72,6 +72,7 @@ def chat_server_process(
         "ROOMCAST_AGENTS": write_agents(folder),
         "ROOMCAST_KEYS": key,
         "ROOMCAST_ALLOW_ANONYMOUS": "1",
+        "ROOMCAST_LOG_LEVEL": "info",  # what each agent decides, in a failed test's report
     }
     with ServerProcess(store="memory://", env=env) as server:
         yield server

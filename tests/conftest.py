@@ -168,6 +168,25 @@ def server_log(request: pytest.FixtureRequest) -> ServerLog:
     return log
 
 
+REPORTED_LINES = 200  # of each server's log, in a failed test's report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test that failed shows what each of its servers logged while it ran (the end of
+    it), after the server logged where its tasks stand: a failure in CI can be read from
+    its report alone, a hang included (the servers' tests log warnings and up only)."""
+    report = yield
+    if call.when == "call" and report.failed:
+        for proc in ServerProcess.tracked():
+            proc.log_tasks()
+            lines = proc.output(checked_up_to.get(proc, 0)).splitlines()[-REPORTED_LINES:]
+            report.sections.append((f"server {proc.url} log, during the test", "\n".join(lines)))
+    return report
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     yield

@@ -152,6 +152,13 @@ class ServerProcess:
         self.proc = None
         return code
 
+    def log_tasks(self, wait_s: float = 0.5) -> None:
+        """Have a running server log where each of its tasks stands (SIGUSR1), and give it
+        ``wait_s`` to write it: for a test that failed while the server seemed stuck."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(wait_s)
+
     def _abort_and_report(self, sig: int, timeout: float) -> None:
         """A server that did not stop: SIGUSR1 makes it log its tasks' stacks and SIGABRT
         its threads', then its log's end goes to stderr, where a failing test's report
