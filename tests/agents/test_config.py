@@ -185,6 +185,10 @@ BAD = [
         "timeout_s: must be > 0, not 0",
     ),
     (
+        '[[agents]]\nname = "a"\nprovider = "scripted"\nmax_concurrent_answers = 0\n',
+        "max_concurrent_answers: must be >= 1, not 0",
+    ),
+    (
         '[[agents]]\nname = "a"\nprovider = "openai"\nmodel = "m"\nbase_url = "localhost:1"\n',
         "base_url: must be an http:// or https:// URL",
     ),

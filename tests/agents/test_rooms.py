@@ -44,11 +44,11 @@ idle_detach_s = 2
 """
 
 
-def agents_file(folder: Path, prefix: str) -> Path:
-    script = folder / "script.toml"
-    script.write_text(textwrap.dedent(SCRIPT))
+def agents_file(folder: Path, prefix: str, script: str = SCRIPT, more: str = "") -> Path:
+    script_path = folder / "script.toml"
+    script_path.write_text(textwrap.dedent(script))
     path = folder / "agents.toml"
-    path.write_text(textwrap.dedent(AGENTS).format(prefix=prefix, script=script))
+    path.write_text(textwrap.dedent(AGENTS).format(prefix=prefix, script=script_path) + more)
     return path
 
 
@@ -232,5 +232,62 @@ async def test_a_mention_right_after_entering_a_new_room_is_answered(
                 await asyncio.gather(*(enter_and_ask(r) for r in rooms))
                 await answers.in_every(rooms, worker, within=60)
         assert all(len(answers.complete[r]) == 1 for r in rooms)
+    finally:
+        worker.stop()
+
+
+class Streaming:
+    """How many of helper's answers stream at once, as a key holder attached to the rooms
+    sees them: the most at any moment, and the answers that ended complete."""
+
+    def __init__(self) -> None:
+        self.now: set[tuple[str, int]] = set()
+        self.most = 0
+        self.complete: set[tuple[str, int]] = set()
+
+    def event(self, event: Event) -> None:
+        if event.client_id != "helper":
+            return
+        if event.type == "create" and event.streaming is True:
+            self.now.add((event.channel, event.serial))  # a message's serial is its create's
+            self.most = max(self.most, len(self.now))
+        elif event.type == "update" and event.status in ("complete", "failed", "cancelled"):
+            key = (event.channel, event.msg_serial)
+            self.now.discard(key)
+            if event.status == "complete":
+                self.complete.add(key)
+
+
+SLOW_SCRIPT = """
+delay_ms = 60
+[[replies]]
+text = "one two three four five six seven eight nine ten"
+"""
+
+
+async def test_answers_beyond_max_concurrent_answers_wait_their_turn(
+    server: ServerProcess, prefix: str, tmp_path: Path
+) -> None:
+    """Eight rooms ask at once; the agent streams two answers at a time, and every room
+    gets its answer, complete."""
+    rooms = [f"{prefix}:busy{i}" for i in range(8)]
+    agents = agents_file(tmp_path, prefix, SLOW_SCRIPT, "max_concurrent_answers = 2\n")
+    worker = Worker(server, agents, tmp_path / "worker.log")
+    try:
+        await worker.logged("agent helper attached 0 of its 0 rooms")
+        streaming = Streaming()
+        async with connect(server.url, client_id="watcher", key=KEY) as watcher:
+            await asyncio.gather(
+                *(watcher.channels.get(r).subscribe(streaming.event) for r in rooms)
+            )
+            async with connect(server.url, client_id="frank") as frank:
+                await asyncio.gather(
+                    *(frank.channels.get(r).publish("@helper busy day?") for r in rooms)
+                )
+            async with asyncio.timeout(60):
+                while len(streaming.complete) < len(rooms):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)  # a plain set, filled by the subscriptions
+        assert sorted(channel for channel, _ in streaming.complete) == rooms
+        assert streaming.most == 2
     finally:
         worker.stop()

@@ -80,6 +80,8 @@ class AgentConfig:
         idle_detach_s: a room quiet for this long, with nobody but agents present, is
             detached until it is active again (at least twice the server's
             ``activity_hint_s``).
+        max_concurrent_answers: answers it streams at once, over all its rooms; the
+            triggers beyond wait their turn, first come first served.
         script: for ``scripted``, the script file; ``None`` says that no model is configured.
         url: for ``ag-ui``, the agent's endpoint (``http://`` or ``https://``).
         headers_env: for ``ag-ui``, HTTP headers sent with each request, as pairs of the
@@ -111,6 +113,7 @@ class AgentConfig:
     max_agent_answers_per_min: int = 60
     timeout_s: float = 60.0
     idle_detach_s: float = 300.0
+    max_concurrent_answers: int = 32
     script: str | None = None
     url: str | None = None
     headers_env: tuple[tuple[str, str], ...] = ()
@@ -359,6 +362,7 @@ def parse_agent(entry: object, where: str, *, base_dir: Path | None = None) -> A
         "max_agent_answers_per_min": read.number("max_agent_answers_per_min", int, low=0),
         "timeout_s": read.number("timeout_s", float, low=0, low_open=True),
         "idle_detach_s": read.number("idle_detach_s", float, low=0, low_open=True),
+        "max_concurrent_answers": read.number("max_concurrent_answers", int, low=1),
         "script": script,
     }
     if values["temperature"] is not None and values["temperature"] > 2:

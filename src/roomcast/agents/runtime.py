@@ -101,6 +101,9 @@ class AgentWorker:
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answers: set[asyncio.Task[Any]] = set()
+        # Answers streaming at once, over all rooms: past what the machine sustains, every
+        # answer would slow down together and none would end; the others wait their turn.
+        self.answer_slots = asyncio.Semaphore(config.max_concurrent_answers)
         self.spend = DailySpend(config)
         self._started_at = time.time()
 
@@ -286,12 +289,15 @@ class AgentWorker:
                     with contextlib.suppress(Exception):
                         await channel.cancel(running.msg_serial, reason="a newer message came")
         lock = room.queue if self.config.concurrency == "queue" else None
-        if decision.needs_judge or (lock is not None and lock.locked()):
+        waits = (lock is not None and lock.locked()) or self.answer_slots.locked()
+        if decision.needs_judge or waits:
             history = None  # read again when the answer starts: the room moved on
         async with lock if lock is not None else contextlib.nullcontext():
             room.running[trigger.msg_serial] = None
             try:
-                if not await self.answer(room, trigger, history, again):
+                async with self.answer_slots:
+                    answered = await self.answer(room, trigger, history, again)
+                if not answered:
                     await self._stay_silent(room, trigger, "nothing to say", again)
             finally:
                 room.running.pop(trigger.msg_serial, None)
