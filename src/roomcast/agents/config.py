@@ -113,7 +113,7 @@ class AgentConfig:
     max_agent_answers_per_min: int = 60
     timeout_s: float = 60.0
     idle_detach_s: float = 300.0
-    max_concurrent_answers: int = 32
+    max_concurrent_answers: int = 64
     script: str | None = None
     url: str | None = None
     headers_env: tuple[tuple[str, str], ...] = ()
