@@ -13,7 +13,12 @@ Two additions to uvicorn's:
   ``send`` when the extension is absent (another ASGI server) or the socket is backed up.
 
 It also swaps two asyncio primitives for slimmer ones, because idle connections are mostly
-their bookkeeping (see the memory figures in docs/benchmarks.md).
+their bookkeeping (see the memory figures in docs/benchmarks.md), and sends its keepalive pings
+with the frames the app writes instead of on a timer of their own: once a ping is due (every
+``ws_ping_interval``, from the last pong), it goes out in the same write as the next frame,
+which on an idle connection is the app's ``heartbeat`` (every ``heartbeat_s``). An idle
+connection then costs one write per period, not two, and no ping timer; the pong deadline
+(``ws_ping_timeout``) and its 1011 close are uvicorn's.
 
 uvicorn's public API (``uvicorn.Config``, ``Server``, ``run``) takes a protocol class as
 ``Config(ws=...)`` but offers no hook into one: no event for a lost connection, no access to
@@ -28,6 +33,7 @@ run ``roomcast serve`` (dropped connections included).
 from __future__ import annotations
 
 import asyncio
+import random
 import struct
 from typing import Any
 
@@ -110,6 +116,34 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = _ReceiveQueue()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self.writable.set()
+        self.ping_due: float | None = None  # loop time from which a ping goes with a frame
+
+    def schedule_ping(self) -> None:
+        """The next ping is due ``ping_interval`` after the last one (less its round trip),
+        to go out with the first frame written from then on (no timer)."""
+        assert self.ping_interval is not None
+        self.ping_due = self.loop.time() + max(0.0, self.ping_interval - self.last_ping_rtt)
+
+    def stop_keepalive(self) -> None:
+        self.ping_due = None
+        super().stop_keepalive()
+
+    def _ping_if_due(self) -> bytes:
+        """A ping frame to write with the frame at hand if one is due, else nothing; its
+        pong deadline starts now."""
+        due = self.ping_due
+        if due is None or self.loop.time() < due or self.pending_ping_payload is not None:
+            return b""
+        self.ping_due = None  # the pong schedules the next
+        # A random payload identifies this ping: handle_pong ignores stale or unsolicited pongs.
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        if self.ping_timeout is not None:
+            self.pong_timer = self.loop.call_later(self.ping_timeout, self.keepalive_timeout)
+        else:
+            self.schedule_ping()  # no deadline: the next one is due regardless
+        return b"".join(self.conn.data_to_send())
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -138,7 +172,7 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             if conn.state is not State.OPEN:
                 return False
             (conn.send_text if text else conn.send_binary)(data)  # deflate: the slow way
-            self.transport.write(b"".join(conn.data_to_send()))
+            self.transport.write(b"".join(conn.data_to_send()) + self._ping_if_due())
             return True
         size = len(data)
         first = 0x81 if text else 0x82  # FIN + text / binary
@@ -148,7 +182,7 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             header = _HEADER16.pack(first, 126, size)
         else:
             header = _HEADER64.pack(first, 127, size)
-        self.transport.write(header + data)
+        self.transport.write(header + data + self._ping_if_due())
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,0 +1,125 @@
+"""The keepalive of ``roomcast serve``'s WebSocket protocol (server/uvicorn_websocket.py):
+a ping goes out in the same write as an idle connection's ``heartbeat``, a peer that answers
+stays, and a peer that answers no ping is closed with 1011. Read with a sans-I/O client on a
+plain socket, so each ping frame and the bytes it came with are seen as they arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
+
+from roomcast.testing import ServerProcess
+
+HEARTBEAT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def beating_server(test_env: dict[str, str]) -> Iterator[ServerProcess]:
+    env = {**test_env, "ROOMCAST_HEARTBEAT_S": str(HEARTBEAT_S)}
+    with ServerProcess(env=env) as proc:
+        yield proc
+
+
+class RawClient:
+    """A WebSocket client that answers pings only when told to, and keeps each read's
+    frames together."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.protocol: ClientProtocol | None = None
+        self.reads: list[list[Frame]] = []  # the frames of each read, in order
+
+    @classmethod
+    async def open(cls, server: ServerProcess, client_id: str) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        client = cls(reader, writer)
+        protocol = client.protocol = ClientProtocol(
+            parse_uri(f"{server.ws_url}?client_id={client_id}")
+        )
+        protocol.send_request(protocol.connect())
+        writer.write(b"".join(protocol.data_to_send()))
+        await client.read(answer=True)  # the handshake's response (and maybe `connected`)
+        return client
+
+    async def read(self, *, answer: bool) -> list[Frame]:
+        """One read's frames; with ``answer``, the client's pongs go out."""
+        assert self.protocol is not None
+        data = await self.reader.read(65536)
+        if not data:
+            self.protocol.receive_eof()
+        else:
+            self.protocol.receive_data(data)
+        frames = [e for e in self.protocol.events_received() if isinstance(e, Frame)]
+        self.reads.append(frames)
+        if answer:
+            self.writer.write(b"".join(self.protocol.data_to_send()))
+        else:
+            self.protocol.data_to_send()  # dropped: the server hears no pong
+        return frames
+
+    async def read_for(self, seconds: float, *, answer: bool) -> None:
+        """Read until ``seconds`` pass or the server closes."""
+        deadline = time.monotonic() + seconds
+        while not self.closed_by_server():
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    if not await self.read(answer=answer) and self.reader.at_eof():
+                        return
+            except TimeoutError:
+                return
+
+    def closed_by_server(self) -> bool:
+        return any(f.opcode is Opcode.CLOSE for frames in self.reads for f in frames)
+
+    def close_code(self) -> int | None:
+        for frames in self.reads:
+            for frame in frames:
+                if frame.opcode is Opcode.CLOSE:
+                    return int.from_bytes(frame.data[:2], "big")
+        return None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def heartbeats(frames: list[Frame]) -> int:
+    return sum(
+        1 for f in frames if f.opcode is Opcode.TEXT and json.loads(f.data)["action"] == "heartbeat"
+    )
+
+
+async def test_an_idle_connection_gets_each_ping_with_its_heartbeat(
+    beating_server: ServerProcess,
+) -> None:
+    client = await RawClient.open(beating_server, "idle-answering")
+    try:
+        await client.read_for(6 * HEARTBEAT_S, answer=True)
+        assert not client.closed_by_server()  # it answers: it stays
+        with_pings = [
+            frames for frames in client.reads if any(f.opcode is Opcode.PING for f in frames)
+        ]
+        assert len(with_pings) >= 3
+        # One write each: every ping came in the same read as a heartbeat.
+        assert all(heartbeats(frames) == 1 for frames in with_pings)
+    finally:
+        client.close()
+
+
+async def test_a_peer_that_answers_no_ping_is_closed_with_1011(
+    beating_server: ServerProcess,
+) -> None:
+    client = await RawClient.open(beating_server, "idle-silent")
+    try:
+        # The first ping goes with the first heartbeat (within about 1.5 heartbeats), and
+        # its pong is due one heartbeat later.
+        await client.read_for(10 * HEARTBEAT_S, answer=False)
+        assert client.close_code() == 1011
+    finally:
+        client.close()
