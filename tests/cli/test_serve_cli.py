@@ -11,11 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from roomcast.cli.serve import GC_THRESHOLDS, freeze_startup_objects
 from roomcast.settings import PANELS, SETTING_NAMES
-from roomcast.testing import ServerProcess
+from roomcast.testing import ServerProcess, free_port
 
 
 def serve(*args: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
@@ -115,3 +117,39 @@ def test_startup_objects_are_frozen_and_young_collections_are_rarer() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_readyz_says_the_agents_are_starting_until_they_are_up(tmp_path: Path) -> None:
+    """An agent whose MCP server takes 2 s to fail starts that much later; meanwhile the
+    server listens but is not ready, so nothing is sent to it before its agents are up."""
+    slow = tmp_path / "slow_mcp.py"
+    slow.write_text("import time\ntime.sleep(2)\n")  # then exits: a failed MCP server
+    agents = tmp_path / "agents.toml"
+    agents.write_text(
+        f'[[mcp_servers]]\nname = "slow"\ncommand = "{sys.executable}"\nargs = ["{slow}"]\n\n'
+        '[[agents]]\nname = "helper"\nprovider = "scripted"\ntools = ["mcp:slow"]\n'
+    )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "roomcast", "serve", "--port", str(port)]
+    command += ["--store", "memory://", "--agents", str(agents)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        answers: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (answers and answers[-1][0] == 200):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    answers.append((r.status, r.read().decode()))
+            except urllib.error.HTTPError as exc:
+                answers.append((exc.code, exc.read().decode()))
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.05)
+        assert (503, '{"status":"unavailable","reason":"the agents are starting"}') in answers
+        assert answers[-1][0] == 200
+        assert "agents running in this process: helper" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -382,6 +382,9 @@ async def _serve_on(sockets: list[socket.socket], app: Any, server: Any, setting
 async def _serve_and_start_agents(
     sockets: list[socket.socket], app: Any, server: Any, agents: HostedAgents
 ) -> None:
+    # Not ready (/readyz) until the agents are up, so that nothing is sent to a node whose
+    # agents are still connecting (a load balancer, a test).
+    app.state.agents_ready = not agents.infos
     serving = asyncio.ensure_future(server.serve(sockets))
     listening = asyncio.ensure_future(server.listening.wait())
     await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
@@ -392,6 +395,8 @@ async def _serve_and_start_agents(
             await agents.start()
         except Exception:
             logging.getLogger("roomcast.agents").exception("the agents could not start")
+        finally:
+            app.state.agents_ready = True
     freeze_startup_objects()
     await serving
 

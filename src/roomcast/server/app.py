@@ -73,15 +73,25 @@ async def healthz(call: Call) -> HealthStatus:
 @system.operation(
     "GET",
     "/readyz",
-    summary="The store answers",
+    summary="The store answers and the agents this server runs are up",
     tag="operations",
     authenticated=False,
     returns=(
-        Returns("200", "The store answered.", (HealthStatus,)),
-        Returns("503", "The store did not answer; `reason` says why.", (HealthStatus,)),
+        Returns(
+            "200", "The store answered, and the server's own agents are running.", (HealthStatus,)
+        ),
+        Returns(
+            "503",
+            "The store did not answer, or the server's agents are still starting; `reason` "
+            "says which.",
+            (HealthStatus,),
+        ),
     ),
 )
 async def readyz(call: Call) -> Response | HealthStatus:
+    if not call.request.app.state.agents_ready:
+        reason = "the agents are starting"
+        return json_response(HealthStatus(status="unavailable", reason=reason), status=503)
     try:
         await call.node.store.ping()
     except Exception as exc:
@@ -285,5 +295,6 @@ def create_app(settings: Settings | None = None, *, manage_node: bool = True) ->
     app.state.event_streams = streams
     app.state.overload = overload
     app.state.mcp = mcp
+    app.state.agents_ready = True  # `roomcast serve` clears it while its agents start
     app.state.operations = [op for table in API_TABLES for op in table.api.operations]
     return app
