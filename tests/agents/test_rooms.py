@@ -13,11 +13,15 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from roomcast.agents.config import AgentConfig
+from roomcast.agents.rooms import AgentRooms
 from roomcast.client import Client, Event, connect
+from roomcast.protocol.messages import SignalEvent
 from roomcast.testing import ServerProcess
 
 KEY = "workers:" + "r" * 32
@@ -291,3 +295,43 @@ async def test_answers_beyond_max_concurrent_answers_wait_their_turn(
         assert streaming.most == 2
     finally:
         worker.stop()
+
+
+async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_message(
+    server: ServerProcess, prefix: str
+) -> None:
+    """A message posted just before the agent listened, then somebody attaching the room
+    (``channel.occupied`` names the serial after that message) while the agent starts: the
+    agent still reads the message, as it reads the rooms it lists at start."""
+    channel = f"{prefix}:racing"
+    async with connect(server.url, client_id="hana") as hana:
+        await hana.channels.get(channel).publish("@helper are you up yet?")
+    seen: list[Event] = []
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(coro: Any, **_: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        return task
+
+    config = AgentConfig(
+        name="helper", provider="scripted", model="scripted", rooms=(f"{prefix}:*",)
+    )
+    rooms = AgentRooms(
+        config,
+        on_event=lambda _, event: seen.append(event),
+        on_regenerate=lambda *_: None,
+        spawn=spawn,
+    )
+    async with connect(server.url, client_id="helper", key=KEY) as client:
+        rooms.client = client  # as start() sets it, before it lists the rooms
+        rooms._on_meta_signal(
+            SignalEvent(
+                channel="meta:channels",
+                client_id=None,
+                name="channel.occupied",
+                data={"channel": channel, "serial": 1},
+            )
+        )
+        await asyncio.gather(*tasks)
+        assert [(e.serial, e.data) for e in seen] == [(1, "@helper are you up yet?")]

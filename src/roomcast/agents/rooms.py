@@ -79,6 +79,7 @@ class AgentRooms:
         self._on_regenerate = on_regenerate
         self._spawn = spawn
         self._seen: dict[str, int] = {}  # the last serial of each room detached while idle
+        self.starting = True  # until the rooms listed at start are attached
 
     # ------------------------------------------------------------------ finding rooms
 
@@ -107,6 +108,7 @@ class AgentRooms:
                 await self.watch(name, from_serial)
 
         await asyncio.gather(*(attach(name, serial) for name, serial in active.items()))
+        self.starting = False
         log.info(
             "agent %s attached %d of its %d rooms; the others attach when they are active",
             self.name,
@@ -150,6 +152,11 @@ class AgentRooms:
         seen = self._seen.pop(channel, None)
         if seen is not None:
             before = seen if before is None else min(seen, before)
+        elif self.starting and before is not None:
+            # The signals before this one came before the agent listened: a message posted
+            # then, before somebody entered (channel.occupied names the serial after it), is
+            # read again, as the rooms listed at start are.
+            before = max(0, before - STARTUP_LOOKBACK)
         self._spawn(self.watch(channel, before))
 
     async def _regenerate(self, channel: str, target: int, again: str) -> None:
