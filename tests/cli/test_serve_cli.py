@@ -119,9 +119,9 @@ def test_startup_objects_are_frozen_and_young_collections_are_rarer() -> None:
         gc.set_threshold(*before)
 
 
-def test_readyz_says_the_agents_are_starting_until_they_are_up(tmp_path: Path) -> None:
-    """An agent whose MCP server takes 2 s to fail starts that much later; meanwhile the
-    server listens but is not ready, so nothing is sent to it before its agents are up."""
+def serve_slow_agent(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``roomcast serve`` with an agent whose MCP server takes 2 s to fail, so the agent
+    starts that much later: the process, its port and its log."""
     slow = tmp_path / "slow_mcp.py"
     slow.write_text("import time\ntime.sleep(2)\n")  # then exits: a failed MCP server
     agents = tmp_path / "agents.toml"
@@ -135,6 +135,13 @@ def test_readyz_says_the_agents_are_starting_until_they_are_up(tmp_path: Path) -
     command += ["--store", "memory://", "--agents", str(agents)]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    return proc, port, log
+
+
+def test_readyz_says_the_agents_are_starting_until_they_are_up(tmp_path: Path) -> None:
+    """Meanwhile the server listens but is not ready, so nothing is sent to it before its
+    agents are up."""
+    proc, port, log = serve_slow_agent(tmp_path)
     try:
         answers: list[tuple[int, str]] = []
         deadline = time.monotonic() + 30
@@ -153,3 +160,30 @@ def test_readyz_says_the_agents_are_starting_until_they_are_up(tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_sigterm_while_the_agents_start_stops_the_server(tmp_path: Path) -> None:
+    """A shutdown that comes while the agents start (their connections are closed under
+    them) ends the start: the process exits, it does not wait for them forever."""
+    proc, port, log = serve_slow_agent(tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "the agents are starting" not in readyz(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the agent is connected, its MCP server not yet failed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def readyz(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        return str(exc.read().decode())
+    except OSError:
+        return ""  # not listening yet

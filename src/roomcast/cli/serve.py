@@ -7,6 +7,7 @@ agents, whose names the node reserves and whose private key joins the key ring.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -26,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from roomcast import __version__
+from roomcast.aio import cancel_and_wait
 from roomcast.cli.root import console
 from roomcast.settings import (
     PANELS,
@@ -391,12 +393,18 @@ async def _serve_and_start_agents(
     listening.cancel()
     if server.started and not serving.done():
         app.state.agents = agents
-        try:
-            await agents.start()
-        except Exception:
-            logging.getLogger("roomcast.agents").exception("the agents could not start")
-        finally:
-            app.state.agents_ready = True
+        # Beside the serving task: a shutdown that comes while the agents start (their
+        # connections closed under them) ends the start instead of waiting for it forever.
+        starting = asyncio.ensure_future(agents.start())
+        await asyncio.wait({serving, starting}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            with contextlib.suppress(Exception):  # shutting down: how it ended is moot
+                await cancel_and_wait(starting)
+        elif not starting.cancelled() and starting.exception() is not None:
+            logging.getLogger("roomcast.agents").error(
+                "the agents could not start", exc_info=starting.exception()
+            )
+        app.state.agents_ready = True
     freeze_startup_objects()
     await serving
 
