@@ -131,7 +131,9 @@ async def test_sub_in_a_terminal_grows_a_streamed_answer_on_one_line_then_settle
                 # Another message meanwhile goes above the growing line, which stays whole.
                 asked = await alice.channels.get(channel).publish("is it ready?")
                 question = f"{asked} alice is it ready?"
-                growing = await asyncio.to_thread(sub.wait_for, lambda lines: question in lines)
+                growing = await asyncio.to_thread(
+                    sub.wait_for, lambda lines: question in lines and lines[-1].startswith("1 ")
+                )
                 assert growing[-2:] == [
                     question,
                     "1 agent [streaming] word0 word1 word2",

@@ -147,9 +147,9 @@ class TerminalFeed:
             self._redraw()
 
     def note(self, text: str) -> None:
-        self._clear()
+        self._write(self._clear())
         note(text)
-        self._draw()
+        self._write(self._draw())
 
     def close(self) -> None:
         if self._drawn:
@@ -157,29 +157,31 @@ class TerminalFeed:
             self._drawn = 0
 
     # ------------------------------------------------------------------ the screen
+    # Each change of the screen is one write, so that a terminal never shows it half done
+    # (a line printed above the live area without the live area below it yet).
 
     def _print(self, text: str) -> None:
         """``text`` above the live area, which is drawn again below it."""
-        self._clear()
-        self._write(text + "\n")
-        self._draw()
+        self._write(self._clear() + text + "\n" + self._draw())
 
     def _redraw(self) -> None:
-        self._clear()
-        self._draw()
+        self._write(self._clear() + self._draw())
 
-    def _clear(self) -> None:
-        if self._drawn:
-            up = f"\x1b[{self._drawn - 1}A" if self._drawn > 1 else ""
-            self._write("\r" + up + CLEAR_BELOW)
-            self._drawn = 0
+    def _clear(self) -> str:
+        """What takes the live area off the screen, leaving the cursor where it began."""
+        if not self._drawn:
+            return ""
+        up = f"\x1b[{self._drawn - 1}A" if self._drawn > 1 else ""
+        self._drawn = 0
+        return "\r" + up + CLEAR_BELOW
 
-    def _draw(self) -> None:
+    def _draw(self) -> str:
+        """What draws the live area, the cursor left on its last line."""
         width, height = self._size()
         shown = list(self.live.values())[-max(1, height - 2) :]  # the newest, if too many
         lines = [_cut(live.head, live.data, width - 1) for live in shown]
-        self._write("\n".join(lines))
         self._drawn = len(lines)
+        return "\n".join(lines)
 
     def _size(self) -> tuple[int, int]:
         try:
@@ -189,6 +191,8 @@ class TerminalFeed:
         return max(size.columns, 20), max(size.lines, 3)
 
     def _write(self, text: str) -> None:
+        if not text:
+            return
         self.out.write(text)
         self.out.flush()
 
