@@ -10,9 +10,12 @@ from roomcast.backends.base import Appended, StoreOptions
 from roomcast.backends.local import LocalBus
 from roomcast.backends.measured import MeasuredStore
 from roomcast.backends.memory import MemoryStore
+from roomcast.core.authz import Principal
+from roomcast.core.node import Node
 from roomcast.core.streams import LINGER_S, AppendRollup, StreamSweeper
+from roomcast.protocol.capabilities import ALL
 from roomcast.protocol.errors import Conflict, NotFound, TooLarge
-from roomcast.protocol.messages import Event
+from roomcast.protocol.messages import Append, Event, Publish
 from roomcast.settings import Settings
 
 CHANNEL = "room:a"
@@ -173,3 +176,34 @@ async def test_a_steady_stream_reads_its_message_once_not_after_each_quiet_windo
     await rollup.submit("a", CHANNEL, msg, "more")
     assert reads.counts["get_message"] == 2
     await rollup.aclose()
+
+
+async def test_a_stream_created_on_this_node_takes_its_first_append_without_a_store_read() -> None:
+    """The first token of an answer is on the path to every reader's first token: the node
+    knows the message it just created (author, status, size), so it does not read it back."""
+    reads = Reads()
+    store = MeasuredStore(MemoryStore(LocalBus(), StoreOptions()), reads)
+    node = Node(store, Settings(store="memory://", rollup_ms=25))
+    await node.start()
+    try:
+        alice = Principal("alice", ALL, "key")
+        created = await node.publish(
+            alice, Publish(channel=CHANNEL, data="", streaming=True, extras={})
+        )
+        assert isinstance(created.serial, int)
+        for word in ("one ", "two"):
+            await node.append_to(
+                alice, Append(channel=CHANNEL, msg_serial=created.serial, data=word)
+            )
+        assert reads.counts.get("get_message") is None
+        # Still checked as the store would: another client's append is refused.
+        with pytest.raises(Conflict, match="not yours"):
+            await node.append_to(
+                Principal("bob", ALL, "key"),
+                Append(channel=CHANNEL, msg_serial=created.serial, data="mine"),
+            )
+        await node.rollup.aclose()
+        message = await store.get_message(CHANNEL, created.serial)
+        assert message is not None and message.data == "one two"
+    finally:
+        await node.stop()

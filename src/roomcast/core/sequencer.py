@@ -94,6 +94,8 @@ class Sequencer:
             self._announce(channel)
         if created and result.serial is not None and not result.duplicate:
             self.hints.hint(channel, result.serial - 1)
+            if result.event is not None:
+                self.rollup.created(result.event)
         return Ok(serial=result.serial if result.serial is not None else UNSET)
 
     def _announce(self, channel: str) -> None:

@@ -154,6 +154,23 @@ class AppendRollup:
         if stream.merge:
             self._flush(stream)
 
+    def created(self, event: Event) -> None:
+        """Know a streamed message just created here, so that its first append is checked
+        and stored at once instead of after a read of the message from the store."""
+        key = (event.channel, event.serial)
+        if event.streaming is not True or key in self._streams:
+            return
+        stream = self._streams[key] = _Stream(
+            event.channel,
+            event.serial,
+            loaded=True,
+            author=event.client_id,
+            text=is_text(event.data),
+            size=_size(event.data),
+        )
+        stream.touched = asyncio.get_running_loop().time()
+        self._forget(stream)  # remembered for LINGER_S, like a stream between appends
+
     def observe(self, event: Event) -> None:
         """Track a stored update, cancel or delete of a message being appended to here."""
         stream = self._streams.get((event.channel, event.msg_serial or 0))
