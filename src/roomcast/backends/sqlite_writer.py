@@ -42,6 +42,7 @@ log = logging.getLogger("roomcast.backends.sqlite")
 
 _MAX_BATCH = 1000  # work items per transaction
 _CHANNEL_CACHE = 10_000  # channel rows the writer keeps in memory
+_STREAM_CACHE = 10_000  # streaming messages the writer keeps in memory
 
 _INSERT_EVENTS = ("INSERT INTO events VALUES ", 4, "")
 _UPSERT_MESSAGES = (
@@ -220,6 +221,10 @@ class _WriteConnection:
         self.options = options
         self.conn = connect(path)
         self.chans: dict[str, ChannelHead] = {}  # committed rows, never mutated in place
+        # Committed messages still streaming: each transaction appends to them again, and
+        # reading and decoding them back from the file each time cost more than the append.
+        self.streams: dict[tuple[str, int], Message] = {}
+        self._written: dict[tuple[str, int], Message] = {}  # this transaction's, so far
         try:
             migrate(self.conn, path)
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -246,6 +251,9 @@ class _WriteConnection:
         return chan
 
     def load_message(self, channel: str, msg_serial: int) -> Message | None:
+        cached = self.streams.get((channel, msg_serial))
+        if cached is not None:
+            return cached
         row = self.conn.execute(
             "SELECT body FROM messages WHERE channel = ? AND msg_serial = ?", (channel, msg_serial)
         ).fetchone()
@@ -304,6 +312,8 @@ class _WriteConnection:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
             self.chans.clear()  # re-read committed rows from the file, to be safe
+            self.streams.clear()
+            self._written.clear()
             failure = Unavailable(f"the store could not commit: {exc}")
             for work in batch:
                 work.result, work.error = None, work.error or failure
@@ -311,6 +321,18 @@ class _WriteConnection:
         if len(self.chans) + len(stage.chans) > _CHANNEL_CACHE:
             self.chans.clear()
         self.chans.update(stage.chans)
+        self._keep_streams()
+
+    def _keep_streams(self) -> None:
+        """Remember the committed messages that still stream; forget those that ended."""
+        written, self._written = self._written, {}
+        if len(self.streams) + len(written) > _STREAM_CACHE:
+            self.streams.clear()
+        for key, message in written.items():
+            if message.status == "streaming" and not message.deleted:
+                self.streams[key] = message
+            else:
+                self.streams.pop(key, None)
 
     def run(self, stage: _Stage, work: Work, now: int) -> None:
         if work.kind == "append":
@@ -345,6 +367,7 @@ class _WriteConnection:
             rows = [(e.channel, e.serial, e.timestamp, body) for e, body in stage.events]
             _write_rows(conn, _INSERT_EVENTS, rows)
         if stage.messages:
+            self._written.update(stage.messages)
             _write_rows(
                 conn,
                 _UPSERT_MESSAGES,
@@ -383,6 +406,8 @@ class _WriteConnection:
 
     def purge(self, stage: _Stage, now: int, retention_ms: int) -> int:
         execute = self.conn.execute
+        self.streams.clear()  # it deletes messages in SQL
+        self._written.clear()
         execute("SAVEPOINT purge")
         try:
             execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
