@@ -104,3 +104,13 @@ def answer_states(page: Page) -> list[dict[str, str]]:
 
 def last_answer(page: Page, author: str = "assistant") -> Locator:
     return page.locator(f'#messages .msg[data-author="{author}"]:not(.tool)').last
+
+
+def start_long_answer(page: Page) -> Locator:
+    """Once the agent is in the room, ask it for the long story; its answer, streaming."""
+    send(page, "hello")
+    expect(page.locator("#people")).to_contain_text("assistant")
+    send(page, "@assistant tell us a long story")
+    answer = last_answer(page)
+    expect(answer).to_have_attribute("data-status", "streaming")
+    return answer

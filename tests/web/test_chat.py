@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import itertools
 
-from browsing import People, answer_states, last_answer, screenshot, send, watch_answers
+from browsing import (
+    People,
+    answer_states,
+    last_answer,
+    screenshot,
+    send,
+    start_long_answer,
+    watch_answers,
+)
 from playwright.sync_api import expect
 
 from conftest import ANSWER
@@ -76,11 +84,7 @@ def test_a_reload_mid_stream_shows_the_whole_answer_once(people: People) -> None
 def test_stop_shows_who_stopped_the_answer_everywhere(people: People) -> None:
     alice = people.join("Alice", "stop")
     bob = people.join("Bob", "stop")
-    send(bob, "hello")
-    expect(bob.locator("#people")).to_contain_text("assistant")
-    send(bob, "@assistant tell us a long story")
-    answer = last_answer(bob)
-    expect(answer).to_have_attribute("data-status", "streaming")
+    answer = start_long_answer(bob)
     expect(answer.locator(".body")).to_contain_text("Chapter 2")
     # Alice did not ask: without cancel-any she may not stop Bob's answer, and is not offered to.
     expect(last_answer(alice).get_by_role("button", name="Stop")).to_have_count(0)

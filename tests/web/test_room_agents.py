@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from browsing import People, crowd, last_answer, screenshot, send
+from browsing import People, crowd, last_answer, screenshot, send, start_long_answer
 from playwright.sync_api import Browser, expect
 
 from conftest import serve_agents
@@ -146,3 +146,14 @@ def test_an_agent_that_cannot_run_its_model_says_why(
         expect(row.locator(".note")).to_have_text(REASON)
         expect(row).to_have_attribute("title", REASON)
         screenshot(alice, "web-agent-note")
+
+
+def test_an_answer_waiting_its_turn_shows_the_agent_queued(people: People) -> None:
+    bob = people.join("Bob", "queued")
+    story = start_long_answer(bob)
+    send(bob, "@assistant and after that?")  # one answer at a time in a room: it waits
+    expect(bob.locator("#typing")).to_have_text("assistant (queued) is typing…")
+    story.get_by_role("button", name="Stop").click()
+    expect(story).to_have_attribute("data-status", "cancelled", timeout=10000)
+    expect(bob.locator("#typing")).not_to_contain_text("queued")
+    expect(last_answer(bob)).to_have_attribute("data-status", "complete", timeout=20000)

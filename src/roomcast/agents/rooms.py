@@ -257,17 +257,21 @@ class AgentRooms:
                 "agent %s %s %s", self.name, "joins" if listed else "leaves", room.channel.name
             )
 
-    def show(self, room: Room, status: str) -> None:
-        """Update the agent's presence without waiting for the ``ok`` (it is only shown)."""
-        self._spawn(_quietly(self._update_presence(room, status)))
+    def show(self, room: Room, status: str, *, queued: bool = False) -> None:
+        """Update the agent's presence without waiting for the ``ok`` (it is only shown);
+        ``queued``: an answer waits its turn (``"queued": true`` in the data)."""
+        self._spawn(_quietly(self._update_presence(room, self.presence(status, queued=queued))))
 
-    async def _update_presence(self, room: Room, status: str) -> None:
+    async def _update_presence(self, room: Room, data: dict[str, Any]) -> None:
         async with room.presence_lock:
             if room.present:  # not after it left the room's list
-                await room.channel.presence.update(self.presence(status))
+                await room.channel.presence.update(data)
 
-    def presence(self, status: str) -> dict[str, Any]:
-        return {"kind": "agent", "status": status, "model": self.config.model}
+    def presence(self, status: str, *, queued: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": "agent", "status": status, "model": self.config.model}
+        if queued:
+            data["queued"] = True
+        return data
 
 
 async def _matching(server: str, pattern: str, key: str | None) -> Any:

@@ -292,6 +292,8 @@ class AgentWorker:
         waits = (lock is not None and lock.locked()) or self.answer_slots.locked()
         if decision.needs_judge or waits:
             history = None  # read again when the answer starts: the room moved on
+        if waits:
+            self.watching.show(room, "thinking", queued=True)  # not idle while someone waits
         async with lock if lock is not None else contextlib.nullcontext():
             room.running[trigger.msg_serial] = None
             try:

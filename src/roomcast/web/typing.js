@@ -23,7 +23,7 @@ export function onSignal(signal) {
   setTimeout(renderTyping, TYPING_SHOWN_MS + 50);
 }
 
-/** Who is typing now, and which agents are thinking (their presence says so). */
+/** Who is typing now, and which agents are thinking or waiting their turn (their presence says so). */
 export function renderTyping() {
   const now = Date.now();
   const names = [];
@@ -33,7 +33,7 @@ export function renderTyping() {
   }
   for (const member of app.channel?.presence.list() || []) {
     const status = isAgentId(member.client_id) ? member.data?.status : null;
-    if (status === "thinking") names.push(`${displayName(member.client_id)} (thinking)`);
+    if (status === "thinking") names.push(`${displayName(member.client_id)} (${member.data.queued ? "queued" : "thinking"})`);
   }
   const unique = [...new Set(names)];
   $("typing").textContent = unique.length ? `${unique.join(", ")} ${unique.length > 1 ? "are" : "is"} typing…` : "";
