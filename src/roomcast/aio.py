@@ -1,4 +1,4 @@
-"""Stopping asyncio tasks for certain.
+"""Stopping asyncio tasks for certain, and seeing where they stand.
 
 A cancel can be lost. On Python 3.11, ``asyncio.wait_for`` returns the awaited result
 instead of raising when the cancel arrives in the instant that result becomes ready (3.12
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 from typing import Any
 
 # How long a cancelled task has to end before it is cancelled again (it may have lost the
@@ -33,3 +35,16 @@ async def cancel_and_wait(task: asyncio.Task[Any], *, recancel_s: float = RECANC
 
 
 __all__ = ["RECANCEL_S", "cancel_and_wait"]
+
+
+def log_tasks() -> None:
+    """Where each task of the running loop stands, logged as one warning of the
+    ``roomcast`` logger: the SIGUSR1 handler of ``roomcast serve`` and ``roomcast agents``
+    (for a process that seems stuck: ``kill -USR1 PID``)."""
+    tasks = asyncio.all_tasks()
+    lines = [f"SIGUSR1: {len(tasks)} tasks"]
+    for task in tasks:
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        lines.append(stack.getvalue().rstrip())
+    logging.getLogger("roomcast").warning("\n".join(lines))

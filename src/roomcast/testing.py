@@ -200,6 +200,51 @@ class ServerProcess:
         self.close()
 
 
+class AgentsProcess(ServerProcess):
+    """``roomcast agents`` in a subprocess, a worker of the server at ``server_url`` with the
+    API key ``key``. Tracked like a :class:`ServerProcess` (its log is read the same way);
+    :meth:`start` returns once it runs, :meth:`logged` waits for a line of its log."""
+
+    def __init__(
+        self,
+        server_url: str,
+        agents: Path,
+        key: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(store="memory://", env=env)
+        self.server_url = server_url
+        self.agents = agents
+        self.key = key
+
+    @property
+    def url(self) -> str:
+        """What names it in a report: the server it works for."""
+        return f"agents worker of {self.server_url}"
+
+    def start(self, timeout: float = 20.0) -> AgentsProcess:
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1", **self.env}
+        cmd = [sys.executable, "-m", "roomcast", "agents", "--agents", str(self.agents)]
+        cmd += ["--server", self.server_url, "--key", self.key]
+        if self not in ServerProcess._tracked:
+            ServerProcess._tracked.append(self)
+        self._closed_log = None
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    async def logged(self, text: str, within: float = 60.0) -> None:
+        """Until ``text`` is in the log (an AssertionError with the log if the worker exits
+        first, TimeoutError after ``within`` seconds)."""
+        async with asyncio.timeout(within):
+            while text not in self.output():
+                assert self.proc is not None and self.proc.poll() is None, self.output()
+                await asyncio.sleep(0.05)
+
+    def __enter__(self) -> AgentsProcess:
+        return self.start()
+
+
 class RedisClusterProcesses:
     """A Redis Cluster of ``masters`` ``redis-server`` processes on free ports, each with
     ``replicas`` replicas (none by default), no persistence unless ``args`` ask for it, made

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -63,10 +62,11 @@ from roomcast.agents.providers.ag_ui import (
 from roomcast.agents.tools import ToolError, apply_patch, state_ops
 from roomcast.client import LiveMap, Message, connect
 from roomcast.protocol import messages as m
-from roomcast.testing import ServerProcess, free_port
+from roomcast.testing import AgentsProcess, ServerProcess, free_port
 
 KEY = "workers:" + "g" * 32
 AUTH = "Bearer agent-secret"
+WORKER_ENV = {"AGGIE_AUTH": AUTH}
 POLL = ToolSpec(
     "create_poll",
     "Create a poll.",
@@ -786,53 +786,25 @@ async def test_a_cancel_closes_its_http_stream_and_ends_the_answer_cancelled(
     assert str(answer.data).startswith("Well")
 
 
-class Worker:
-    """``roomcast agents`` with the agents file, in a subprocess."""
-
-    def __init__(self, server: ServerProcess, agents: Path, log: Path) -> None:
-        self.log = log
-        self._out = log.open("wb")
-        command = [sys.executable, "-m", "roomcast", "agents", "--agents", str(agents)]
-        self.proc = subprocess.Popen(
-            [*command, "--server", server.url, "--key", KEY],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "ROOMCAST_LOG_LEVEL": "info", "AGGIE_AUTH": AUTH},
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def up(self) -> None:
-        async with asyncio.timeout(30):
-            while "agent aggie is up" not in self.output():
-                assert self.proc.poll() is None, self.output()
-                await asyncio.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self._out.close()
-        return code
-
-
 async def test_workers_and_the_server_answer_each_trigger_once(
     server: ServerProcess, agent: AGUIAgentServer, agents_toml: Path, tmp_path: Path
 ) -> None:
     channel = room()
     agent.plan(channel, Plan(say=["Here."]))
-    workers = [Worker(server, agents_toml, tmp_path / f"worker{i}.log") for i in range(2)]
+    workers = [AgentsProcess(server.url, agents_toml, KEY, env=WORKER_ENV) for _ in range(2)]
     try:
         for worker in workers:
-            await worker.up()
+            await worker.start().logged("agent aggie is up", within=30)
         async with connect(server.url, client_id="alice") as alice:
             lunch = alice.channels.get(channel)
             triggers = [await lunch.publish(f"@aggie question {i}") for i in range(5)]
             await settled(server.url, channel, count=5)
     finally:
         codes = [worker.stop() for worker in workers]
-    assert codes == [0, 0], [worker.output() for worker in workers]
+        outputs = [worker.output() for worker in workers]
+        for worker in workers:
+            worker.close()
+    assert codes == [0, 0], outputs
     messages = await history(server.url, channel)
     assert sorted(x.extras["reply_to"] for x in answers(messages)) == triggers
     assert len(agent.requests_for(channel)) == 5  # one run per trigger, whoever claimed it

@@ -25,7 +25,7 @@ from roomcast.agents.config import AgentConfig, AgentConfigError, McpServerConfi
 from roomcast.agents.mcp import McpServerConnection, McpToolbox, exposed_name, offered
 from roomcast.agents.runtime import AgentRuntime
 from roomcast.client import Message, connect
-from roomcast.testing import ServerProcess, free_port
+from roomcast.testing import AgentsProcess, ServerProcess, free_port
 
 KEY = "workers:" + "m" * 32
 SERVERS = str(Path(__file__).with_name("mcp_test_servers.py"))
@@ -571,37 +571,18 @@ async def test_roomcast_serve_runs_an_agent_with_an_mcp_server(
     assert "MCP server tools is connected (6 tools offered)" in log
 
 
-def start_worker(server: ServerProcess, agents: Path, out: Any) -> subprocess.Popen[bytes]:
-    """``roomcast agents`` with ``agents``, its output to ``out``."""
-    command = [sys.executable, "-m", "roomcast", "agents", "--agents", str(agents)]
-    return subprocess.Popen(
-        [*command, "--server", server.url, "--key", KEY],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "ROOMCAST_LOG_LEVEL": "info"},
-    )
-
-
 async def test_a_roomcast_agents_worker_runs_an_agent_with_an_mcp_server(
     server: ServerProcess, tmp_path: Path, events: Path, channel: str
 ) -> None:
     path = adding_agent(tmp_path, events, 1, 2)
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = start_worker(server, path, out)
-        try:
-            await event_line(events, "up ")
-            async with asyncio.timeout(30):
-                while "agent helper is up" not in log.read_text(errors="replace"):
-                    assert worker.poll() is None, log.read_text(errors="replace")
-                    await asyncio.sleep(0.05)
-            await ask(server, channel, "@helper add")
-            [answer] = await settled(server.url, channel)
-            [line] = await tool_lines(server.url, channel)
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            code = worker.wait(30)
-    output = log.read_text(errors="replace")
+    with AgentsProcess(server.url, path, KEY) as worker:
+        await event_line(events, "up ")
+        await worker.logged("agent helper is up", within=30)
+        await ask(server, channel, "@helper add")
+        [answer] = await settled(server.url, channel)
+        [line] = await tool_lines(server.url, channel)
+        code = worker.stop()
+        output = worker.output()
     assert code == 0, output
     assert answer.status == "complete" and answer.data == "[scripted] Asking.\n\nDone."
     assert line["tool"] == "tools__add" and json.loads(line["result"]) == {"sum": 3}

@@ -7,8 +7,6 @@ the server hints that a room is active again. Real servers and ``roomcast agents
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from roomcast.agents.config import AgentConfig
 from roomcast.agents.rooms import AgentRooms
 from roomcast.client import Client, Event, connect
 from roomcast.protocol.messages import SignalEvent
-from roomcast.testing import ServerProcess
+from roomcast.testing import AgentsProcess, ServerProcess
 
 KEY = "workers:" + "r" * 32
 ROOMS = 1100  # more than one page of GET /v1/channels (1000)
@@ -67,28 +65,9 @@ def server() -> Iterator[ServerProcess]:
         yield proc
 
 
-class Worker:
-    """``roomcast agents`` in a subprocess, its output in a file."""
-
-    def __init__(self, server: ServerProcess, agents: Path, log: Path) -> None:
-        self.log = log
-        command = [sys.executable, "-m", "roomcast", "agents", "--agents", str(agents)]
-        command += ["--server", server.url, "--key", KEY]
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def logged(self, text: str, within: float = 60) -> None:
-        async with asyncio.timeout(within):
-            while text not in self.output():
-                assert self.proc.poll() is None, self.output()
-                await asyncio.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+def start_worker(server: ServerProcess, agents: Path) -> AgentsProcess:
+    """``roomcast agents`` in a subprocess, a worker of ``server``."""
+    return AgentsProcess(server.url, agents, KEY).start()
 
 
 class Answers:
@@ -106,7 +85,7 @@ class Answers:
             assert isinstance(event.msg_serial, int)
             self.complete.setdefault(event.channel, []).append(event.msg_serial)
 
-    async def in_every(self, rooms: list[str], worker: Worker, within: float) -> None:
+    async def in_every(self, rooms: list[str], worker: AgentsProcess, within: float) -> None:
         """Until every one of ``rooms`` has a finished answer; else a failure that says
         where none came, with the worker's log."""
         try:
@@ -153,7 +132,7 @@ async def test_a_worker_answers_in_1100_rooms_then_detaches_idle_ones_and_comes_
     listed = await channels(server, prefix)
     assert sorted(listed) == rooms  # two pages
 
-    worker = Worker(server, agents_file(tmp_path, prefix), tmp_path / "worker.log")
+    worker = start_worker(server, agents_file(tmp_path, prefix))
     try:
         # It lists them all; it attaches those with an event in the last seconds now, the
         # others when they get active. Either way it answers in each, on one connection.
@@ -189,7 +168,7 @@ async def test_a_worker_answers_in_1100_rooms_then_detaches_idle_ones_and_comes_
         assert all(len(answers.complete[r]) == 1 for r in again)
         assert "Traceback" not in worker.output()
     finally:
-        worker.stop()
+        worker.close()
 
 
 async def test_a_person_entering_an_idle_room_brings_its_agent_back_to_presence(
@@ -198,7 +177,7 @@ async def test_a_person_entering_an_idle_room_brings_its_agent_back_to_presence(
     channel = f"{prefix}:lobby"
     async with connect(server.url, client_id="alice") as alice:
         await alice.channels.get(channel).publish("hello")
-    worker = Worker(server, agents_file(tmp_path, prefix), tmp_path / "worker.log")
+    worker = start_worker(server, agents_file(tmp_path, prefix))
     try:
         await worker.logged("of its 1 rooms")
         await until_detached(server, prefix)
@@ -212,7 +191,7 @@ async def test_a_person_entering_an_idle_room_brings_its_agent_back_to_presence(
             await asyncio.sleep(5)
             assert "helper" in [m.client_id for m in await lobby.presence.members()]
     finally:
-        worker.stop()
+        worker.close()
 
 
 async def test_a_mention_right_after_entering_a_new_room_is_answered(
@@ -221,7 +200,7 @@ async def test_a_mention_right_after_entering_a_new_room_is_answered(
     """The agent attaches from the serial the server's signal names, so a message posted
     before its attach arrives is replayed to it, not missed."""
     rooms = [f"{prefix}:new{i}" for i in range(60)]
-    worker = Worker(server, agents_file(tmp_path, prefix), tmp_path / "worker.log")
+    worker = start_worker(server, agents_file(tmp_path, prefix))
     try:
         await worker.logged("agent helper attached 0 of its 0 rooms")
         async with connect(server.url, client_id="watcher", key=KEY) as watcher:
@@ -237,7 +216,7 @@ async def test_a_mention_right_after_entering_a_new_room_is_answered(
                 await answers.in_every(rooms, worker, within=60)
         assert all(len(answers.complete[r]) == 1 for r in rooms)
     finally:
-        worker.stop()
+        worker.close()
 
 
 class Streaming:
@@ -276,7 +255,7 @@ async def test_answers_beyond_max_concurrent_answers_wait_their_turn(
     gets its answer, complete."""
     rooms = [f"{prefix}:busy{i}" for i in range(8)]
     agents = agents_file(tmp_path, prefix, SLOW_SCRIPT, "max_concurrent_answers = 2\n")
-    worker = Worker(server, agents, tmp_path / "worker.log")
+    worker = start_worker(server, agents)
     try:
         await worker.logged("agent helper attached 0 of its 0 rooms")
         streaming = Streaming()
@@ -288,13 +267,23 @@ async def test_answers_beyond_max_concurrent_answers_wait_their_turn(
                 await asyncio.gather(
                     *(frank.channels.get(r).publish("@helper busy day?") for r in rooms)
                 )
+            shown: set[str] = set()  # the agent's presence, as the rooms show it
             async with asyncio.timeout(60):
-                while len(streaming.complete) < len(rooms):  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)  # a plain set, filled by the subscriptions
+                while len(streaming.complete) < len(rooms):
+                    for room in rooms:
+                        members = await watcher.channels.get(room).presence.members()
+                        shown |= {shown_status(p.data) for p in members if p.client_id == "helper"}
+                    await asyncio.sleep(0.05)
         assert sorted(channel for channel, _ in streaming.complete) == rooms
         assert streaming.most == 2
+        # Those waiting their turn say so, rather than idle while someone waits.
+        assert {"thinking (queued)", "thinking", "streaming"} <= shown
     finally:
-        worker.stop()
+        worker.close()
+
+
+def shown_status(data: Any) -> str:
+    return str(data["status"]) + (" (queued)" if data.get("queued") else "")
 
 
 async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_message(

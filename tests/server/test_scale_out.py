@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -24,7 +21,7 @@ from typing import Any
 import pytest
 
 from roomcast.client import Channel, Message, connect
-from roomcast.testing import ServerProcess, WireClient
+from roomcast.testing import AgentsProcess, ServerProcess, WireClient
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -336,18 +333,6 @@ async def history(url: str, channel: str) -> list[Message]:
     return []
 
 
-def start_worker(node: ServerProcess, agents: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``roomcast agents`` in a subprocess, connected to ``node``."""
-    cmd = [sys.executable, "-m", "roomcast", "agents", "--agents", str(agents)]
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [*cmd, "--server", node.url, "--key", WORKER_KEY],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "ROOMCAST_LOG_LEVEL": "info"},
-        )
-
-
 async def helpers_present(channel: Channel) -> int:
     """The connections of the agent ``helper`` in ``channel``'s presence."""
     return len([m for m in await channel.presence.members() if m.client_id == "helper"])
@@ -367,12 +352,11 @@ async def test_workers_on_different_nodes_answer_each_trigger_exactly_once(
         "ROOMCAST_STREAM_IDLE_TIMEOUT_S": "5",
     }
     nodes = [ServerProcess(store=store_url, env=env, args=["--agents", "none"]) for _ in range(2)]
-    workers: list[subprocess.Popen[bytes]] = []
-    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers: list[AgentsProcess] = []
     try:
         for node in nodes:
             node.start()
-        workers = [start_worker(node, agents, log) for node, log in zip(nodes, logs, strict=True)]
+        workers = [AgentsProcess(node.url, agents, WORKER_KEY).start() for node in nodes]
         channel = room()
         async with connect(nodes[0].url, client_id="alice") as alice:
             lunch = alice.channels.get(channel)
@@ -395,17 +379,11 @@ async def test_workers_on_different_nodes_answer_each_trigger_exactly_once(
         assert sorted(r.extras["reply_to"] for r in replies) == triggers
         assert all(r.status == "complete" for r in replies)
         # Both workers took part (each answers what it claims first).
-        outputs = [log.read_text(errors="replace") for log in logs]
+        outputs = [worker.output() for worker in workers]
         assert all(f"answers {channel}" in out for out in outputs), outputs
     finally:
         for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            worker.close()
         for node in nodes:
             node.close()
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from roomcast.aio import log_tasks
 from roomcast.cli.root import DEFAULT_SERVER, ServerOption, console, note, run_client
 
 
@@ -68,6 +69,7 @@ async def _run_agents(server: str, runtime: Any, grace: float) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)
     await runtime.start()
     note(f"agents {', '.join(a.name for a in agents)} answering on {server}; Ctrl-C stops")
     try:

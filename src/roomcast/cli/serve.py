@@ -13,7 +13,6 @@ import ctypes.util
 import errno
 import gc
 import inspect
-import io
 import logging
 import signal
 import socket
@@ -27,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from roomcast import __version__
-from roomcast.aio import cancel_and_wait
+from roomcast.aio import cancel_and_wait, log_tasks
 from roomcast.cli.root import console
 from roomcast.settings import (
     PANELS,
@@ -330,18 +329,6 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
         )
         raise CannotListen(why.format(host=host, port=port, why=exc.strerror)) from None
     return sockets
-
-
-def log_tasks() -> None:
-    """SIGUSR1: where each task of the server stands, written to the log (for a server
-    that seems stuck: ``kill -USR1 PID``)."""
-    tasks = asyncio.all_tasks()
-    lines = [f"SIGUSR1: {len(tasks)} tasks"]
-    for task in tasks:
-        stack = io.StringIO()
-        task.print_stack(limit=12, file=stack)
-        lines.append(stack.getvalue().rstrip())
-    logging.getLogger("roomcast").warning("\n".join(lines))
 
 
 async def _serve_until_stopped(app: Any, server: Any, settings: Settings) -> int:
