@@ -37,8 +37,11 @@ import random
 import struct
 from typing import Any
 
+from uvicorn.protocols.utils import is_ssl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
+
+from .uvicorn_http import trace_connection_made, transport_addresses
 
 DIRECT_SEND = "roomcast.direct_send"
 _HEADER16 = struct.Struct("!BBH")
@@ -117,6 +120,14 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable = _Flag()  # type: ignore[assignment]
         self.writable.set()
         self.ping_due: float | None = None  # loop time from which a ping goes with a frame
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvicorn's, with the addresses from transport_addresses()
+        self.connections.add(self)
+        self.transport = transport  # type: ignore[assignment]
+        self.server, self.client = transport_addresses(transport)
+        self.scheme = "wss" if is_ssl(transport) else "ws"  # type: ignore[arg-type]
+        trace_connection_made(self.logger, self.client, "WebSocket")
 
     def schedule_ping(self) -> None:
         """The next ping is due ``ping_interval`` after the last one (less its round trip),
