@@ -34,9 +34,6 @@ async def cancel_and_wait(task: asyncio.Task[Any], *, recancel_s: float = RECANC
         await task
 
 
-__all__ = ["RECANCEL_S", "cancel_and_wait"]
-
-
 def log_tasks() -> None:
     """Where each task of the running loop stands, logged as one warning of the
     ``roomcast`` logger: the SIGUSR1 handler of ``roomcast serve`` and ``roomcast agents``
@@ -48,3 +45,6 @@ def log_tasks() -> None:
         task.print_stack(limit=12, file=stack)
         lines.append(stack.getvalue().rstrip())
     logging.getLogger("roomcast").warning("\n".join(lines))
+
+
+__all__ = ["RECANCEL_S", "cancel_and_wait", "log_tasks"]

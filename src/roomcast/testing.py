@@ -91,17 +91,27 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
-        # faulthandler: a server that will not stop is sent SIGABRT, which writes where each
+    def command(self) -> list[str]:
+        """What :meth:`start` runs."""
+        cmd = [sys.executable, "-m", "roomcast", "serve", "--host", "127.0.0.1"]
+        return [*cmd, "--port", str(self.port), "--store", self.store, *self.args]
+
+    def spawn(self) -> None:
+        """Run :meth:`command`, its output appended to the log, and track it."""
+        # faulthandler: a process that will not stop is sent SIGABRT, which writes where each
         # of its threads stands into its log before it dies (see stop()).
         env = {**os.environ, "PYTHONFAULTHANDLER": "1", **self.env}
-        cmd = [sys.executable, "-m", "roomcast", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--store", self.store, *self.args]
         if self not in ServerProcess._tracked:
             ServerProcess._tracked.append(self)
         self._closed_log = None
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command(), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -222,15 +232,12 @@ class AgentsProcess(ServerProcess):
         """What names it in a report: the server it works for."""
         return f"agents worker of {self.server_url}"
 
-    def start(self, timeout: float = 20.0) -> AgentsProcess:
-        env = {**os.environ, "PYTHONFAULTHANDLER": "1", **self.env}
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "roomcast", "agents", "--agents", str(self.agents)]
-        cmd += ["--server", self.server_url, "--key", self.key]
-        if self not in ServerProcess._tracked:
-            ServerProcess._tracked.append(self)
-        self._closed_log = None
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return [*cmd, "--server", self.server_url, "--key", self.key]
+
+    def start(self, timeout: float = 20.0) -> AgentsProcess:
+        self.spawn()
         return self
 
     async def logged(self, text: str, within: float = 60.0) -> None:
