@@ -88,7 +88,17 @@ class SentinelProcess:
         log = (self.folder / "sentinel.log").open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        _wait(lambda: self.client().ping(), f"the Sentinel on port {self.port}", 10)
+        _wait(self._answering, f"the Sentinel on port {self.port}", 10)
+
+    def _answering(self) -> bool:
+        """This Sentinel answers on its port (not another process there: it would have
+        failed to listen and exited)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            log = (self.folder / "sentinel.log").read_text(errors="replace")
+            raise RuntimeError(f"the Sentinel on port {self.port} exited:\n{log[-2000:]}")
+        with contextlib.closing(self.client()) as client:
+            return bool(client.info("server")["process_id"] == self.proc.pid)
 
     def client(self) -> redis.Redis:
         return redis.Redis(

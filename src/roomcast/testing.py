@@ -32,10 +32,20 @@ from websockets.asyncio.client import connect as ws_connect
 Msg = dict[str, Any]
 
 
+_GIVEN: set[int] = set()  # the ports free_port() handed out in this process
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on, never one this process was given
+    before: several ports are often picked before any is bound (a Redis primary, its
+    replica, three Sentinels), and the system may offer the same free port twice."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 class ServerProcess:
