@@ -9,13 +9,18 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import uvicorn
+from websockets.asyncio.client import connect as ws_connect
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from roomcast.testing import ServerProcess
+from polling import eventually
+from roomcast.server.uvicorn_websocket import RoomcastWebSocketProtocol
+from roomcast.testing import ServerProcess, free_port
 
 HEARTBEAT_S = 1.0
 
@@ -123,3 +128,36 @@ async def test_a_peer_that_answers_no_ping_is_closed_with_1011(
         assert client.close_code() == 1011
     finally:
         client.close()
+
+
+async def test_an_open_connection_keeps_no_handshake_request_or_response() -> None:
+    """Once the 101 is written, the protocol drops the handshake's request and response
+    (uvicorn reads them only before), and the connection works on without them."""
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+    port = free_port()
+    config = uvicorn.Config(
+        echo, host="127.0.0.1", port=port, ws=RoomcastWebSocketProtocol, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: server.started)
+        async with ws_connect(f"ws://127.0.0.1:{port}/") as client:
+            await client.send("before")
+            assert await client.recv() == "before"
+            connections = server.server_state.connections
+            [protocol] = [c for c in connections if isinstance(c, RoomcastWebSocketProtocol)]
+            assert protocol.handshake_complete
+            assert protocol.request is None and protocol.response is None
+            await client.send("after")
+            assert await client.recv() == "after"
+    finally:
+        server.should_exit = True
+        await serving

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.types import Scope
 from starlette.websockets import WebSocket
@@ -84,12 +85,19 @@ async def _shed(websocket: WebSocket) -> None:
     await _refuse(websocket, Unavailable(OVERLOADED))
 
 
-def host_of(scope: Scope) -> str | None:
-    """The ``Host`` header of a request (None if it has none)."""
+def header_of(scope: Scope, wanted: bytes) -> str | None:
+    """A request's header (its first value; None if it has none) by its lower-case name,
+    read from the scope: Starlette's ``Headers``, cached on the ``WebSocket``, would stay
+    allocated for as long as the connection is open."""
     for name, value in scope.get("headers", ()):
-        if name == b"host":
+        if name == wanted:
             return str(value.decode("latin-1"))
     return None
+
+
+def host_of(scope: Scope) -> str | None:
+    """The ``Host`` header of a request (None if it has none)."""
+    return header_of(scope, b"host")
 
 
 async def _refuse_host(websocket: WebSocket) -> None:
@@ -108,9 +116,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if not node.settings.host_allowed(host_of(websocket.scope)):
         await _refuse_host(websocket)
         return
-    scheme = "https" if websocket.url.scheme == "wss" else "http"
-    origin = websocket.headers.get("origin")
-    if not node.settings.origin_allowed(origin, websocket.headers.get("host"), scheme):
+    scope = websocket.scope
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    origin = header_of(scope, b"origin")
+    if not node.settings.origin_allowed(origin, host_of(scope), scheme):
         log.warning("refused a WebSocket from origin %s (not in allowed_origins)", origin)
         await websocket.close(code=1008)  # before accept: an HTTP 403
         return
@@ -129,7 +138,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 async def _serve(websocket: WebSocket, node: Node) -> None:
-    params = websocket.query_params
+    # Not websocket.query_params: that would stay cached for as long as the connection is open.
+    params = QueryParams(websocket.scope["query_string"])
+    resume = params.get("resume")
     try:
         codec = codec_for(params.get("format", "json"))
         identity = node.identities.resolve(
@@ -140,8 +151,10 @@ async def _serve(websocket: WebSocket, node: Node) -> None:
     except RoomcastError as exc:
         await _refuse(websocket, exc)
         return
+    finally:
+        del params
     principal = identity.principal
-    connection_id, presence, resumed = await node.connect(principal, params.get("resume"))
+    connection_id, presence, resumed = await node.connect(principal, resume)
     try:
         node.check_client_connections(principal.client_id)
     except RoomcastError as exc:
