@@ -35,6 +35,7 @@ from roomcast.protocol.session import Attachment, Session, TokenBucket
 
 from .authz import Principal
 from .fanout import AttachResult
+from .secret_tokens import token_urlsafe
 from .subscriber import SubscriberCore, Transport
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class Connection(SubscriberCore):
         super().__init__(node.fanout, transport, codec, self.session.attachments)
         self.node = node
         self.principal = principal
-        self.resume_key = "r-" + secrets.token_urlsafe(18)
+        self.resume_key = "r-" + token_urlsafe(18)
         self.replaced = False
         self._bucket = TokenBucket(settings.publish_rate, settings.publish_burst)
         append_rate = settings.append_rate if settings.publish_rate > 0 else 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Mapping
@@ -34,6 +33,7 @@ from roomcast.settings import Settings
 
 from .authz import Principal
 from .fanout import FanOut, Subscriber
+from .secret_tokens import token_urlsafe
 
 log = logging.getLogger("roomcast.node")
 
@@ -136,7 +136,7 @@ class PresenceKeeper:
                 found = self._take_local(principal, resume_key)
             if found is not None:
                 return found[0], found[1], True
-        return "c-" + secrets.token_urlsafe(9), {}, False
+        return "c-" + token_urlsafe(9), {}, False
 
     def _take_local(
         self, principal: Principal, resume_key: str
