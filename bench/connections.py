@@ -118,12 +118,16 @@ def tell(procs: list[Any], command: Msg) -> None:
         proc.stdin.flush()
 
 
-def idle_figures(pid: int, rss_before: int, procs: list[Any], args: argparse.Namespace) -> Msg:
-    """Connect time, RSS per connection (``rss_before``: with the rooms, without the
+def idle_figures(
+    pid: int, rss_before: int, cpu_at_start: float, procs: list[Any], args: argparse.Namespace
+) -> Msg:
+    """Connect time and the server's CPU for it (``cpu_at_start``: its CPU time before the
+    first connection), RSS per connection (``rss_before``: with the rooms, without the
     connections) and idle CPU."""
     ready = [read_line(p.stdout, "ready") for p in procs]
     count = sum(r["ready"] for r in ready)
     connect_s = max(r["connect_s"] for r in ready)
+    connect_cpu = cpu_s(pid) - cpu_at_start
     note(f"{count} connections attached in {connect_s} s")
     time.sleep(2.0)
     rss_after = rss_bytes(pid)[0]
@@ -134,6 +138,7 @@ def idle_figures(pid: int, rss_before: int, procs: list[Any], args: argparse.Nam
     per = (rss_after - rss_before) / count
     return {
         "connect_s": connect_s,
+        "connect_server_cpu_us": round(connect_cpu / count * 1e6),
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
         "bytes_per_connection": round(per),
@@ -150,11 +155,15 @@ def kill_and_resume(server: ServerProcess, procs: list[Any], args: argparse.Name
     server.stop(signal.SIGKILL)
     server.start(timeout=60)
     ready = time.monotonic_ns()
+    assert server.proc is not None
+    cpu_ready = cpu_s(server.proc.pid)
     note(f"server restarted in {(ready - killed) / 1e9:.2f} s")
     serials = asyncio.run(publish_rooms(server.ws_url, args.rooms, "bench-after"))
     tell(procs, {"cmd": "expect", "serials": serials, "since_ns": killed})
     seen = [read_line(p.stdout, "resume")["resume"] for p in procs]
+    resume_cpu = cpu_s(server.proc.pid) - cpu_ready
     out: Msg = {"restart_s": round((ready - killed) / 1e9, 2)}
+    out["resume_server_cpu_us"] = round(resume_cpu / sum(s["clients"] for s in seen) * 1e6)
     for key in seen[0]:
         if key.endswith("_ns"):  # after the kill, and after the restarted server was ready
             last = max(s[key] for s in seen)
@@ -185,11 +194,11 @@ def run(args: argparse.Namespace) -> None:
             asyncio.run(publish_rooms(server.ws_url, args.rooms, "bench-rooms"))
             assert server.proc is not None
             pid = server.proc.pid
-            rss_before = rss_bytes(pid)[0]
+            rss_before, cpu_before = rss_bytes(pid)[0], cpu_s(pid)
             procs = start_loadgens(f"ws://127.0.0.1:{server.port}", count, args)
             try:
                 record: Msg = {"bench": "connections", "connections": count, "rooms": args.rooms}
-                record |= idle_figures(pid, rss_before, procs, args)
+                record |= idle_figures(pid, rss_before, cpu_before, procs, args)
                 record |= kill_and_resume(server, procs, args)
                 tell(procs, {"cmd": "stop"})
             finally:

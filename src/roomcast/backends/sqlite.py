@@ -2,8 +2,8 @@
 
 Writes go through ONE writer thread that owns its own connection (``sqlite_writer``): it
 takes everything queued, applies it in one transaction, commits, and only then resolves the
-callers' futures and hands the events to the bus. Reads run here, on a reader thread with
-its own connection (WAL lets it read while the writer writes). The file itself
+callers' futures and hands the events to the bus. Reads run on one reader thread with its
+own connection (``sqlite_reader``; WAL lets it read while the writer writes). The file itself
 (schema, migrations, lock file) is ``sqlite_file``.
 """
 
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from roomcast.protocol import objects as live
-from roomcast.protocol.errors import Unavailable
 from roomcast.protocol.messages import Event, Message, ObjectsSnapshot, ObjectState
 
 from .apply import QueuedAppends
@@ -29,7 +26,6 @@ from .sqlite_file import (
     SCHEMA_VERSION,
     SchemaTooNew,
     StoreLocked,
-    connect,
     decode_event,
     decode_message,
     decode_object,
@@ -37,15 +33,10 @@ from .sqlite_file import (
     release_lock,
     take_lock,
 )
+from .sqlite_reader import SqliteReader
 from .sqlite_writer import SqliteWriter, Work
 
 T = TypeVar("T")
-
-# One reader thread. More read no faster (SQLite's C code runs without the interpreter lock,
-# but the rows become Python objects with it), and each one takes the lock from the event
-# loop's thread at every step: 19,000 clients attaching at once after a restart caught up
-# in 17.0 s with four readers, 15.4 s with two, 14.7 s with one (docs/benchmarks.md).
-_READERS = 1
 
 
 def _message_row(row: tuple[bytes]) -> Message:
@@ -94,10 +85,7 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
         self.options = options or StoreOptions()
         self._writer = SqliteWriter(self.path, self.options, bus.emit)
         self._lock_fd: int | None = None
-        self._readers: ThreadPoolExecutor | None = None
-        self._local = threading.local()
-        self._read_conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
+        self._reader = SqliteReader(self.path)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -111,19 +99,13 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
             release_lock(lock_fd)
             raise
         self._lock_fd = lock_fd
-        self._readers = ThreadPoolExecutor(_READERS, thread_name_prefix="roomcast-sqlite-read")
+        self._reader.start()
 
     async def aclose(self) -> None:
         if not self._writer.running:
             return
         await self._writer.stop()
-        if self._readers is not None:
-            await asyncio.to_thread(self._readers.shutdown, True)
-            self._readers = None
-        with self._conns_lock:
-            conns, self._read_conns = self._read_conns, []
-        for conn in conns:
-            conn.close()
+        await self._reader.stop()
         if self._lock_fd is not None:
             release_lock(self._lock_fd)
             self._lock_fd = None
@@ -146,20 +128,8 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
 
     # ------------------------------------------------------------ reads
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path)
-            conn.execute("PRAGMA query_only = ON")
-            with self._conns_lock:
-                self._read_conns.append(conn)
-        return conn
-
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        readers = self._readers
-        if readers is None:
-            raise Unavailable(f"the store {self.path} is closed")
-        return await asyncio.get_running_loop().run_in_executor(readers, lambda: fn(self._reader()))
+        return await self._reader.read(fn)
 
     async def snapshot(
         self,
