@@ -688,6 +688,27 @@ async def test_counters_add_up_and_expire(store: Store) -> None:
     assert await store.incr_counter("rate:alice", 1, 0.1) == 1
 
 
+async def test_set_changes_made_at_once_all_hold_and_the_set_expires(store: Store) -> None:
+    rooms = [f"room:{i}" for i in range(40)]
+    await asyncio.gather(
+        *(store.change_set("subs:a", room, present=True, ttl_s=60) for room in rooms)
+    )
+    assert await store.set_members("subs:a") == set(rooms)
+    await asyncio.gather(
+        *(store.change_set("subs:a", room, present=False, ttl_s=60) for room in rooms[::2]),
+        store.change_set("subs:a", "room:new", present=True, ttl_s=60),
+    )
+    assert await store.set_members("subs:a") == {*rooms[1::2], "room:new"}
+    assert await store.set_members("subs:b") == set()
+    await store.change_set("subs:b", "room:0", present=False, ttl_s=60)  # nothing to remove
+    assert await store.set_members("subs:b") == set()
+    await store.change_set("subs:c", "room:0", present=True, ttl_s=0.1)
+    await asyncio.sleep(0.15)
+    assert await store.set_members("subs:c") == set()
+    await store.change_set("subs:c", "room:1", present=True, ttl_s=60)  # a new set
+    assert await store.set_members("subs:c") == {"room:1"}
+
+
 async def test_resume_session_works_once_and_expires(store: Store) -> None:
     session = ResumeSession(
         client_id="alice",

@@ -5,6 +5,7 @@ session whose requests go to two nodes on one Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -292,6 +293,64 @@ async def test_a_session_works_on_whichever_node_answers(
             assert gone.status_code == 404
             here = await http.get(f"{a.url}/v1/channels/{name}/presence")
             assert here.json()["items"] == []
+
+
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
+async def test_subscriptions_sent_at_once_to_two_nodes_all_hold(
+    test_env: dict[str, str], redis_store_url: str
+) -> None:
+    """One session subscribes to 12 rooms at once, its requests spread over two nodes; the
+    stream it then opens tells of a new message in every one of them."""
+    env = {**test_env, "ROOMCAST_ALLOW_ANONYMOUS": "true"}
+    rooms = [room() for _ in range(12)]
+    with (
+        ServerProcess(store=redis_store_url, env=env) as a,
+        ServerProcess(store=redis_store_url, env=env) as b,
+    ):
+        async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
+            init = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"},
+            }
+            opened = await http.post(f"{a.url}/mcp", json=rpc("initialize", init))
+            headers = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await http.post(f"{a.url}/mcp", json=note, headers=headers)).is_success
+            answers = await asyncio.gather(
+                *(
+                    http.post(
+                        f"{(a, b)[i % 2].url}/mcp",
+                        json=rpc("resources/subscribe", {"uri": f"roomcast://room/{name}"}, i),
+                        headers=headers,
+                    )
+                    for i, name in enumerate(rooms)
+                )
+            )
+            assert all(r.status_code == 200 and "result" in r.json() for r in answers)
+            told: set[str] = set()
+            async with http.stream("GET", f"{b.url}/mcp", headers=headers) as stream:
+                assert stream.status_code == 200
+                for name in rooms:
+                    await post_as(a, name, "news")
+                lines = stream.aiter_lines()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(20):
+                        while told != set(rooms):
+                            line = await anext(lines)
+                            if line.startswith("data: "):
+                                told.add(json.loads(line[6:])["params"]["uri"].split("/")[-1])
+            assert set(rooms) - told == set(), "subscriptions lost"
+
+
+async def post_as(server: ServerProcess, name: str, text: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{server.url}/v1/channels/{name}/messages",
+            json={"data": text},
+            headers={"X-Roomcast-Client-Id": "poster"},
+        )
+    assert response.status_code in (200, 201), response.text
 
 
 @pytest.fixture

@@ -317,6 +317,16 @@ class Store(ABC):
         """Add to a counter that expires ``ttl_s`` after it was created; returns the total."""
 
     @abstractmethod
+    async def change_set(self, key: str, member: str, *, present: bool, ttl_s: float) -> None:
+        """Add ``member`` to the set at ``key`` (``present``) or remove it, as one step:
+        changes made at the same moment, from any node, all hold. The set expires ``ttl_s``
+        after its latest change."""
+
+    @abstractmethod
+    async def set_members(self, key: str) -> set[str]:
+        """The members of the set at ``key`` (empty when it has none or expired)."""
+
+    @abstractmethod
     async def save_session(self, key: str, session: ResumeSession) -> None:
         """Store a session (replacing whatever the key held), until ``expires_at``."""
 

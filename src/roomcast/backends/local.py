@@ -39,7 +39,7 @@ class LocalBus(Bus):
 
 
 class LocalEphemeralState:
-    """Presence, node liveness, claims, counters and resume sessions, in memory."""
+    """Presence, node liveness, claims, counters, sets and resume sessions, in memory."""
 
     options: StoreOptions
 
@@ -49,6 +49,8 @@ class LocalEphemeralState:
         self._nodes: dict[str, float] = {}
         self._claims: dict[str, tuple[str, float]] = {}
         self._counters: dict[str, tuple[float, float]] = {}
+        self._sets: dict[str, tuple[set[str], float]] = {}  # key → (members, expiry)
+        self._live_sets = 0  # sets found unexpired at the last sweep
         self._sessions: dict[str, ResumeSession] = {}
         self._live_sessions = 0  # sessions found unexpired at the last sweep
         self._ttls: dict[str, float] = {}  # node → the ttl of its heartbeats
@@ -120,6 +122,25 @@ class LocalEphemeralState:
         if len(self._claims) > 1024:
             for key in [k for k, (_, until) in self._claims.items() if until <= now]:
                 del self._claims[key]
+
+    async def change_set(self, key: str, member: str, *, present: bool, ttl_s: float) -> None:
+        now = time.monotonic()
+        members, until = self._sets.get(key, (set(), now))
+        if until <= now:
+            members = set()
+        (members.add if present else members.discard)(member)
+        if len(self._sets) > 1024 + 2 * self._live_sets:
+            for old in [k for k, (_, until) in self._sets.items() if until <= now]:
+                del self._sets[old]
+            self._live_sets = len(self._sets)
+        if members:
+            self._sets[key] = (members, now + ttl_s)
+        else:
+            self._sets.pop(key, None)
+
+    async def set_members(self, key: str) -> set[str]:
+        members, until = self._sets.get(key, (set(), 0.0))
+        return set(members) if until > time.monotonic() else set()
 
     async def incr_counter(self, key: str, amount: float, ttl_s: float) -> float:
         now = time.monotonic()

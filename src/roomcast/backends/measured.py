@@ -209,6 +209,12 @@ class MeasuredStore(Store):
     async def incr_counter(self, key: str, amount: float, ttl_s: float) -> float:
         return await self.inner.incr_counter(key, amount, ttl_s)
 
+    async def change_set(self, key: str, member: str, *, present: bool, ttl_s: float) -> None:
+        await self.inner.change_set(key, member, present=present, ttl_s=ttl_s)
+
+    async def set_members(self, key: str) -> set[str]:
+        return await self.inner.set_members(key)
+
     async def save_session(self, key: str, session: ResumeSession) -> None:
         await self.inner.save_session(key, session)
 

@@ -254,6 +254,19 @@ return total
 """
 
 
+# KEYS: set. ARGV: member, '1' to add or '0' to remove, ttl ms. The set lives ttl ms after
+# its latest change (a set left empty is gone).
+CHANGE_SET = """
+if ARGV[2] == '1' then
+  redis.call('SADD', KEYS[1], ARGV[1])
+else
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
 # A presence hash's field holds ``["<node id>",<member>]`` (node ids hold no quote).
 # KEYS: presence hash. ARGV: field, holder ('' for any). Returns the removed body, or nil.
 PRESENCE_REMOVE = """
@@ -546,6 +559,9 @@ class Keys:
 
     def counter(self, key: str) -> str:
         return f"{self.prefix}:counter:{key}"
+
+    def set(self, key: str) -> str:
+        return f"{self.prefix}:set:{key}"
 
     def session(self, key: str) -> str:
         return f"{self.prefix}:session:{key}"

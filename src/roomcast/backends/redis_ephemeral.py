@@ -13,6 +13,7 @@ from roomcast.protocol.messages import PresenceMember
 from .base import DEFAULT_NODE_TTL_S, TAKEN_TTL_S, ResumeSession
 from .local import new_epoch
 from .redis import (
+    CHANGE_SET,
     CLAIM,
     COUNTER,
     KEEP_SESSION,
@@ -30,7 +31,7 @@ _triple = msgspec.json.Decoder(tuple[str, str, str]).decode
 
 
 class RedisEphemeralState:
-    """Presence, node liveness, lifetime, claims, counters and resume sessions, in Redis:
+    """Presence, node liveness, lifetime, claims, counters, sets and resume sessions, in Redis:
     the ephemeral half of :class:`~.redis_store.RedisStore` (which it is a base of).
 
     Args:
@@ -50,6 +51,7 @@ class RedisEphemeralState:
         self._presence_adopt = redis.register_script(PRESENCE_ADOPT)
         self._keep_session = redis.register_script(KEEP_SESSION)
         self._counter = redis.register_script(COUNTER)
+        self._change_set = redis.register_script(CHANGE_SET)
         self._node_ttls: dict[str, float] = {}  # node → the ttl of its heartbeats
         self._clock_offset_ms: int | None = None  # Redis's clock minus this machine's
 
@@ -204,6 +206,18 @@ class RedisEphemeralState:
                 keys=[self.k.counter(key)], args=[repr(float(amount)), max(1, int(ttl_s * 1000))]
             )
         return float(total)
+
+    async def change_set(self, key: str, member: str, *, present: bool, ttl_s: float) -> None:
+        with self._errors():
+            await self._change_set(
+                keys=[self.k.set(key)],
+                args=[member, "1" if present else "0", max(1, int(ttl_s * 1000))],
+            )
+
+    async def set_members(self, key: str) -> set[str]:
+        with self._errors():
+            members = await self.redis.smembers(self.k.set(key))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
     async def save_session(self, key: str, session: ResumeSession) -> None:
         ttl_ms = int((session.expires_at - time.time()) * 1000)

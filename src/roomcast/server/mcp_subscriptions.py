@@ -2,7 +2,7 @@
 ``GET /mcp`` stream that tells it when one changed (``notifications/resources/updated``).
 
 The subscribing POST and the GET stream may reach different nodes, so the set is not
-kept in one node's memory: each change is saved in the store (the session's record, read
+kept in one node's memory: each change is saved in the store (a set per session, read
 when a stream opens) and sent as a bus signal on the session's own control channel
 (applied by the node that holds its stream, whichever it is). That node watches the
 rooms through the node's fan-out, as ``wait_for_messages`` does.
@@ -16,7 +16,6 @@ import json
 import time
 from collections.abc import Sequence
 
-from roomcast.backends.base import ResumeSession
 from roomcast.core.authz import Principal
 from roomcast.core.fanout import Framing
 from roomcast.core.node import Node
@@ -35,7 +34,10 @@ def control_channel(session: McpSession) -> str:
 
 
 class SubscriptionSet:
-    """The rooms a session subscribed to, in the store, with a signal at each change."""
+    """The rooms a session subscribed to, in the store, with a signal at each change.
+
+    Each change adds or removes one room as one step of the store (``change_set``), so two
+    changes of one session that reach two nodes at the same moment both hold."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -45,30 +47,18 @@ class SubscriptionSet:
         return f"mcp-subs:{session.session_id}"
 
     async def rooms(self, session: McpSession) -> set[str]:
-        store = self.node.store
-        record = await store.take_session(self._key(session))
-        if record is None:
-            return set()
-        await store.save_session(self._key(session), record)  # a read: put it back
-        return set(record.presence)
+        return await self.node.store.set_members(self._key(session))
 
     async def change(self, session: McpSession, room: str, *, subscribed: bool) -> None:
-        rooms = await self.rooms(session)
-        (rooms.add if subscribed else rooms.discard)(room)
-        record = ResumeSession(
-            client_id=session.client_id,
-            connection_id=session.session_id,
-            presence={room: {} for room in rooms},
-            expires_at=time.time() + CLOSED_TTL_S,
-        )
-        await self.node.store.save_session(self._key(session), record)
+        store = self.node.store
+        await store.change_set(self._key(session), room, present=subscribed, ttl_s=CLOSED_TTL_S)
         signal = SignalEvent(
             channel=control_channel(session),
             client_id=None,
             name=SIGNAL,
             data={"room": room, "subscribed": subscribed},
         )
-        await self.node.store.bus.publish_signal(signal)
+        await store.bus.publish_signal(signal)
 
 
 class UpdateStream:
