@@ -252,99 +252,126 @@ def rpc(method: str, params: dict[str, Any], ident: int = 1) -> dict[str, Any]:
 HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
 
 
-async def test_a_session_works_on_whichever_node_answers(
+INIT = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "test", "version": "1"},
+}
+
+
+@pytest.fixture
+def two_nodes(
     test_env: dict[str, str], redis_store_url: str
-) -> None:
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two nodes on one Redis, for a session whose requests reach either."""
     env = {**test_env, "ROOMCAST_ALLOW_ANONYMOUS": "true"}
-    name = room()
     with (
         ServerProcess(store=redis_store_url, env=env) as a,
         ServerProcess(store=redis_store_url, env=env) as b,
     ):
-        init = {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"},
-        }
-        async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
-            opened = await http.post(f"{a.url}/mcp", json=rpc("initialize", init))
-            assert opened.status_code == 200, opened.text
-            sid = opened.headers["mcp-session-id"]
-            headers = {"Mcp-Session-Id": sid}
-            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-            assert (await http.post(f"{b.url}/mcp", json=note, headers=headers)).is_success
-            for node, text in ((b, "from b"), (a, "from a")):
-                params = {"name": "post_message", "arguments": {"room": name, "text": text}}
-                posted = await http.post(
-                    f"{node.url}/mcp", json=rpc("tools/call", params), headers=headers
-                )
-                assert posted.status_code == 200, posted.text
-                assert not posted.json()["result"].get("isError"), posted.text
-            params = {"name": "read_messages", "arguments": {"room": name}}
-            read = await http.post(f"{b.url}/mcp", json=rpc("tools/call", params), headers=headers)
-            messages = read.json()["result"]["structuredContent"]["messages"]
-            authors = {m["author"] for m in messages}
-            assert [m["text"] for m in messages] == ["from b", "from a"]
-            assert len(authors) == 1 and next(iter(authors)).startswith("anon-")
+        yield a, b
+
+
+async def open_session(http: httpx.AsyncClient, node: ServerProcess) -> str:
+    opened = await http.post(f"{node.url}/mcp", json=rpc("initialize", INIT))
+    assert opened.status_code == 200, opened.text
+    return str(opened.headers["mcp-session-id"])
+
+
+async def post_message(
+    http: httpx.AsyncClient, node: ServerProcess, sid: str, name: str, text: str
+) -> None:
+    params = {"name": "post_message", "arguments": {"room": name, "text": text}}
+    posted = await http.post(
+        f"{node.url}/mcp", json=rpc("tools/call", params), headers={"Mcp-Session-Id": sid}
+    )
+    assert posted.status_code == 200, posted.text
+    assert not posted.json()["result"].get("isError"), posted.text
+
+
+async def test_a_session_works_on_whichever_node_answers(
+    two_nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = two_nodes
+    name = room()
+    async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
+        sid = await open_session(http, a)
+        headers = {"Mcp-Session-Id": sid}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post(f"{b.url}/mcp", json=note, headers=headers)).is_success
+        await post_message(http, b, sid, name, "from b")
+        await post_message(http, a, sid, name, "from a")
+        params = {"name": "read_messages", "arguments": {"room": name}}
+        read = await http.post(f"{b.url}/mcp", json=rpc("tools/call", params), headers=headers)
+        messages = read.json()["result"]["structuredContent"]["messages"]
+        authors = {m["author"] for m in messages}
+        assert [m["text"] for m in messages] == ["from b", "from a"]
+        assert len(authors) == 1 and next(iter(authors)).startswith("anon-")
+        here = await http.get(f"{a.url}/v1/channels/{name}/presence")
+        assert [m["connection_id"] for m in here.json()["items"]] == [sid]
+        assert (await http.delete(f"{b.url}/mcp", headers=headers)).status_code == 200
+        gone = await http.post(f"{a.url}/mcp", json=rpc("tools/list", {}), headers=headers)
+        assert gone.status_code == 404
+        here = await http.get(f"{a.url}/v1/channels/{name}/presence")
+        assert here.json()["items"] == []
+
+
+async def test_a_session_ended_on_one_node_leaves_the_rooms_it_used_through_another(
+    two_nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = two_nodes
+    first, second = room(), room()
+    async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
+        sid = await open_session(http, a)
+        await post_message(http, a, sid, first, "hi")
+        await post_message(http, b, sid, second, "hi")
+        for name in (first, second):
             here = await http.get(f"{a.url}/v1/channels/{name}/presence")
             assert [m["connection_id"] for m in here.json()["items"]] == [sid]
-            assert (await http.delete(f"{b.url}/mcp", headers=headers)).status_code == 200
-            gone = await http.post(f"{a.url}/mcp", json=rpc("tools/list", {}), headers=headers)
-            assert gone.status_code == 404
+        ended = await http.delete(f"{b.url}/mcp", headers={"Mcp-Session-Id": sid})
+        assert ended.status_code == 200
+        for name in (first, second):
             here = await http.get(f"{a.url}/v1/channels/{name}/presence")
-            assert here.json()["items"] == []
+            assert here.json()["items"] == [], name
 
 
 @pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
 async def test_subscriptions_sent_at_once_to_two_nodes_all_hold(
-    test_env: dict[str, str], redis_store_url: str
+    two_nodes: tuple[ServerProcess, ServerProcess],
 ) -> None:
     """One session subscribes to 12 rooms at once, its requests spread over two nodes; the
     stream it then opens tells of a new message (its own) in every one of them."""
-    env = {**test_env, "ROOMCAST_ALLOW_ANONYMOUS": "true"}
+    a, b = two_nodes
     rooms = [room() for _ in range(12)]
-    with (
-        ServerProcess(store=redis_store_url, env=env) as a,
-        ServerProcess(store=redis_store_url, env=env) as b,
-    ):
-        async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
-            init = {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "test", "version": "1"},
-            }
-            opened = await http.post(f"{a.url}/mcp", json=rpc("initialize", init))
-            headers = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
-            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-            assert (await http.post(f"{a.url}/mcp", json=note, headers=headers)).is_success
-            answers = await asyncio.gather(
-                *(
-                    http.post(
-                        f"{(a, b)[i % 2].url}/mcp",
-                        json=rpc("resources/subscribe", {"uri": f"roomcast://room/{name}"}, i),
-                        headers=headers,
-                    )
-                    for i, name in enumerate(rooms)
+    async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
+        sid = await open_session(http, a)
+        headers = {"Mcp-Session-Id": sid}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post(f"{a.url}/mcp", json=note, headers=headers)).is_success
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    f"{(a, b)[i % 2].url}/mcp",
+                    json=rpc("resources/subscribe", {"uri": f"roomcast://room/{name}"}, i),
+                    headers=headers,
                 )
+                for i, name in enumerate(rooms)
             )
-            assert all(r.status_code == 200 and "result" in r.json() for r in answers)
-            told: set[str] = set()
-            async with http.stream("GET", f"{b.url}/mcp", headers=headers) as stream:
-                assert stream.status_code == 200
-                for name in rooms:
-                    params = {"name": "post_message", "arguments": {"room": name, "text": "news"}}
-                    posted = await http.post(
-                        f"{a.url}/mcp", json=rpc("tools/call", params), headers=headers
-                    )
-                    assert not posted.json()["result"].get("isError"), posted.text
-                lines = stream.aiter_lines()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(20):
-                        while told != set(rooms):
-                            line = await anext(lines)
-                            if line.startswith("data: "):
-                                told.add(json.loads(line[6:])["params"]["uri"].split("/")[-1])
-            assert set(rooms) - told == set(), "subscriptions lost"
+        )
+        assert all(r.status_code == 200 and "result" in r.json() for r in answers)
+        told: set[str] = set()
+        async with http.stream("GET", f"{b.url}/mcp", headers=headers) as stream:
+            assert stream.status_code == 200
+            for name in rooms:
+                await post_message(http, a, sid, name, "news")
+            lines = stream.aiter_lines()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(20):
+                    while told != set(rooms):
+                        line = await anext(lines)
+                        if line.startswith("data: "):
+                            told.add(json.loads(line[6:])["params"]["uri"].split("/")[-1])
+        assert set(rooms) - told == set(), "subscriptions lost"
 
 
 @pytest.fixture

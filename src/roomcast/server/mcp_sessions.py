@@ -11,7 +11,7 @@ alone, so a load balancer may send each request to any node:
   node then answers 404 for it;
 - presence: the session is a member of each room it used (``connection_id`` = the session
   id), held by the node that served its last request there (``presence_adopt``). It leaves
-  at ``DELETE`` (on any node: the rooms are in the store's resume session of the id), when
+  at ``DELETE`` (on any node: every node adds the rooms it holds to one set in the store), when
   the node that holds it sees no request for ``idle_s``, or when that node dies (the
   store's node liveness reaps its members, as for WebSocket connections).
 """
@@ -26,7 +26,6 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from roomcast.backends.base import ResumeSession
 from roomcast.core.authz import Principal
 from roomcast.core.identity import check_client_id
 from roomcast.core.node import Node
@@ -122,21 +121,18 @@ class McpSessions:
             await node.broadcast_presence(room, "enter", member)
         if room not in held.rooms:
             held.rooms.add(room)
-            record = ResumeSession(
-                client_id=session.client_id,
-                connection_id=session.session_id,
-                presence=dict.fromkeys(held.rooms, PRESENCE_DATA),
-                expires_at=time.time() + CLOSED_TTL_S,
+            # Every node adds the rooms it holds to the one set, so that a DELETE on any
+            # node finds them all.
+            await node.store.change_set(
+                self._rooms_key(session), room, present=True, ttl_s=CLOSED_TTL_S
             )
-            await node.store.save_session(self._rooms_key(session), record)
         self.touched(session)
 
     async def close(self, session: McpSession) -> None:
         """``DELETE``: the session ends on every node and leaves every room it was in."""
         node = self.node
         await node.store.incr_counter(self._closed_key(session), 1, CLOSED_TTL_S)
-        record = await node.store.take_session(self._rooms_key(session))
-        rooms = set(record.presence) if record is not None else set()
+        rooms = await node.store.set_members(self._rooms_key(session))
         held = self._held.pop(session.session_id, None)
         if held is not None:
             rooms |= held.rooms
