@@ -98,3 +98,32 @@ async def test_a_file_that_cannot_be_opened_fails_each_read_not_the_thread(
                 await reader.read(lambda c: c.execute("SELECT 1").fetchone())
     finally:
         await reader.stop()
+
+
+async def test_a_reader_started_again_after_stop_reads_again(path: Path) -> None:
+    reader = SqliteReader(path)
+    for _ in range(2):  # a store closed and opened again
+        reader.start()
+        try:
+            assert await reader.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()) == (
+                10,
+            )
+        finally:
+            await reader.stop()
+
+
+async def test_a_read_that_raises_stop_iteration_fails_its_caller_only(path: Path) -> None:
+    reader = SqliteReader(path)
+    reader.start()
+    try:
+
+        def stops(conn: sqlite3.Connection) -> int:
+            return int(next(iter(())))
+
+        failing = asyncio.ensure_future(reader.read(stops))
+        fine = asyncio.ensure_future(reader.read(lambda c: c.execute("SELECT 2").fetchone()))
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await failing
+        assert await fine == (2,)
+    finally:
+        await reader.stop()

@@ -586,6 +586,7 @@ def objects_from_flat(flat: list[bytes]) -> dict[str, ObjectState]:
 
 
 __all__ = [
+    "CHANGE_SET",
     "CLAIM",
     "CLUSTER_SCHEMES",
     "CLUSTER_SLOTS",

@@ -85,8 +85,9 @@ decode_object = msgspec.json.Decoder(ObjectState).decode
 
 def connect(path: Path) -> sqlite3.Connection:
     """A connection to the file, waiting up to 5 s for a lock another connection holds."""
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False only so
-    # aclose can close reader connections; each connection is used by one thread at a time.
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves. Each connection is opened, used
+    # and closed by one thread (the writer's, the reader's, a probe's), so sqlite3's own
+    # same-thread check (check_same_thread) is left off.
     conn = sqlite3.connect(
         path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
     )

@@ -30,7 +30,7 @@ from .sqlite_file import connect
 T = TypeVar("T")
 
 _Read = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
-_Batch = tuple[asyncio.AbstractEventLoop, list[_Read]]
+_Done = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
 class SqliteReader:
@@ -38,13 +38,10 @@ class SqliteReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Read] | None] = queue.SimpleQueue()
         self._pending: list[_Read] = []
+        self._pending_lock = threading.Lock()  # reads may come from more than one event loop
         self._thread: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -57,54 +54,60 @@ class SqliteReader:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        if self._pending:
-            self._hand_over(asyncio.get_running_loop())
+        self._hand_over()
         self._queue.put(None)
         await asyncio.to_thread(thread.join)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
             raise Unavailable(f"the store {self.path} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, future))
-        if len(self._pending) == 1:  # the first of this turn: the batch goes at its end
-            loop.call_soon(self._hand_over, loop)
+        with self._pending_lock:
+            self._pending.append((fn, future))
+            first = len(self._pending) == 1
+        if first:  # the first of this turn: the batch goes at its end
+            loop.call_soon(self._hand_over)
         return await future
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._pending = self._pending, []
+    def _hand_over(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
         if batch:
-            self._queue.put((loop, batch))
+            self._queue.put(batch)
 
     def _serve(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
-            while (item := self._queue.get()) is not None:
-                loop, batch = item
-                done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            while (batch := self._queue.get()) is not None:
+                done: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
                 for fn, future in batch:
                     try:
                         if conn is None:  # opened at the first read (again if it failed)
                             conn = connect(self.path)
                             conn.execute("PRAGMA query_only = ON")
-                        done.append((future, fn(conn), None))
-                    except Exception as exc:  # the caller's to handle, as the read's result
-                        done.append((future, None, exc))
-                try:
-                    loop.call_soon_threadsafe(_settle, done)
-                except RuntimeError:  # the loop has closed: nobody waits for these
-                    pass
+                        result: _Done = (future, fn(conn), None)
+                    except BaseException as exc:  # the caller's, as the read's result
+                        result = (future, None, exc)
+                    done.setdefault(future.get_loop(), []).append(result)
+                for loop, results in done.items():  # each future on its own loop
+                    try:
+                        loop.call_soon_threadsafe(_settle, results)
+                    except RuntimeError:  # that loop has closed: nobody waits for these
+                        pass
         finally:
             if conn is not None:
                 conn.close()
 
 
-def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _settle(done: list[_Done]) -> None:
     for future, result, exc in done:
         if future.done():  # its caller was cancelled
             continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
+        if exc is None:
             future.set_result(result)
+        elif isinstance(exc, StopIteration):  # a future cannot hold one
+            future.set_exception(RuntimeError(f"the read raised {exc!r}"))
+        else:
+            future.set_exception(exc)

@@ -21,11 +21,18 @@ _pool = bytearray()
 _lock = threading.Lock()  # two threads must never take the same bytes
 
 
-def _forget() -> None:
+def _forget_in_child() -> None:
+    global _lock
     _pool.clear()
+    _lock = threading.Lock()  # held across the fork by the parent; the child's copy is its own
 
 
-os.register_at_fork(after_in_child=_forget)
+# Held across a fork, so that a child never starts with the pool half taken.
+os.register_at_fork(
+    before=lambda: _lock.acquire(),
+    after_in_parent=lambda: _lock.release(),
+    after_in_child=_forget_in_child,
+)
 
 
 def token_urlsafe(nbytes: int) -> str:

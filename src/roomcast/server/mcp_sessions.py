@@ -120,12 +120,13 @@ class McpSessions:
             await node.store.presence_set(room, member, node.node_id)
             await node.broadcast_presence(room, "enter", member)
         if room not in held.rooms:
-            held.rooms.add(room)
             # Every node adds the rooms it holds to the one set, so that a DELETE on any
-            # node finds them all.
+            # node finds them all (held here once the store has it: a failed write is tried
+            # again at the next request).
             await node.store.change_set(
                 self._rooms_key(session), room, present=True, ttl_s=CLOSED_TTL_S
             )
+            held.rooms.add(room)
         self.touched(session)
 
     async def close(self, session: McpSession) -> None:
@@ -140,6 +141,9 @@ class McpSessions:
                 held.timer.cancel()
         for room in sorted(rooms):
             await self._leave(session, room, holder=None)
+            await node.store.change_set(
+                self._rooms_key(session), room, present=False, ttl_s=CLOSED_TTL_S
+            )
 
     def _idle(self, session: McpSession) -> None:
         held = self._held.pop(session.session_id, None)
