@@ -1,7 +1,8 @@
 """The keepalive of ``roomcast serve``'s WebSocket protocol (server/uvicorn_websocket.py):
 a ping goes out in the same write as an idle connection's ``heartbeat``, a peer that answers
 stays, and a peer that answers no ping is closed with 1011. Read with a sans-I/O client on a
-plain socket, so each ping frame and the bytes it came with are seen as they arrive."""
+plain socket, so each ping frame and the bytes it came with are seen as they arrive. And an
+open connection keeps nothing of its handshake."""
 
 from __future__ import annotations
 
@@ -156,6 +157,9 @@ async def test_an_open_connection_keeps_no_handshake_request_or_response() -> No
             [protocol] = [c for c in connections if isinstance(c, RoomcastWebSocketProtocol)]
             assert protocol.handshake_complete
             assert protocol.request is None and protocol.response is None
+            # websockets' parser still refers to the request: it keeps no headers
+            parsed = protocol.conn.parser.gi_frame.f_locals["request"]
+            assert parsed.path == "/" and len(parsed.headers) == 0
             await client.send("after")
             assert await client.recv() == "after"
     finally:

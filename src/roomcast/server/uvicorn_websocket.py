@@ -138,7 +138,11 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
     def start_keepalive(self) -> None:
         # Called once the 101 response is written. uvicorn reads the handshake's request and
         # response only before that; dropped here, an open connection does not keep them
-        # (about 20 objects and 2 KB each, for the garbage collector to walk).
+        # (about 20 objects and 2 KB each, for the garbage collector to walk). websockets'
+        # parser still holds the request for the connection's life, so its headers (copied
+        # into the ASGI scope already) are emptied too.
+        if self.request is not None:
+            self.request.headers.clear()
         self.request = self.response = None  # type: ignore[assignment]
         super().start_keepalive()
 
