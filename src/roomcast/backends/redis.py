@@ -238,65 +238,6 @@ redis.call('HSET', KEYS[1], 'first', new_first)
 return new_first - first
 """
 
-# KEYS: claim. ARGV: owner, ttl ms
-CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: counter. ARGV: amount, ttl ms
-COUNTER = """
-local total = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return total
-"""
-
-
-# KEYS: set. ARGV: member, '1' to add or '0' to remove, ttl ms. The set lives ttl ms after
-# its latest change (a set left empty is gone).
-CHANGE_SET = """
-if ARGV[2] == '1' then
-  redis.call('SADD', KEYS[1], ARGV[1])
-else
-  redis.call('SREM', KEYS[1], ARGV[1])
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return 1
-"""
-
-
-# A presence hash's field holds ``["<node id>",<member>]`` (node ids hold no quote).
-# KEYS: presence hash. ARGV: field, holder ('' for any). Returns the removed body, or nil.
-PRESENCE_REMOVE = """
-local body = redis.call('HGET', KEYS[1], ARGV[1])
-if not body then return nil end
-if ARGV[2] ~= '' and string.sub(body, 1, #ARGV[2] + 4) ~= '["' .. ARGV[2] .. '",' then
-  return nil
-end
-redis.call('HDEL', KEYS[1], ARGV[1])
-return body
-"""
-
-# KEYS: presence hash. ARGV: field, new holder. Returns the body as it was, or nil.
-PRESENCE_ADOPT = """
-local body = redis.call('HGET', KEYS[1], ARGV[1])
-if not body then return nil end
-local member = string.match(body, '^%[".-",(.*)$')
-redis.call('HSET', KEYS[1], ARGV[1], '["' .. ARGV[2] .. '",' .. member)
-return body
-"""
-
-TAKEN = b"taken"  # what a taken resume key holds
-
-# KEYS: session. ARGV: body, ttl ms. 0 if the key was taken (nothing written), else 1.
-KEEP_SESSION = """
-if redis.call('GET', KEYS[1]) == 'taken' then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
 
 def _take_prefix(url: str, query: str) -> tuple[str, list[tuple[str, str]]]:
     """The ``prefix`` parameter of a store URL (default ``roomcast``), and the others."""
@@ -586,21 +527,14 @@ def objects_from_flat(flat: list[bytes]) -> dict[str, ObjectState]:
 
 
 __all__ = [
-    "CHANGE_SET",
-    "CLAIM",
     "CLUSTER_SCHEMES",
     "CLUSTER_SLOTS",
     "COMMIT",
-    "COUNTER",
-    "KEEP_SESSION",
     "LOAD",
-    "PRESENCE_ADOPT",
-    "PRESENCE_REMOVE",
     "PURGE",
     "READ_EVENTS",
     "SENTINEL_SCHEMES",
     "SNAPSHOT",
-    "TAKEN",
     "ClusterURL",
     "Keys",
     "SentinelURL",

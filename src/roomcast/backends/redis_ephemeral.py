@@ -1,5 +1,6 @@
 """The ephemeral state of the Redis store: presence members, node liveness, the store's
-lifetime, claims, counters and resume sessions (see ``redis`` for how presence is kept)."""
+lifetime, claims, counters, sets and resume sessions, with their Lua scripts (see ``redis``
+for how presence is kept)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,72 @@ from roomcast.protocol.messages import PresenceMember
 
 from .base import DEFAULT_NODE_TTL_S, TAKEN_TTL_S, ResumeSession
 from .local import new_epoch
-from .redis import (
-    CHANGE_SET,
-    CLAIM,
-    COUNTER,
-    KEEP_SESSION,
-    PRESENCE_ADOPT,
-    PRESENCE_REMOVE,
-    TAKEN,
-    Keys,
-    encode_value,
-)
+from .redis import Keys, encode_value
 from .redis_errors import RedisErrors
 
 _session = msgspec.json.Decoder(ResumeSession).decode
 _held = msgspec.json.Decoder(tuple[str, PresenceMember]).decode
 _triple = msgspec.json.Decoder(tuple[str, str, str]).decode
+
+
+# KEYS: claim. ARGV: owner, ttl ms
+CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: counter. ARGV: amount, ttl ms
+COUNTER = """
+local total = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return total
+"""
+
+
+# KEYS: set. ARGV: member, '1' to add or '0' to remove, ttl ms. The set lives ttl ms after
+# its latest change (a set left empty is gone).
+CHANGE_SET = """
+if ARGV[2] == '1' then
+  redis.call('SADD', KEYS[1], ARGV[1])
+else
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
+# A presence hash's field holds ``["<node id>",<member>]`` (node ids hold no quote).
+# KEYS: presence hash. ARGV: field, holder ('' for any). Returns the removed body, or nil.
+PRESENCE_REMOVE = """
+local body = redis.call('HGET', KEYS[1], ARGV[1])
+if not body then return nil end
+if ARGV[2] ~= '' and string.sub(body, 1, #ARGV[2] + 4) ~= '["' .. ARGV[2] .. '",' then
+  return nil
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return body
+"""
+
+# KEYS: presence hash. ARGV: field, new holder. Returns the body as it was, or nil.
+PRESENCE_ADOPT = """
+local body = redis.call('HGET', KEYS[1], ARGV[1])
+if not body then return nil end
+local member = string.match(body, '^%[".-",(.*)$')
+redis.call('HSET', KEYS[1], ARGV[1], '["' .. ARGV[2] .. '",' .. member)
+return body
+"""
+
+TAKEN = b"taken"  # what a taken resume key holds
+
+# KEYS: session. ARGV: body, ttl ms. 0 if the key was taken (nothing written), else 1.
+KEEP_SESSION = """
+if redis.call('GET', KEYS[1]) == 'taken' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 class RedisEphemeralState:
