@@ -107,7 +107,10 @@ def roomcast_server(rooms: int, args: argparse.Namespace) -> Iterator[tuple[str,
         script = SCRIPT_HEAD.format(delay=args.fragment_ms) + f"text = {json.dumps(words)}\n"
         (Path(folder) / "script.toml").write_text(script)
         agents = Path(folder) / "agents.toml"
-        agents.write_text(AGENTS.replace("{script}", "script.toml"))
+        # One answer at a time per room at most: the cap on answers at once is the room count.
+        agents.write_text(
+            AGENTS.replace("{script}", "script.toml") + f"max_concurrent_answers = {rooms}\n"
+        )
         env = {
             **SERVER_ENV,
             "ROOMCAST_APPEND_RATE": "0",

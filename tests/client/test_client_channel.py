@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from polling import eventually
 from roomcast.client import (
+    Backoff,
     BadRequest,
     Client,
     Event,
@@ -15,6 +17,7 @@ from roomcast.client import (
     TooLarge,
     connect,
 )
+from roomcast.protocol.messages import EVENT_TYPES
 from roomcast.testing import ServerProcess
 
 
@@ -239,3 +242,33 @@ async def _claims_of_two_workers(server: ServerProcess, key: str, channel_name: 
         assert await theirs.claim("answer:2", ttl_s=30) is True
         with pytest.raises(BadRequest):
             await mine.claim("answer:3", ttl_s=0)
+
+
+async def test_types_hold_across_a_reconnect_and_all_types_receive_everything_again(
+    server: ServerProcess, channel_name: str
+) -> None:
+    proxy = await TcpProxy(server.port).start()
+    try:
+        async with (
+            connect(proxy.url, client_id="bot", backoff=Backoff(0.05, 0.5)) as bot,
+            connect(server.url, client_id="alice") as alice,
+        ):
+            seen: list[tuple[int, str]] = []
+            watched = bot.channels.get(channel_name)
+            watched.subscribe(lambda event: seen.append((event.serial, event.type)))
+            await watched.attach(types=["create", "update"])
+            assert watched.types == {"create", "update"}
+            async with alice.channels.get(channel_name).stream() as answer:
+                await answer.append("one ")
+                await eventually(lambda: seen == [(1, "create")])
+                proxy.cut()  # the bot drops while the answer streams; it resumes
+                await answer.append("two")
+            await eventually(lambda: len(seen) == 2)
+            assert seen[1][1] == "update" and watched.serial == seen[1][0]
+            await watched.attach(types=EVENT_TYPES)
+            assert watched.types is None
+            async with alice.channels.get(channel_name).stream() as answer:
+                await answer.append("three")
+            await eventually(lambda: [t for _, t in seen[2:]] == ["create", "append", "update"])
+    finally:
+        await proxy.aclose()

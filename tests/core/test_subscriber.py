@@ -26,7 +26,16 @@ from roomcast.protocol.errors import (
     CLOSE_SLOW_CONSUMER,
     Forbidden,
 )
-from roomcast.protocol.messages import Attach, Event, Publish, Reply, Signal, SignalEvent
+from roomcast.protocol.messages import (
+    Append,
+    Attach,
+    Event,
+    Publish,
+    Reply,
+    Signal,
+    SignalEvent,
+    Update,
+)
 from roomcast.protocol.session import Attachment
 
 CHANNEL = "room:core"
@@ -84,6 +93,40 @@ async def test_live_events_wait_behind_the_snapshot_and_are_not_sent_twice() -> 
         assert sent[0]["action"] == "attached" and sent[0]["serial"] == 5
         serials = [m["serial"] for m in sent if m["action"] == "event"]
         assert serials == [3, 4, 5, 6, 7]
+
+
+async def stream_one(node: Node, fragments: int) -> None:
+    """A streamed message of ``fragments`` appends, ended ``complete``, by alice."""
+    alice = Principal("alice", ALL, "key")
+    ok = await node.publish(alice, Publish(channel=CHANNEL, data="", streaming=True))
+    assert isinstance(ok.serial, int)
+    for k in range(fragments):
+        await node.append_to(alice, Append(channel=CHANNEL, msg_serial=ok.serial, data=f"w{k} "))
+    await node.update(alice, Update(channel=CHANNEL, msg_serial=ok.serial, status="complete"))
+
+
+async def test_an_attach_for_some_types_gets_only_those_in_the_replay_and_live() -> None:
+    async with running_node(rollup_ms=0) as node:
+        await stream_one(node, 3)  # serials 1 (create) .. 4 (appends) .. 5 (update)
+        transport = RecordingTransport()
+        sub = subscriber(node, transport)
+        bob = Principal("bob", ALL, "key")
+        attachment = sub.begin_attach(bob, CHANNEL, ["create", "update"])
+        req = Attach(channel=CHANNEL, from_serial=0, types=["create", "update"])
+        result = await node.attach(bob, req)
+        await stream_one(node, 2)  # live while the snapshot is out: held back, then filtered
+        await sub.finish_attach(attachment, result)
+        await stream_one(node, 2)  # live
+        await settle()
+        events = [(m["serial"], m["type"]) for m in transport.messages() if m["action"] == "event"]
+        assert events == [
+            (1, "create"),
+            (5, "update"),
+            (6, "create"),
+            (9, "update"),
+            (10, "create"),
+            (13, "update"),
+        ]
 
 
 async def test_a_long_replay_is_paced_by_what_the_client_drains() -> None:

@@ -363,3 +363,24 @@ def test_sse_framing_of_each_kind_of_message() -> None:
     assert framing.encode(signal).startswith(b"event: signal\ndata: {")
     assert framing.encode(Heartbeat()) == b": keep-alive\n\n"
     assert framing.join([b"a", b"b"]) == b"ab"
+
+
+async def test_types_limits_the_stream_to_events_of_those_types(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    channel = room()
+    client = await WireClient.connect(server.ws_url, client_id="alice")
+    created = await client.request("publish", channel=channel, data="", streaming=True)
+    await client.request("append", channel=channel, msg_serial=created["serial"], data="a")
+    path = f"/v1/channels/{channel}/events?types=create,update&from_serial=0"
+    async with Subscription(http, path) as stream:
+        assert (await stream.next()).event == "attached"
+        await client.request("append", channel=channel, msg_serial=created["serial"], data="b")
+        await client.request(
+            "update", channel=channel, msg_serial=created["serial"], status="complete"
+        )
+        seen = await stream.events(2)
+        assert [(e.id, e.data["type"]) for e in seen] == [("1", "create"), ("4", "update")]
+    refused = await http.get(f"/v1/channels/{channel}/events?types=typing")
+    assert refused.status_code == 400
+    await client.close()

@@ -504,3 +504,30 @@ async def test_the_largest_history_page_is_a_setting(test_env: dict[str, str]) -
             response = await http.get(f"/v1/channels/{channel}/messages", params={"limit": 51})
         assert response.status_code == 400 and response.json()["error"]["code"] == 40000
         await client.close()
+
+
+async def test_an_attach_with_types_gets_only_events_of_those_types(
+    server: ServerProcess,
+) -> None:
+    channel = room()
+    a = await WireClient.connect(server.ws_url, client_id="alice")
+    b = await WireClient.connect(server.ws_url, client_id="bob")
+    created = await a.request("publish", channel=channel, data="", streaming=True)
+    await a.request("append", channel=channel, msg_serial=created["serial"], data="one ")
+    attached = await b.request("attach", channel=channel, from_serial=0, types=["create", "update"])
+    assert attached["action"] == "attached" and attached["serial"] == 2
+    await a.request("append", channel=channel, msg_serial=created["serial"], data="two")
+    await a.request("update", channel=channel, msg_serial=created["serial"], status="complete")
+    await a.request("publish", channel=channel, data="after")
+    events = [m for m in await b.quiet(0.5) if m["action"] == "event"]
+    assert [(e["serial"], e["type"]) for e in events] == [
+        (1, "create"),
+        (4, "update"),
+        (5, "create"),
+    ]
+    refused = await b.request("attach", channel=channel, types=["create", "typing"])
+    assert refused["action"] == "error" and refused["code"] == 40000
+    refused = await b.request("attach", channel=channel, types=[])
+    assert refused["action"] == "error" and refused["code"] == 40000
+    await a.close()
+    await b.close()

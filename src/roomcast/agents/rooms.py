@@ -37,7 +37,7 @@ from roomcast.client import Client, Event
 from roomcast.client.rest import list_channels
 from roomcast.protocol.answering import REGENERATE, REGENERATE_KEY
 from roomcast.protocol.errors import RoomcastError
-from roomcast.protocol.messages import SignalEvent
+from roomcast.protocol.messages import EVENT_TYPES, SignalEvent
 from roomcast.protocol.patterns import pattern_matches
 
 from .room import Room
@@ -52,6 +52,9 @@ STARTUP_LOOKBACK = 200  # events re-read per room at start, for triggers posted 
 LIST_PAGE = 1000  # channels per GET /v1/channels
 STARTUP_ATTACHES = 50  # rooms attaching at once at start
 MAX_SWEEP_S = 30.0  # idle rooms are looked for at least this often
+# An agent reads whole messages (a streamed one once its update ends it), never the
+# fragments: leaving them out spares the server a send and the agent a decode per fragment.
+WATCHED_TYPES = EVENT_TYPES - {"append"}
 
 EventHandler = Callable[[Room, Event], None]
 RegenerateHandler = Callable[[Room, int, str], None]
@@ -182,7 +185,7 @@ class AgentRooms:
         try:
             # Subscribed before the attach goes out, so the replay after from_serial reaches it.
             subscription = channel.subscribe(lambda event: self._event(room, event))
-            await channel.attach(from_serial=from_serial)
+            await channel.attach(from_serial=from_serial, types=WATCHED_TYPES)
             await subscription
             room.unlisten = channel.objects.subscribe(lambda _: self._membership_changed(room))
             await self._follow_membership(room)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,6 +68,7 @@ class Channel:
         serial: The last serial delivered to subscriptions (``None`` before the first
             attach).
         epoch: The epoch of the channel's log, as of the latest ``attached``.
+        types: The event types it receives (``None``: all); set by :meth:`attach`.
         attached: The latest ``attached`` reply (``messages`` holds a ``rewind``).
         presence: Who is here: :class:`~roomcast.client.Presence`.
         objects: The channel's live objects, kept current:
@@ -81,6 +82,7 @@ class Channel:
         self.state: ChannelState = "initialized"
         self.serial: int | None = None
         self.epoch: str | None = None
+        self.types: frozenset[m.EventType] | None = None
         self.attached: m.Attached | None = None
         self.presence = Presence(self, client)
         self.objects = LiveObjects(self, client)
@@ -287,7 +289,11 @@ class Channel:
     # ------------------------------------------------------------------ attach
 
     async def attach(
-        self, *, rewind: int | None = None, from_serial: int | None = None
+        self,
+        *,
+        rewind: int | None = None,
+        from_serial: int | None = None,
+        types: Iterable[m.EventType] | None = None,
     ) -> m.Attached:
         """Attach (start receiving events) and return the ``attached`` reply.
 
@@ -299,12 +305,22 @@ class Channel:
             rewind: Include the last N messages (rolled up) in ``attached.messages``.
             from_serial: Deliver every event after this serial first (in the current epoch).
                 If that is not possible, subscriptions get a :class:`Discontinuity`.
+            types: Receive only events of these types, from now on and after every
+                reconnect (all of them to receive everything again). Serials then jump
+                over the events left out: a bot that reads whole messages leaves out
+                ``append`` and gets a streamed message's text with :meth:`history` once
+                its ``update`` ends it.
 
         Raises:
             RoomcastError: The server refused the attach (``Forbidden``, ...).
         """
         self._client.check_open()
         explicit = rewind is not None or from_serial is not None
+        if types is not None:
+            wanted = frozenset(types)
+            kept = None if wanted >= m.EVENT_TYPES else wanted
+            explicit = explicit or kept != self.types
+            self.types = kept
         if self.state == "attached" and not explicit and self.attached is not None:
             return self.attached
         if explicit or self.state != "attaching":
@@ -437,6 +453,7 @@ class Channel:
             from_serial=self.serial,
             epoch=self.epoch if resuming else None,
             rewind=self._rewind,
+            types=None if self.types is None else sorted(self.types),
         )
         self._attach_ref = self._client.submit(
             request, self._on_attach_reply, self._on_attach_failed, resend=False

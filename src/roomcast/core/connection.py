@@ -223,7 +223,7 @@ class Connection(SubscriberCore):
 
     def _on_attach(self, req: m.Attach, size: int) -> _Deferred:
         # Subscribed now, in request order; the snapshot is read when its turn comes.
-        attachment = self.begin_attach(self.principal, req.channel)
+        attachment = self.begin_attach(self.principal, req.channel, req.types)
         return _Deferred(lambda: self._attach(req, attachment))
 
     async def _attach(self, req: m.Attach, attachment: Attachment) -> _Attaching:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from roomcast.protocol import messages as m
@@ -324,6 +324,8 @@ class SubscriberCore:
         if attachment is None or self.closed:
             return
         for event, frame in zip(events, frames, strict=True):
+            if attachment.types is not None and event.type not in attachment.types:
+                continue
             out = attachment.offer(event.serial, frame)
             if out is not None:
                 self.push_live(out)
@@ -344,13 +346,17 @@ class SubscriberCore:
     def admit(self, channel: str) -> None:
         """Raise if this subscriber may not take one more channel; the default has no limit."""
 
-    def begin_attach(self, principal: Principal, channel: str) -> Attachment:
+    def begin_attach(
+        self, principal: Principal, channel: str, types: Iterable[str] | None = None
+    ) -> Attachment:
         """Subscribe to ``channel`` (``subscribe`` capability) before its snapshot is read,
         so no live event can fall in between: the attachment holds live events back until
-        :meth:`finish_attach` has sent the snapshot and the replay."""
+        :meth:`finish_attach` has sent the snapshot and the replay. ``types`` limits the
+        events sent to those types."""
         authorize(principal, "subscribe", channel)
         self.admit(channel)
-        attachment = self.attachments[channel] = Attachment(channel)
+        wanted = None if types is None else frozenset(types)
+        attachment = self.attachments[channel] = Attachment(channel, types=wanted)
         self.fanout.subscribe(self, channel)
         return attachment
 
@@ -392,6 +398,8 @@ class SubscriberCore:
         budget; False if the attachment ended meanwhile."""
         encode = self.codec.encode
         for event in events:
+            if not attachment.wants(event.type):
+                continue
             self.push(encode(event))
             if self._bytes > self._budget:
                 await self.room()

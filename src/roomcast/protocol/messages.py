@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math as _math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 from msgspec.msgpack import Ext
@@ -106,6 +106,7 @@ def _items_problem(
 
 
 EventType = Literal["create", "append", "update", "delete", "annotation", "cancel", "object"]
+EVENT_TYPES: frozenset[EventType] = frozenset(get_args(EventType))
 Status = Literal["streaming", "complete", "cancelled", "failed"]
 FINAL_STATUSES: frozenset[str] = frozenset({"complete", "cancelled", "failed"})
 PresenceOp = Literal["enter", "update", "leave"]
@@ -124,6 +125,9 @@ class Attach(Request, tag="attach", kw_only=True):
     from_serial: Serial | None = None
     epoch: str | None = None
     rewind: Annotated[int, Meta(ge=0, le=1000)] | None = None
+    # Only events of these types are sent, live and in the replay (an additive choice:
+    # an agent that reads whole messages needs no fragments).
+    types: Annotated[list[EventType], Meta(min_length=1, max_length=7)] | None = None
 
 
 class Detach(Request, tag="detach", kw_only=True):

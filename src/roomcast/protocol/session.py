@@ -43,12 +43,20 @@ class Attachment:
     serial is past the snapshot. From then on a frame whose serial was already delivered is
     dropped, so a client never sees a serial twice. Frames without a serial (presence,
     signals) are never dropped.
+
+    ``types``, when set, are the only event types the client asked for (``attach``'s
+    ``types``): the others are left out, live and in the replay, so its serials jump.
     """
 
     channel: str
     state: Literal["pending", "live"] = "pending"
     last_serial: int = 0
     held: list[tuple[int | None, bytes]] = field(default_factory=list)
+    types: frozenset[str] | None = None
+
+    def wants(self, event_type: str) -> bool:
+        """Whether events of ``event_type`` go to this client."""
+        return self.types is None or event_type in self.types
 
     def offer(self, serial: int | None, frame: bytes) -> bytes | None:
         """A live frame for this channel: the frame to send now, or None."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -150,9 +150,10 @@ class EventStream(SubscriberCore):
     def describe(self) -> str:
         return f"SSE stream on {self.channel}"
 
-    def open(self, principal: Principal) -> None:
-        """Subscribe (before the snapshot is read, as attach does)."""
-        self.attachment = self.begin_attach(principal, self.channel)
+    def open(self, principal: Principal, types: Iterable[str] | None = None) -> None:
+        """Subscribe (before the snapshot is read, as attach does), to events of ``types``
+        only if given."""
+        self.attachment = self.begin_attach(principal, self.channel, types)
         self.registry.open.add(self)
 
     def end(self) -> None:
@@ -263,7 +264,8 @@ async def _disconnected(receive: Receive) -> None:
         "caller's token expires, `event: error` with the error body (code 40100) ends the "
         "stream; reconnect with a fresh token and `Last-Event-ID`. "
         "`Last-Event-ID` (or `from_serial`) resumes with every event after it, "
-        "without gap or duplicate."
+        "without gap or duplicate. `types` (comma-separated, or repeated) sends only "
+        "events of those types, live and in the replay."
     ),
     tag="channels",
     path_params=ChannelPath,
@@ -295,10 +297,13 @@ async def channel_events(call: Call) -> Response:
         if not last_event_id.isdigit():
             raise BadRequest(f"Last-Event-ID {last_event_id!r} is not a serial")
         fixed["from_serial"] = int(last_event_id)
+    types = call.request.query_params.getlist("types")
+    if types:  # `?types=create,update` or `?types=create&types=update`
+        fixed["types"] = [t for value in types for t in value.split(",")]
     req = call.query(Attach, **fixed)
     registry: EventStreams = call.request.app.state.event_streams
     stream = EventStream(node, channel, registry, req.from_serial)
-    stream.open(call.principal)
+    stream.open(call.principal, req.types)
     try:
         result = await node.attach(call.principal, req)
     except BaseException:
