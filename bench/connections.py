@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_load_arguments(parser)
     parser.add_argument("--timeout-s", type=float, default=60.0, help="resume gives up after")
     parser.add_argument("--profile", help="py-spy record the server while the connections idle")
+    parser.add_argument(
+        "--profile-resume", help="py-spy record the restarted server while the clients resume"
+    )
 
 
 async def publish_rooms(url: str, rooms: int, client_id: str) -> list[int]:
@@ -158,9 +161,10 @@ def kill_and_resume(server: ServerProcess, procs: list[Any], args: argparse.Name
     assert server.proc is not None
     cpu_ready = cpu_s(server.proc.pid)
     note(f"server restarted in {(ready - killed) / 1e9:.2f} s")
-    serials = asyncio.run(publish_rooms(server.ws_url, args.rooms, "bench-after"))
-    tell(procs, {"cmd": "expect", "serials": serials, "since_ns": killed})
-    seen = [read_line(p.stdout, "resume")["resume"] for p in procs]
+    with py_spy(server.proc.pid, args.profile_resume):
+        serials = asyncio.run(publish_rooms(server.ws_url, args.rooms, "bench-after"))
+        tell(procs, {"cmd": "expect", "serials": serials, "since_ns": killed})
+        seen = [read_line(p.stdout, "resume")["resume"] for p in procs]
     resume_cpu = cpu_s(server.proc.pid) - cpu_ready
     out: Msg = {"restart_s": round((ready - killed) / 1e9, 2)}
     out["resume_server_cpu_us"] = round(resume_cpu / sum(s["clients"] for s in seen) * 1e6)
