@@ -128,7 +128,8 @@ class Member(WSListener, Serials):
 
 
 def note_fragment(member: Member, key: int, answer: int, recv: int) -> None:
-    """One fragment (an append event) received: its spread over the room, and first token."""
+    """One fragment (an append event, or the answer's create with its first words) received:
+    its spread over the room, and first token."""
     room, stats = member.room, member.lg.stats
     seen = room.receipts.get(key)
     if seen is None:
@@ -262,6 +263,8 @@ class LoadGen:
                 trigger = extras.get("reply_to", -1)
                 room.answer_t[serial] = room.sent_t.get(trigger, 0)
                 room.trigger_of[serial] = trigger
+                if event.get("data"):  # the answer starts with its first fragment
+                    note_fragment(member, serial, serial, recv)
             elif "t" in extras:
                 note_message(member, serial, extras["t"], recv)
         elif kind == "update" and event.get("status") == "complete":

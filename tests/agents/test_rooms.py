@@ -20,7 +20,7 @@ from roomcast.agents.config import AgentConfig
 from roomcast.agents.rooms import AgentRooms
 from roomcast.client import Client, Event, connect
 from roomcast.protocol.messages import SignalEvent
-from roomcast.testing import AgentsProcess, ServerProcess
+from roomcast.testing import AgentsProcess, ServerProcess, WireClient
 
 KEY = "workers:" + "r" * 32
 ROOMS = 1100  # more than one page of GET /v1/channels (1000)
@@ -223,10 +223,12 @@ class Streaming:
     """How many of helper's answers stream at once, as a key holder attached to the rooms
     sees them: the most at any moment, and the answers that ended complete."""
 
-    def __init__(self) -> None:
+    def __init__(self, rooms: int) -> None:
         self.now: set[tuple[str, int]] = set()
         self.most = 0
         self.complete: set[tuple[str, int]] = set()
+        self.rooms = rooms
+        self.all_complete = asyncio.Event()  # an answer in every room ended complete
 
     def event(self, event: Event) -> None:
         if event.client_id != "helper":
@@ -239,6 +241,8 @@ class Streaming:
             self.now.discard(key)
             if event.status == "complete":
                 self.complete.add(key)
+                if len(self.complete) >= self.rooms:
+                    self.all_complete.set()
 
 
 SLOW_SCRIPT = """
@@ -258,7 +262,11 @@ async def test_answers_beyond_max_concurrent_answers_wait_their_turn(
     worker = start_worker(server, agents)
     try:
         await worker.logged("agent helper attached 0 of its 0 rooms")
-        streaming = Streaming()
+        streaming = Streaming(len(rooms))
+        # Every change of the agent's presence, as the rooms show it.
+        presence = await WireClient.connect(server.ws_url, client_id="presence", key=KEY)
+        for room in rooms:
+            await presence.request("attach", channel=room)
         async with connect(server.url, client_id="watcher", key=KEY) as watcher:
             await asyncio.gather(
                 *(watcher.channels.get(r).subscribe(streaming.event) for r in rooms)
@@ -267,15 +275,15 @@ async def test_answers_beyond_max_concurrent_answers_wait_their_turn(
                 await asyncio.gather(
                     *(frank.channels.get(r).publish("@helper busy day?") for r in rooms)
                 )
-            shown: set[str] = set()  # the agent's presence, as the rooms show it
-            async with asyncio.timeout(60):
-                while len(streaming.complete) < len(rooms):
-                    for room in rooms:
-                        members = await watcher.channels.get(room).presence.members()
-                        shown |= {shown_status(p.data) for p in members if p.client_id == "helper"}
-                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(streaming.all_complete.wait(), 60)
         assert sorted(channel for channel, _ in streaming.complete) == rooms
         assert streaming.most == 2
+        shown = {
+            shown_status(m["data"])
+            for m in await presence.quiet(0.5)
+            if m["action"] == "presence" and m["client_id"] == "helper" and m["data"]
+        }
+        await presence.close()
         # Those waiting their turn say so, rather than idle while someone waits.
         assert {"thinking (queued)", "thinking", "streaming"} <= shown
     finally:

@@ -85,11 +85,14 @@ async def test_the_default_agent_streams_an_answer_to_a_mention(
         lunch = alice.channels.get(channel)
         appends = 0
         seen: list[str] = []
+        started: list[Any] = []  # what the answer's create holds
 
         def on_event(event: Any) -> None:
             nonlocal appends
             if event.type == "append":
                 appends += 1
+            if event.type == "create" and event.client_id == "assistant":
+                started.append(event.data)
             seen.append(event.type)
 
         await lunch.subscribe(on_event)
@@ -110,6 +113,8 @@ async def test_the_default_agent_streams_an_answer_to_a_mention(
         usage = answer.extras["usage"]
         assert usage["output_tokens"] > 0 and usage["cost_usd"] == 0
         assert appends >= 3  # it streamed, in pieces
+        # The answer shows with its first words: no empty message waits for an append.
+        assert started == ["[scripted]"]
         members = await lunch.presence.members()
         agent = [m for m in members if m.client_id == "assistant"]
         assert agent and agent[0].data["kind"] == "agent"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -92,13 +93,20 @@ async def test_a_matching_reply_calls_tools_then_answers_from_their_results(
     assert not [e for e in after if isinstance(e, ToolCall)]
 
 
-async def test_the_delay_is_per_token() -> None:
-    script = Script.from_mapping({"delay_ms": 40, "replies": [{"text": "one two three four"}]})
+async def test_the_delay_is_between_tokens_and_the_first_comes_at_once() -> None:
+    script = Script.from_mapping({"delay_ms": 300, "replies": [{"text": "one two three four"}]})
     started = time.monotonic()
-    events = await collect(ScriptedProvider(script), ask("hi"))
-    elapsed = time.monotonic() - started
-    assert text_of(events) == "[scripted] one two three four"
-    assert elapsed >= 5 * 0.04 * 0.9  # five tokens, label included
+    arrived: list[float] = []
+    texts: list[str] = []
+    async with contextlib.aclosing(ScriptedProvider(script).stream(ask("hi"))) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                arrived.append(time.monotonic() - started)
+                texts.append(event.text)
+    assert "".join(texts) == "[scripted] one two three four"
+    assert arrived[0] < 0.15  # the label, at once
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
+    assert len(gaps) == 4 and min(gaps) >= 0.3 * 0.9
 
 
 async def test_closing_stops_a_slow_reply_at_once() -> None:
@@ -116,7 +124,7 @@ async def test_closing_stops_a_slow_reply_at_once() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 0.9  # the first token alone would take 1 s
+    assert time.monotonic() - started < 0.9  # the second token alone would take 1 s
 
 
 async def test_json_scripts_work_too(tmp_path: Path) -> None:

@@ -76,23 +76,24 @@ class AnswerMessage:
                 return False  # might still be "[skip]"
             if stripped.startswith(SKIP):
                 return False
-            await self._start()
-            text, self._held = self._held, ""
+            held, self._held = self._held, ""
+            await self._start(held)  # the message starts with what was held
+            return True
         with contextlib.suppress(Exception):  # a cancel shows in `cancelled`
             await self.stream.append(text)
         return True
 
-    async def _start(self) -> None:
+    async def _start(self, text: str = "") -> None:
         self._open = True
-        await self.stream.start()
+        await self.stream.start(text)
 
     async def finish(self, extras: dict[str, Any]) -> None:
         """End the answer ``complete`` (``cancelled`` if someone cancelled it); a silent
         answer was never started and stays so."""
         if not self._open:
             if self._held.strip() and not self._held.strip().startswith(SKIP):
-                await self._start()
-                await self.stream.append(self._held)
+                held, self._held = self._held, ""
+                await self._start(held)
             else:
                 return  # silent
         status: m.Status = "cancelled" if self.stream.cancelled.is_set() else "complete"

@@ -140,8 +140,10 @@ class MessageStream:
             await self.end("failed", extras={"failure": reason})
         return own_cancel
 
-    async def start(self) -> int:
-        """Listen for cancels, then publish the ``streaming`` message; returns its serial.
+    async def start(self, text: str = "") -> int:
+        """Listen for cancels, then publish the ``streaming`` message, ``text`` its first
+        fragment (it shows with the message, one round trip before an append would);
+        returns its serial.
 
         ``async with`` calls it for you.
         """
@@ -155,8 +157,9 @@ class MessageStream:
                 # No `subscribe` here: a cancel is then learned from the refused append.
                 await self._stop_listening()
             self.msg_serial = await channel.publish(
-                "", name=self.name, id=self.id, extras=self.extras, streaming=True
+                text, name=self.name, id=self.id, extras=self.extras, streaming=True
             )
+            self.text = text
         except BaseException:
             await self._stop_listening()
             raise

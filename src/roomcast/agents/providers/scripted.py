@@ -216,7 +216,7 @@ class ScriptedProvider:
         # Only the answer's first round is labelled: what follows tool calls continues it.
         shown = text if isinstance(last, ToolRound) else LABEL + text
         for piece in tokens(shown) if text else ():
-            if delay_s:
+            if delay_s and output_tokens:  # between tokens: the first comes at once
                 await asyncio.sleep(delay_s)
             output_tokens += 1
             yield TextDelta(piece)
