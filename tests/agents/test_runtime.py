@@ -17,6 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from roomcast.agents import runtime as runtime_module
+from roomcast.agents.config import AgentConfig
+from roomcast.agents.room import message_at
+from roomcast.agents.runtime import AgentRuntime
 from roomcast.client import AuthError, Forbidden, Message, connect
 from roomcast.testing import ServerProcess
 
@@ -485,6 +489,33 @@ async def test_a_streamed_message_triggers_when_it_completes(
         )
     [answer] = answers(messages)
     assert answer.extras["reply_to"] == question.msg_serial
+
+
+async def test_the_agent_reads_back_streamed_messages_of_others_not_its_own_answers(
+    agents_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[int] = []
+
+    async def recording(channel: Any, msg_serial: int) -> Any:
+        read.append(msg_serial)
+        return await message_at(channel, msg_serial)
+
+    monkeypatch.setattr(runtime_module, "message_at", recording)
+    channel = f"own:{uuid.uuid4().hex[:8]}"
+    config = AgentConfig(name="reader", provider="scripted", model="scripted", rooms=(channel,))
+    async with AgentRuntime(agents_server.url, [config], key=KEY, environ={}):
+        async with connect(agents_server.url, client_id="alice") as alice:
+            lunch = alice.channels.get(channel)
+            async with lunch.stream() as question:
+                await question.append("@reader what about dinner?")
+            messages = await wait_for(
+                agents_server.url, channel, lambda ms: answers(ms) and finished(ms)
+            )
+            await lunch.publish("thanks")  # after the answer's end: it has been seen
+            await asyncio.sleep(0.5)
+    [answer] = answers(messages)
+    assert answer.extras["reply_to"] == question.msg_serial
+    assert read == [question.msg_serial]  # the question's text, never its own answer
 
 
 async def test_root_agents_decides_who_is_in_the_room(agents_server: ServerProcess) -> None:

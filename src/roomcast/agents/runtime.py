@@ -160,8 +160,9 @@ class AgentWorker:
             return
         if event.type == "create" and event.streaming is not True:
             self._consider(room, message_from_create(event), event.timestamp)
-        elif event.type == "update" and event.status == "complete":
-            # A streamed message triggers when it ends complete: read its whole text.
+        elif event.type == "update" and event.status == "complete" and event.client_id != self.name:
+            # A streamed message triggers when it ends complete: read its whole text (not
+            # for the agent's own answers: it never answers itself).
             self._spawn(self._consider_finished(room, event))
 
     async def _consider_finished(self, room: Room, event: Event) -> None:
