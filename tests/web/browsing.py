@@ -113,4 +113,6 @@ def start_long_answer(page: Page) -> Locator:
     send(page, "@assistant tell us a long story")
     answer = last_answer(page)
     expect(answer).to_have_attribute("data-status", "streaming")
-    return answer
+    # That answer, not whichever is last later: a queued answer starts as soon as it ends.
+    serial = answer.get_attribute("data-serial")
+    return page.locator(f'#messages .msg[data-serial="{serial}"]')
