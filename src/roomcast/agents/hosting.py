@@ -1,10 +1,12 @@
 """Agents inside ``roomcast serve`` (the default): loaded with the settings, connected to the
-server over loopback once it listens, stopped before it closes its connections.
+server once it listens, stopped before it closes its connections.
 
 They connect like any worker, with an API key that only this process knows (the server adds
 :attr:`HostedAgents.key` to its key ring at start and never prints it), so they may speak as
 their own names while no anonymous client or token holder may. This module knows the server
-only by its settings and its URL: ``roomcast serve`` hands the names and the key to the node.
+only by its settings, its URL and the ``dial`` it is given (``roomcast serve`` gives one that
+carries the agents' frames in memory, not over a loopback socket); ``roomcast serve`` hands
+the names and the key to the node.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from roomcast.agents.config import AgentConfig, agent_label, default_agents, loa
 from roomcast.agents.providers import ProviderConfigError, make_provider
 from roomcast.agents.providers.base import Provider
 from roomcast.agents.providers.scripted import ScriptedProvider, no_model_script
+from roomcast.client.link import Dial, dial_websocket
 from roomcast.protocol.capabilities import ALL
 from roomcast.protocol.http import AgentInfo
 from roomcast.protocol.keys import ApiKey
@@ -85,7 +88,12 @@ class HostedAgents:
         runtime: Their runtime; None without agents.
     """
 
-    def __init__(self, settings: HostingSettings, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: HostingSettings,
+        environ: Mapping[str, str] | None = None,
+        dial: Dial = dial_websocket,
+    ) -> None:
         self.environ = os.environ if environ is None else environ
         self.agents = configured_agents(settings, self.environ)
         self.notes: dict[str, str] = {}
@@ -105,6 +113,7 @@ class HostedAgents:
                 key=f"{key.name}:{key.secret}",
                 environ=self.environ,
                 providers=providers,
+                dial=dial,
             )
 
     def _default_provider(self) -> dict[str, Provider]:

@@ -33,6 +33,7 @@ from roomcast.agents.providers.base import (
     Usage,
 )
 from roomcast.client import Channel, Client, Event, LiveMap, Message, connect
+from roomcast.client.link import Dial, dial_websocket
 from roomcast.protocol.answering import REGENERATE_KEY, SILENT, awaits
 from roomcast.protocol.capabilities import AGENT_CLAIM_PREFIXES
 from roomcast.protocol.rollup import message_from_create
@@ -82,11 +83,13 @@ class AgentWorker:
         agent_names: frozenset[str],
         environ: Mapping[str, str],
         provider: Provider | None = None,
+        dial: Dial = dial_websocket,
     ) -> None:
         self.config = config
         self.name = config.name
         self.server = server
         self.key = key
+        self.dial = dial
         self.agent_names = agent_names
         self.provider = provider or make_provider(config, environ)
         try:
@@ -113,7 +116,7 @@ class AgentWorker:
         """Connect, then answer in the rooms that match the agent's ``rooms``, attached
         while they are active (:class:`AgentRooms`)."""
         await self.mcp.start()
-        self.client = await connect(self.server, client_id=self.name, key=self.key)
+        self.client = await connect(self.server, client_id=self.name, key=self.key, dial=self.dial)
         await self.watching.start(self.client, self.server, self.key)
         label = agent_label(self.config.provider, self.config.model)
         log.info("agent %s is up (%s, %s)", self.name, label, self.config.policy)
@@ -470,6 +473,9 @@ class AgentRuntime:
         key: An API key ``NAME:SECRET`` the agents connect with (they may take their own
             names as client_id only with a key).
         environ: Where provider API keys and base URLs are read.
+        providers: Models by agent name, instead of the ones their configuration names.
+        dial: How the agents' connections are opened (a WebSocket to ``server`` by
+            default; ``roomcast serve`` passes one that stays in its process).
     """
 
     def __init__(
@@ -480,6 +486,7 @@ class AgentRuntime:
         key: str | None,
         environ: Mapping[str, str] | None = None,
         providers: Mapping[str, Provider] | None = None,
+        dial: Dial = dial_websocket,
     ) -> None:
         environ = os.environ if environ is None else environ
         names = frozenset(agent.name for agent in agents)
@@ -491,6 +498,7 @@ class AgentRuntime:
                 agent_names=names,
                 environ=environ,
                 provider=(providers or {}).get(agent.name),
+                dial=dial,
             )
             for agent in agents
         ]

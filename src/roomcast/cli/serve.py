@@ -229,7 +229,8 @@ def host_agents(
     node: Node, settings: Settings, environ: Mapping[str, str] | None = None
 ) -> HostedAgents:
     """The server's in-process agents, wired in: the node reserves their names and lists
-    them, and the key they connect with joins the key ring (it is never printed).
+    them, the key they connect with joins the key ring (it is never printed), and their
+    connections reach the node in memory.
 
     Raises:
         AgentConfigError: The agents file cannot be used.
@@ -238,8 +239,9 @@ def host_agents(
         ToolError: An agent names a tool that cannot be loaded.
     """
     from roomcast.agents.hosting import HostedAgents
+    from roomcast.server.in_process import InProcessDialer
 
-    hosted = HostedAgents(settings, environ)
+    hosted = HostedAgents(settings, environ, InProcessDialer(node))
     node.agent_names = hosted.names
     node.agents = hosted.infos
     if hosted.key is not None:

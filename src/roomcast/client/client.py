@@ -22,13 +22,13 @@ import msgspec
 from websockets.exceptions import WebSocketException
 
 from roomcast.protocol import messages as m
-from roomcast.protocol.errors import CLOSE_AUTH, RoomcastError, Unauthorized
+from roomcast.protocol.errors import RoomcastError, Unauthorized
 from roomcast.protocol.http import ChannelSummary
 
 from .backoff import Backoff
 from .channel import Channels
 from .errors import AuthError, ClientClosed, Overloaded, error_from_reply
-from .link import Format, Link, request_encoder
+from .link import Dial, Format, Link, dial_websocket, request_encoder
 from .rest import list_channels
 from .state import State, StateCallback, StateChange, StateEvent, StateListeners
 from .tokens import AuthCallback, TokenKeeper, token_capability
@@ -36,9 +36,6 @@ from .urls import websocket_url
 
 log = logging.getLogger("roomcast.client")
 
-# Close codes after which reconnecting cannot help: bad credentials, or frames the server
-# refused (a bug, or a server this SDK does not match). Everything else is retried.
-TERMINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, CLOSE_AUTH})
 # A connection that stayed up this long resets the backoff, so a server that accepts and
 # then drops at once is not hammered at the initial delay.
 STABLE_AFTER_S = 1.0
@@ -83,6 +80,9 @@ class Client:
         overload_timeout: Seconds the first connection keeps retrying a server that
             refuses it as full (HTTP 503 at the upgrade) before raising
             :class:`Overloaded`; 0 raises at once. Reconnects retry it without a limit.
+        dial: How a connection is opened (:data:`roomcast.client.link.Dial`): a WebSocket
+            to ``url`` by default. ``roomcast serve`` gives its agents one that reaches its
+            core in memory.
 
     Attributes:
         url: The URL it was given.
@@ -105,6 +105,7 @@ class Client:
         backoff: Backoff | None = None,
         timeout: float = 10.0,
         overload_timeout: float = OVERLOAD_TIMEOUT_S,
+        dial: Dial = dial_websocket,
     ) -> None:
         if key is not None and (token is not None or auth_callback is not None):
             raise ValueError("give either key= or token=/auth_callback=, not both")
@@ -121,6 +122,7 @@ class Client:
         self._backoff = backoff if backoff is not None else Backoff()
         self._timeout = timeout
         self._overload_timeout = overload_timeout
+        self._dial = dial
         self.channels = Channels(self)
         self.state: State = "connecting"
         self.connected: m.Connected | None = None
@@ -341,6 +343,9 @@ class Client:
             renewals = self._tokens.renew_forever(self._renew)
             self._renewer = asyncio.create_task(renewals, name="roomcast-client-auth")
 
+    async def _open_link(self) -> Link:
+        return await Link.open(self._query_url(), self._format, self._timeout, self._dial)
+
     async def _first_link(self) -> Link:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._overload_timeout
@@ -358,13 +363,13 @@ class Client:
     async def _open_first(self) -> Link:
         fetched = await self._tokens.fresh()
         try:
-            return await Link.open(self._query_url(), self._format, self._timeout)
+            return await self._open_link()
         except AuthError:
             if self._tokens.callback is None or fetched:
                 raise
             # The token given with it was refused: one more try with the callback's.
             await self._tokens.fresh(force=True)
-            return await Link.open(self._query_url(), self._format, self._timeout)
+            return await self._open_link()
 
     def _link_up(self, link: Link) -> None:
         connected = link.connected
@@ -400,7 +405,7 @@ class Client:
             link = self._link
             assert link is not None
             await link.done.wait()
-            error = self._terminal_error(link)
+            error = link.terminal_error()
             expired = isinstance(error, AuthError) and self._tokens.callback is not None
             if error is not None and not expired:
                 self._fail(error)
@@ -430,7 +435,7 @@ class Client:
                 log.warning("roomcast client: auth_callback failed: %r", exc)
                 continue
             try:
-                return await Link.open(self._query_url(), self._format, self._timeout)
+                return await self._open_link()
             except Overloaded as exc:
                 retry_after = exc.retry_after
                 log.info("roomcast client: server refused the connection: %s", exc)
@@ -445,17 +450,6 @@ class Client:
             except (OSError, TimeoutError, WebSocketException) as exc:
                 log.info("roomcast client: reconnect failed: %r", exc)
             token_refused = False
-
-    @staticmethod
-    def _terminal_error(link: Link) -> BaseException | None:
-        error = link.last_error
-        if link.close_code == CLOSE_AUTH or (error is not None and error.code == Unauthorized.code):
-            return AuthError(error.message if error is not None else link.close_reason)
-        if link.close_code in TERMINAL_CLOSE_CODES:
-            if error is not None:
-                return error_from_reply(error)
-            return ClientClosed(f"the server closed the connection: {link.close_reason}")
-        return None
 
     # ------------------------------------------------------------------ tokens
 
@@ -557,6 +551,7 @@ def connect(
     backoff: Backoff | None = None,
     timeout: float = 10.0,
     overload_timeout: float = OVERLOAD_TIMEOUT_S,
+    dial: Dial = dial_websocket,
 ) -> _Connecting:
     """Connect to a roomcast server.
 
@@ -570,7 +565,8 @@ def connect(
     Args:
         url: The server's HTTP base or WebSocket URL; the other arguments are
             :class:`Client`'s (``client_id``, ``token``, ``key``, ``auth_callback``,
-            ``format``, ``backoff``, ``timeout``, ``overload_timeout``), documented there.
+            ``format``, ``backoff``, ``timeout``, ``overload_timeout``, ``dial``),
+            documented there.
 
     Returns:
         An awaitable that connects and gives the :class:`Client`; also an async context
@@ -595,5 +591,6 @@ def connect(
             backoff=backoff,
             timeout=timeout,
             overload_timeout=overload_timeout,
+            dial=dial,
         )
     )

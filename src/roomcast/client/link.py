@@ -1,8 +1,10 @@
-"""One WebSocket connection to the server: the handshake up to ``connected``, a reader that
-decodes frames into typed server messages, and a writer that batches requests.
+"""One connection to the server: the handshake up to ``connected``, a reader that decodes
+frames into typed server messages, and a writer that batches requests.
 
 A :class:`Link` lives as long as its socket. Reconnecting makes a new one; what must outlive
 a socket (pending requests, attached channels) belongs to :class:`~roomcast.client.Client`.
+The socket is a WebSocket unless a :data:`Dial` opens another :class:`FrameSocket` (the
+agents that ``roomcast serve`` hosts reach its core in memory).
 """
 
 from __future__ import annotations
@@ -12,20 +14,25 @@ import contextlib
 import email.utils
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
 
 import msgspec
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Response
 
 from roomcast.protocol.codec import codec_for, take_batch
-from roomcast.protocol.errors import CLOSE_ABNORMAL, RoomcastError, Unauthorized, Unavailable
+from roomcast.protocol.errors import (
+    CLOSE_ABNORMAL,
+    CLOSE_AUTH,
+    RoomcastError,
+    Unauthorized,
+    Unavailable,
+)
 from roomcast.protocol.messages import Connected, ErrorReply, Request, ServerMessage
 
-from .errors import Overloaded, error_from_http, error_from_reply
+from .errors import AuthError, ClientClosed, Overloaded, error_from_http, error_from_reply
 
 log = logging.getLogger("roomcast.client")
 
@@ -34,12 +41,63 @@ Handler = Callable[[ServerMessage], None]
 
 MAX_BATCH_MESSAGES = 512
 DEFAULT_BATCH_BYTES = 64 * 1024
+# Close codes after which reconnecting cannot help: bad credentials, or frames the server
+# refused (a bug, or a server this SDK does not match). Everything else is retried.
+TERMINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, CLOSE_AUTH})
+
+
+class _Abortable(Protocol):
+    def abort(self) -> None: ...
+
+
+class FrameSocket(Protocol):
+    """What a link uses of its socket: a ``websockets`` client connection is one. ``recv``
+    and ``send`` raise ``websockets.exceptions.ConnectionClosed`` once it is closed (its
+    ``rcvd`` is the peer's close, None if the connection was lost)."""
+
+    @property
+    def transport(self) -> _Abortable:
+        """``abort()`` drops the connection without a close."""
+        ...
+
+    async def recv(self, decode: Literal[False]) -> bytes: ...
+
+    async def send(self, message: bytes, *, text: bool | None = None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+Dial = Callable[[str, float], Awaitable[FrameSocket]]
+"""Opens the socket of a link: ``dial(url, open_timeout)``, the URL with its query
+(credentials, ``resume``, ``format``). The default is a WebSocket to that URL."""
+
+
+async def dial_websocket(url: str, open_timeout: float) -> FrameSocket:
+    """A WebSocket to ``url``: the default :data:`Dial`.
+
+    Raises:
+        Overloaded, RoomcastError: The upgrade was refused with HTTP 503 or 401.
+        OSError, TimeoutError, websockets.exceptions.WebSocketException: The server could
+            not be reached, or answered with another HTTP status.
+    """
+    try:
+        return await ws_connect(
+            url,
+            open_timeout=open_timeout,
+            max_size=None,
+            compression=None,  # the server does not compress: small frames, low latency
+        )
+    except InvalidStatus as exc:
+        refusal = _upgrade_refusal(exc.response)
+        if refusal is None:
+            raise
+        raise refusal from exc
 
 
 class Link:
     """A connected socket. Built by :meth:`open`, which returns once ``connected`` arrived."""
 
-    def __init__(self, ws: ClientConnection, fmt: Format, connected: Connected) -> None:
+    def __init__(self, ws: FrameSocket, fmt: Format, connected: Connected) -> None:
         self.ws = ws
         self.connected = connected
         self.close_code: int | None = None
@@ -58,8 +116,10 @@ class Link:
         self.done = asyncio.Event()
 
     @classmethod
-    async def open(cls, url: str, fmt: Format, open_timeout: float) -> Link:
-        """Connect and wait for ``connected``.
+    async def open(
+        cls, url: str, fmt: Format, open_timeout: float, dial: Dial = dial_websocket
+    ) -> Link:
+        """Connect (``dial``: a WebSocket by default) and wait for ``connected``.
 
         Raises:
             Overloaded: The server is full: HTTP 503 at the upgrade (with its
@@ -70,18 +130,7 @@ class Link:
                 could not be reached, or the handshake failed (``InvalidStatus`` for an
                 HTTP answer other than 401 and 503: no roomcast WebSocket there).
         """
-        try:
-            ws = await ws_connect(
-                url,
-                open_timeout=open_timeout,
-                max_size=None,
-                compression=None,  # the server does not compress: small frames, low latency
-            )
-        except InvalidStatus as exc:
-            refusal = _upgrade_refusal(exc.response)
-            if refusal is None:
-                raise
-            raise refusal from exc
+        ws = await dial(url, open_timeout)
         try:
             async with asyncio.timeout(open_timeout):
                 frame = await ws.recv(decode=False)
@@ -153,6 +202,17 @@ class Link:
 
     def _take_batch(self) -> list[bytes]:
         return take_batch(self._out, MAX_BATCH_MESSAGES, self._batch_bytes)
+
+    def terminal_error(self) -> BaseException | None:
+        """Why reconnecting after this link ended cannot help (None: reconnect)."""
+        error = self.last_error
+        if self.close_code == CLOSE_AUTH or (error is not None and error.code == Unauthorized.code):
+            return AuthError(error.message if error is not None else self.close_reason)
+        if self.close_code in TERMINAL_CLOSE_CODES:
+            if error is not None:
+                return error_from_reply(error)
+            return ClientClosed(f"the server closed the connection: {self.close_reason}")
+        return None
 
     def _finish(self) -> None:
         for task in self._tasks:

@@ -30,11 +30,22 @@ import msgspec
 from roomcast.backends.base import Appended
 from roomcast.protocol import messages as m
 from roomcast.protocol.codec import Codec, RequestError, check_frame_kind
-from roomcast.protocol.errors import BadRequest, RateLimited, RoomcastError, StreamCancelled
+from roomcast.protocol.errors import (
+    CLOSE_ABNORMAL,
+    CLOSE_AUTH,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_SLOW_CONSUMER,
+    BadRequest,
+    ProtocolViolation,
+    RateLimited,
+    RoomcastError,
+    StreamCancelled,
+)
 from roomcast.protocol.session import Attachment, Session, TokenBucket
 
 from .authz import Principal
 from .fanout import AttachResult
+from .identity import Identity
 from .secret_tokens import token_urlsafe
 from .subscriber import SubscriberCore, Transport
 
@@ -44,6 +55,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("roomcast.connection")
 
 MAX_IN_FLIGHT = 4096
+
+# The close codes that mean the peer vanished without a close (TCP loss, missed pings), or
+# that this server is going away (1012: uvicorn's shutdown puts it in the disconnect).
+DROPPED = frozenset({CLOSE_ABNORMAL, 1011, CLOSE_SERVICE_RESTART})
+# Closes by this server after which the client resumes: its presence waits for it.
+RESUMABLE = frozenset({CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER, CLOSE_AUTH})
+
+Receive = Callable[[], Awaitable["tuple[bytes | str, bool] | int"]]
+"""The next frame a transport read, ``(data, is_text)``, or the close code once it ended."""
 
 Pending = tuple[int | None, str | None, "Awaitable[Any] | m.Reply | _Deferred | None"]
 
@@ -362,6 +382,46 @@ class Connection(SubscriberCore):
             self.push(self.codec.encode(msgspec.structs.replace(result, ref=m.ref_of(ref))))
         elif result is not None:
             self.push(self.codec.encode(result))
+
+
+async def open_connection(
+    node: Node, transport: Transport, codec: Codec, identity: Identity, resume: str | None
+) -> Connection:
+    """A new connection of ``identity`` (resuming the session of ``resume`` if it can), told
+    ``connected``: what every transport does once it has the caller's credentials.
+
+    Raises:
+        RateLimited: The client already has ``max_connections_per_client`` here.
+    """
+    principal = identity.principal
+    connection_id, presence, resumed = await node.connect(principal, resume)
+    node.check_client_connections(principal.client_id)
+    conn = Connection(node, transport, codec, principal, connection_id, presence)
+    await node.register(conn)
+    conn.start(resumed)
+    conn.expire_at(identity.expires_at)
+    return conn
+
+
+async def serve(conn: Connection, receive: Receive) -> None:
+    """Hand ``conn`` every frame ``receive`` reads until the peer goes, then finish it: a
+    clean close ends its presence at once, a lost connection (or a close after which the
+    client resumes) leaves it for the grace period."""
+    clean = True
+    try:
+        while True:
+            frame = await receive()
+            if isinstance(frame, int):
+                clean = frame not in DROPPED
+                break
+            await conn.receive(frame[0], is_text=frame[1])
+    except ProtocolViolation as exc:
+        log.info("closing %s: %s", conn.session.connection_id, exc.reason)
+        await conn.close(exc.close_code, exc.reason)
+    finally:
+        if conn.close_code is not None and conn.close_code in RESUMABLE:
+            clean = False  # the server closed it for the client to resume
+        await conn.finish(clean=clean)
 
 
 @dataclass(slots=True)

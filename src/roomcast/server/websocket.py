@@ -9,18 +9,14 @@ from starlette.requests import Request
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 
-from roomcast.core.connection import Connection
+from roomcast.core.connection import open_connection, serve
 from roomcast.core.node import Node
 from roomcast.protocol.codec import codec_for
 from roomcast.protocol.errors import (
-    CLOSE_ABNORMAL,
     CLOSE_AUTH,
-    CLOSE_SERVICE_RESTART,
-    CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     BadRequest,
-    ProtocolViolation,
     RoomcastError,
     Unavailable,
 )
@@ -35,11 +31,6 @@ log = logging.getLogger("roomcast.ws")
 HOST_REFUSED = "this server does not answer to that Host name (see allowed_hosts)"
 # The ASGI extension for an HTTP response instead of the upgrade (uvicorn has it).
 DENIAL_RESPONSE = "websocket.http.response"
-# The close codes that mean the peer vanished without a close frame (TCP loss, missed pings),
-# or that this server is going away (1012: uvicorn's shutdown puts it in the disconnect).
-DROPPED = frozenset({CLOSE_ABNORMAL, 1011, CLOSE_SERVICE_RESTART})
-# Closes by this server after which the client resumes: its presence waits for it.
-RESUMABLE = frozenset({CLOSE_SERVICE_RESTART, CLOSE_SLOW_CONSUMER, CLOSE_AUTH})
 
 
 class StarletteTransport:
@@ -62,13 +53,20 @@ class StarletteTransport:
         await self._ws.close(code, reason)
 
 
-async def _refuse(websocket: WebSocket, exc: RoomcastError) -> None:
-    """An ``error`` (always JSON: the format may be what was wrong), then the close."""
-    error = ErrorReply(code=exc.code, message=exc.message)
-    await websocket.send_text(codec_for("json").encode(error).decode())
+def refusal(exc: RoomcastError) -> tuple[bytes, int]:
+    """How a connection is refused: an ``error`` frame (always JSON: the format may be what
+    was wrong) and the close code that follows it."""
+    error = codec_for("json").encode(ErrorReply(code=exc.code, message=exc.message))
     code = {40100: CLOSE_AUTH, 42900: CLOSE_TRY_AGAIN_LATER, 50300: CLOSE_TRY_AGAIN_LATER}.get(
         exc.code, CLOSE_UNSUPPORTED_DATA
     )
+    return error, code
+
+
+async def _refuse(websocket: WebSocket, exc: RoomcastError) -> None:
+    """An ``error``, then the close."""
+    frame, code = refusal(exc)
+    await websocket.send_text(frame.decode())
     await websocket.close(code, exc.message)
 
 
@@ -140,7 +138,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 async def _serve(websocket: WebSocket, node: Node) -> None:
     # Not websocket.query_params: that would stay cached for as long as the connection is open.
     params = QueryParams(websocket.scope["query_string"])
-    resume = params.get("resume")
     try:
         codec = codec_for(params.get("format", "json"))
         identity = node.identities.resolve(
@@ -148,43 +145,21 @@ async def _serve(websocket: WebSocket, node: Node) -> None:
             key=params.get("key"),
             client_id=params.get("client_id"),
         )
+        transport = StarletteTransport(websocket, text=codec.format == "json")
+        conn = await open_connection(node, transport, codec, identity, params.get("resume"))
     except RoomcastError as exc:
         await _refuse(websocket, exc)
         return
     finally:
         del params
-    principal = identity.principal
-    connection_id, presence, resumed = await node.connect(principal, resume)
-    try:
-        node.check_client_connections(principal.client_id)
-    except RoomcastError as exc:
-        await _refuse(websocket, exc)
-        return
-    conn = Connection(
-        node,
-        StarletteTransport(websocket, text=codec.format == "json"),
-        codec,
-        principal,
-        connection_id,
-        presence,
-    )
-    await node.register(conn)
-    conn.start(resumed)
-    conn.expire_at(identity.expires_at)
-    clean = True
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                clean = message.get("code", 1005) not in DROPPED
-                break
-            text = message.get("text")
-            data = text if text is not None else message.get("bytes") or b""
-            await conn.receive(data, is_text=text is not None)
-    except ProtocolViolation as exc:
-        log.info("closing %s: %s", connection_id, exc.reason)
-        await conn.close(exc.close_code, exc.reason)
-    finally:
-        if conn.close_code is not None and conn.close_code in RESUMABLE:
-            clean = False  # the server closed it for the client to resume
-        await conn.finish(clean=clean)
+
+    async def receive() -> tuple[bytes | str, bool] | int:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return int(message.get("code", 1005))
+        text = message.get("text")
+        if text is not None:
+            return text, True
+        return message.get("bytes") or b"", False
+
+    await serve(conn, receive)
