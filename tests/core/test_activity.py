@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from inproc_node import RecordingTransport, connect, running_node, settle
-
 from roomcast.core.authz import Capability, Principal
 from roomcast.core.connection import Connection
 from roomcast.core.node import Node

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from inproc_node import RecordingTransport, connect, running_node, settle
 
+from inproc_node import RecordingTransport, connect, running_node, settle
 from roomcast.backends import open_backend
 from roomcast.core.connection import Connection
 from roomcast.core.node import Node

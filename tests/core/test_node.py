@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from inproc_node import RecordingTransport, connect, running_node, settle
 
+from inproc_node import RecordingTransport, connect, running_node, settle
 from roomcast.core.authz import Capability, Principal
 from roomcast.protocol.capabilities import ALL
 from roomcast.protocol.errors import Forbidden, TooLarge, Unauthorized

@@ -10,7 +10,6 @@ import json
 import weakref
 
 from inproc_node import RecordingTransport, connect, running_node, settle
-
 from roomcast.core.authz import Principal
 from roomcast.core.connection import Connection
 from roomcast.core.node import Node

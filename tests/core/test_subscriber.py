@@ -10,9 +10,9 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from inproc_node import RecordingTransport, connect, running_node, settle
 from starlette.websockets import WebSocketDisconnect
 
+from inproc_node import RecordingTransport, connect, running_node, settle
 from roomcast.backends.base import REPLAY_PAGE
 from roomcast.core.authz import Capability, Principal
 from roomcast.core.fanout import AttachResult
