@@ -1,6 +1,7 @@
-"""The browser modules on their own: the docs' ``roomcast.js`` example runs as written, the
-Markdown renderer makes only safe elements, and no module is over 600 lines (that only the
-client library calls the server is a rule of tests/test_layering.py)."""
+"""The browser modules on their own: the docs' ``roomcast.js`` example runs as written, a
+channel asks for some event types only, the Markdown renderer makes only safe elements, and no
+module is over 600 lines (that only the client library calls the server is a rule of
+tests/test_layering.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,33 @@ def test_the_docs_example_runs(blank: Page, web_server: ServerProcess) -> None:
     assert any(m["data"] == "tacos?" and m["client_id"] == "alice" for m in history["items"])
     presence = httpx.get(f"{web_server.url}/v1/channels/room:lunch/presence").json()
     assert any(p["client_id"] == "alice" for p in presence["items"])
+
+
+TYPES = """async ([url, channel]) => {
+  const { Client } = await import("/static/roomcast.js");
+  const reader = new Client({ url, clientId: "reader" });
+  const writer = new Client({ url, clientId: "writer" });
+  await Promise.all([reader.connect(), writer.connect()]);
+  const room = reader.channel(channel);
+  const seen = [];
+  room.on("event", (event) => seen.push(event.type));
+  await room.attach({ types: ["create", "update"] });
+  const out = writer.channel(channel);
+  const serial = await out.publish("", { streaming: true });
+  for (const word of ["one", " two", " three"]) await out.append(serial, word);
+  await out.update(serial, { status: "complete" });
+  await out.publish("after");
+  while (seen.length < 3) await new Promise((resolve) => setTimeout(resolve, 10));
+  reader.close();
+  writer.close();
+  return { seen, types: room.types };
+}"""
+
+
+def test_attach_asks_for_some_event_types(blank: Page, web_server: ServerProcess) -> None:
+    url = f"ws://127.0.0.1:{web_server.port}/v1/ws"
+    result = blank.evaluate(TYPES, [url, "room:types-js"])
+    assert result == {"seen": ["create", "update", "create"], "types": ["create", "update"]}
 
 
 RENDER = """async (texts) => {

@@ -41,12 +41,15 @@ export interface Message {
   reactions: Record<string, string[]>;
 }
 
+/** The type of a channel's event. */
+export type EventType = "create" | "append" | "update" | "delete" | "cancel" | "annotation" | "object";
+
 /** An `event` message: one change of a channel, in serial order (docs/protocol.md §2). */
 export interface ChannelEvent {
   action: "event";
   channel: string;
   serial: number;
-  type: "create" | "append" | "update" | "delete" | "cancel" | "annotation" | "object";
+  type: EventType;
   msg_serial?: number;
   id?: string | null;
   client_id: string | null;
@@ -231,7 +234,9 @@ export class Channel extends Emitter<{
   objects: LiveObjects;
   polls: Polls;
   boards: Boards;
-  attach(options?: { rewind?: number | null }): Promise<Attached>;
+  /** The event types asked for at attach (kept for every re-attach); null: all. */
+  types: EventType[] | null;
+  attach(options?: { rewind?: number | null; types?: EventType[] | null }): Promise<Attached>;
   detach(): Promise<void>;
   publish(data: unknown, options?: { name?: string; extras?: Record<string, unknown>; streaming?: boolean; id?: string }): Promise<number>;
   append(msgSerial: number, data: string): Promise<number | null>;

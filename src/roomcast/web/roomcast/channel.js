@@ -35,6 +35,7 @@ export class Channel extends Emitter {
     this.polls = new Polls(this);
     this.boards = new Boards(this);
     this._rewind = null;
+    this.types = null; // the event types asked for; null: all
     this._attachRef = null;
     this._waiters = [];
     // What arrives while an attach is pending waits for its reply: the reply settles a
@@ -44,11 +45,13 @@ export class Channel extends Emitter {
     this._held = [];
   }
 
-  /** Attach; resolves with `attached`. `rewind`: include the last N messages. */
-  attach({ rewind = null } = {}) {
+  /** Attach; resolves with `attached`. `rewind`: include the last N messages. `types`:
+   * only these event types, live and replayed (kept for every re-attach). */
+  attach({ rewind = null, types = null } = {}) {
     if (this.state === "attached" && this.attached) return Promise.resolve(this.attached);
     const promise = new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
     if (rewind !== null) this._rewind = rewind;
+    if (types !== null) this.types = [...types];
     if (this.state !== "attaching") {
       this.state = "attaching";
       this._sendAttach();
@@ -112,6 +115,7 @@ export class Channel extends Emitter {
       if (this.epoch) message.epoch = this.epoch;
     }
     if (this._rewind !== null) message.rewind = this._rewind;
+    if (this.types !== null) message.types = this.types;
     const promise = this.client.request(message, { resend: false });
     const ref = this.client._ref;
     this._attachRef = ref;
