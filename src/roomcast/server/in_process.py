@@ -29,7 +29,7 @@ from starlette.datastructures import QueryParams
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from roomcast.core.connection import open_connection, serve
+from roomcast.core.connection import Frame, open_connection, serve
 from roomcast.core.node import Node
 from roomcast.protocol.codec import codec_for
 from roomcast.protocol.errors import CLOSE_ABNORMAL, CLOSE_NORMAL, RoomcastError
@@ -187,11 +187,15 @@ class _ServerEnd:
         self._down.end(Close(code, reason))
         self._up.end(Close(code, reason), discard=True)
 
-    async def receive(self) -> tuple[bytes | str, bool] | int:
-        item = await self._up.get()
-        if isinstance(item, tuple):
-            return item
-        return CLOSE_ABNORMAL if item is None else item.code
+    async def receive(self) -> tuple[bytes, bool] | Close | None:
+        """The client's next frame, or how it ended (None: lost)."""
+        return await self._up.get()
+
+
+def _frame_of(item: tuple[bytes, bool] | Close | None) -> Frame:
+    if isinstance(item, tuple):
+        return item
+    return CLOSE_ABNORMAL if item is None else item.code
 
 
 class InProcessDialer:
@@ -220,5 +224,6 @@ class InProcessDialer:
         except RoomcastError as exc:
             sock.refuse(exc)
             return sock
-        sock.serving = asyncio.create_task(serve(conn, sock.server.receive), name="roomcast-local")
+        serving = serve(conn, sock.server.receive, _frame_of)
+        sock.serving = asyncio.create_task(serving, name="roomcast-local")
         return sock

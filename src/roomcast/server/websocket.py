@@ -6,10 +6,10 @@ import logging
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.types import Scope
+from starlette.types import Message, Scope
 from starlette.websockets import WebSocket
 
-from roomcast.core.connection import open_connection, serve
+from roomcast.core.connection import Connection, Frame, open_connection, serve
 from roomcast.core.node import Node
 from roomcast.protocol.codec import codec_for
 from roomcast.protocol.errors import (
@@ -130,12 +130,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     overload.websockets += 1
     try:
-        await _serve(websocket, node)
+        conn = await _open(websocket, node)
+        if conn is not None:
+            await serve(conn, websocket.receive, _frame_of)
     finally:
         overload.websockets -= 1
 
 
-async def _serve(websocket: WebSocket, node: Node) -> None:
+async def _open(websocket: WebSocket, node: Node) -> Connection | None:
+    """The connection of the caller's credentials, told ``connected``; None if refused."""
     # Not websocket.query_params: that would stay cached for as long as the connection is open.
     params = QueryParams(websocket.scope["query_string"])
     try:
@@ -146,20 +149,18 @@ async def _serve(websocket: WebSocket, node: Node) -> None:
             client_id=params.get("client_id"),
         )
         transport = StarletteTransport(websocket, text=codec.format == "json")
-        conn = await open_connection(node, transport, codec, identity, params.get("resume"))
+        return await open_connection(node, transport, codec, identity, params.get("resume"))
     except RoomcastError as exc:
         await _refuse(websocket, exc)
-        return
+        return None
     finally:
         del params
 
-    async def receive() -> tuple[bytes | str, bool] | int:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return int(message.get("code", 1005))
-        text = message.get("text")
-        if text is not None:
-            return text, True
-        return message.get("bytes") or b"", False
 
-    await serve(conn, receive)
+def _frame_of(message: Message) -> Frame:
+    if message["type"] == "websocket.disconnect":
+        return int(message.get("code", 1005))
+    text = message.get("text")
+    if text is not None:
+        return text, True
+    return message.get("bytes") or b"", False
