@@ -54,10 +54,6 @@ class _Pipe:
         self._reader: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
 
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
     def put_nowait(self, frame: bytes, is_text: bool) -> bool:
         """Queue ``frame`` if there is room (after the end it is dropped); False if full."""
         if self._ended:
