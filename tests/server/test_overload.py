@@ -331,6 +331,31 @@ async def test_connections_that_never_finish_their_headers_are_closed_at_the_dea
         assert (await http.get("/v1/channels")).status_code == 200
 
 
+async def test_a_client_still_sending_at_the_deadline_gets_its_408_and_a_clean_close(
+    impatient: ServerProcess,
+) -> None:
+    """Closing a socket with unread data resets the connection, and the client may lose the
+    answer: the server half-closes after the 408 and drops what still comes."""
+    async with raw(impatient) as connections:
+        readers = []
+        for _ in range(20):
+            reader, writer = await connections.open(b"GET / HTTP/1.1\r\n")
+            readers.append((reader, writer))
+
+        async def flood(reader: asyncio.StreamReader, writer: Any) -> None:
+            while not reader.at_eof():  # a header line every few ms, past the deadline
+                writer.write(b"X-Slow: 1\r\n")
+                await asyncio.sleep(0.003)
+
+        flooding = [asyncio.ensure_future(flood(r, w)) for r, w in readers]
+        try:
+            answers = await asyncio.gather(*(until_closed(r) for r, _ in readers))
+        finally:
+            for task in flooding:
+                task.cancel()
+    assert {a.split(b"\r\n", 1)[0] for a in answers} == {b"HTTP/1.1 408 Request Timeout"}
+
+
 async def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_s(
     impatient: ServerProcess,
 ) -> None:

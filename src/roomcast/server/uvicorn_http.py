@@ -8,7 +8,10 @@ its buffers and a file descriptor for good. Here every request has ``header_time
 the moment its connection is accepted (or, on a kept-alive connection, from the first byte of
 the next request) to its last header line. The deadline is not moved by data that trickles
 in. Past it, a request that had begun is answered 408 and the connection closed; a
-connection that sent nothing is closed without a word.
+connection that sent nothing is closed without a word. The 408 is followed by a half-close,
+and what the client still sends is read and dropped until it closes too, or for
+``LINGER_S`` at most (nginx's "lingering close"): closing a socket that has unread data
+resets the connection, and the client could lose the answer.
 
 Until its first request's headers are complete a connection is half-open. Half-open
 connections count against ``max_connections`` (``Overload.half_open``): while they fill it,
@@ -33,6 +36,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import is_ssl
 
 from .overload import Overload
+
+LINGER_S = 2.0
+"""How long a connection answered 408 keeps reading (and dropping) what its client sends."""
 
 _REASON = b"the request headers took too long\n"
 _TIMED_OUT = (
@@ -85,6 +91,7 @@ class RoomcastHttpProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._half_open = False  # counted in overload.half_open
         self._begun = False  # a request has begun and its headers are not complete
+        self._linger: asyncio.TimerHandle | None = None  # answered 408, closing
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's, with the addresses from transport_addresses()
@@ -109,8 +116,14 @@ class RoomcastHttpProtocol(HttpToolsProtocol):
         self._begun = False
         super().on_headers_complete()
 
+    def data_received(self, data: bytes) -> None:
+        if self._linger is None:
+            super().data_received(data)  # else answered 408: dropped
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -132,8 +145,11 @@ class RoomcastHttpProtocol(HttpToolsProtocol):
         if transport.is_closing():
             return
         cycle = self.cycle
-        if self._begun and (cycle is None or cycle.response_complete):
+        if self._begun and (cycle is None or cycle.response_complete) and transport.can_write_eof():
             transport.write(_TIMED_OUT)  # not in the middle of another response
+            transport.write_eof()  # the client sees the end; the close comes when it closes
+            self._linger = self.loop.call_later(LINGER_S, transport.close)
+            return
         transport.close()
 
 
