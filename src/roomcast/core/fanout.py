@@ -26,10 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from roomcast.backends.base import REPLAY_PAGE, Store
+from roomcast.backends.base import REPLAY_PAGE, Snapshot, Store
 from roomcast.protocol.errors import Conflict
 from roomcast.protocol.messages import Attached, Event, PresenceEvent, Reply, SignalEvent
 from roomcast.settings import Settings
+
+from .snapshots import SharedSnapshots
 
 log = logging.getLogger("roomcast.fanout")
 
@@ -112,6 +114,7 @@ class FanOut:
         self.readers: set[Subscriber] = set()  # every open subscriber, for heartbeats
         self._channels: dict[str, set[Subscriber]] = {}
         self._dirty: list[Subscriber] = []
+        self.snapshots = SharedSnapshots()
         store.bus.bind(self)
 
     # ------------------------------------------------------------------ subscribers
@@ -132,6 +135,7 @@ class FanOut:
             subscribers.discard(subscriber)
             if not subscribers:
                 del self._channels[channel]
+                self.snapshots.forget(channel)
                 self.spawn(self.store.bus.unsubscribe(channel))
 
     def occupancy(self, channel: str) -> int:
@@ -155,10 +159,25 @@ class FanOut:
 
     def beat(self, now: float) -> None:
         """Heartbeats for the subscribers that sent nothing for ``heartbeat_s``."""
+        self.snapshots.trim(now)
         heartbeat_s = self.settings.heartbeat_s
         for subscriber in list(self.readers):
             if now - subscriber.last_sent >= heartbeat_s:
                 subscriber.send_heartbeat()
+
+    def snapshot(
+        self, channel: str, *, from_serial: int | None, rewind: int, objects: bool
+    ) -> Awaitable[Snapshot]:
+        """The store's snapshot of ``channel`` for an attach already subscribed here,
+        shared with the attaches before it that no hand-off of an event separates from it
+        (:mod:`roomcast.core.snapshots`)."""
+        return self.snapshots.get(
+            channel,
+            (from_serial, rewind, objects),
+            lambda: self.store.snapshot(
+                channel, from_serial=from_serial, rewind=rewind, objects=objects
+            ),
+        )
 
     async def replay_page(self, channel: str, after: int, until: int) -> Sequence[Event]:
         """The next events after ``after`` and up to ``until``, for a client catching up.
@@ -173,6 +192,7 @@ class FanOut:
     # ------------------------------------------------------------------ bus sink
 
     def on_events(self, channel: str, events: Sequence[Event]) -> None:
+        self.snapshots.forget(channel)  # before the early return: a later attach must read anew
         subscribers = self._channels.get(channel)
         if not subscribers:
             return
@@ -222,10 +242,12 @@ class FanOut:
 
     def reattach_all(self, reason: str) -> None:
         """Have every subscriber here attach again (the store lost its data)."""
+        self.snapshots.clear()
         for channel in list(self._channels):
             self._reset(channel, reason)
 
     def _reset(self, channel: str, reason: str) -> None:
+        self.snapshots.forget(channel)
         for subscriber in tuple(self._channels.get(channel, ())):
             subscriber.reset(reason)
 

@@ -222,7 +222,7 @@ class Node(Sequencer):
         """The snapshot for an attach whose connection is already subscribed (so no live
         event can fall between the snapshot and the live stream)."""
         await self.store.bus.subscribe(req.channel)
-        snap = await self.store.snapshot(
+        snap = await self.fanout.snapshot(
             req.channel,
             from_serial=req.from_serial,
             rewind=req.rewind or 0,

@@ -141,6 +141,15 @@ class _NodeCollector(Collector):
             "Subscribers dropped because their backlog passed outbound_queue.",
             value=node.stats.slow_consumers,
         )
+        attaches = CounterMetricFamily(
+            "roomcast_attach_snapshots",
+            "Attach snapshots read from the store, and attaches that shared one already read.",
+            labels=["source"],
+        )
+        shared = node.fanout.snapshots.stats
+        attaches.add_metric(["store"], shared.reads)
+        attaches.add_metric(["shared"], shared.shared)
+        yield attaches
 
 
 class RequestMetrics:
@@ -171,7 +180,8 @@ class RequestMetrics:
     description=(
         "Gauges: `roomcast_connections{transport}`, `roomcast_channels`. Counters: "
         "`roomcast_events_total`, `roomcast_deliveries_total`, "
-        "`roomcast_slow_consumers_dropped_total`, `roomcast_http_requests_total`. "
+        "`roomcast_slow_consumers_dropped_total`, `roomcast_attach_snapshots_total{source}`, "
+        "`roomcast_http_requests_total`. "
         "Histograms: `roomcast_store_append_seconds{op}`, `roomcast_store_read_seconds{op}`."
     ),
     tag="operations",
