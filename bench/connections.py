@@ -17,7 +17,9 @@ spread over source addresses 127.0.0.2, ... . Measured:
   published into every room. Each client reconnects with its resume key (backoff from 0.1 s
   doubling to 1 s, jittered) and re-attaches its room with ``from_serial`` = the last serial
   it saw. The time runs from the kill to the last re-attach, and to every client having its
-  room's last serial; every client must see every serial exactly once.
+  room's last serial; every client must see every serial exactly once. ``snapshots_store``
+  and ``snapshots_shared`` say how many of the re-attaches read a snapshot from the store
+  and how many shared one (``roomcast_attach_snapshots_total``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from roomcast.testing import ServerProcess, free_port
 
@@ -166,7 +171,7 @@ def kill_and_resume(server: ServerProcess, procs: list[Any], args: argparse.Name
         tell(procs, {"cmd": "expect", "serials": serials, "since_ns": killed})
         seen = [read_line(p.stdout, "resume")["resume"] for p in procs]
     resume_cpu = cpu_s(server.proc.pid) - cpu_ready
-    out: Msg = {"restart_s": round((ready - killed) / 1e9, 2)}
+    out: Msg = {"restart_s": round((ready - killed) / 1e9, 2)} | attach_snapshots(server.url)
     out["resume_server_cpu_us"] = round(resume_cpu / sum(s["clients"] for s in seen) * 1e6)
     for key in seen[0]:
         if key.endswith("_ns"):  # after the kill, and after the restarted server was ready
@@ -177,6 +182,18 @@ def kill_and_resume(server: ServerProcess, procs: list[Any], args: argparse.Name
             out[key] = next((s[key] for s in seen if s[key]), "")
         else:
             out[key] = sum(s[key] for s in seen)
+    return out
+
+
+def attach_snapshots(url: str) -> Msg:
+    """How many attach snapshots the server read from its store, and how many it shared."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: Msg = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "roomcast_attach_snapshots_total":
+                out[f"snapshots_{sample.labels['source']}"] = int(sample.value)
     return out
 
 
