@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from test_mcp import call, mcp_session
 from test_scale_out import room, store_url  # noqa: F401  (store_url is a fixture)
 from test_scale_out_failures import (  # noqa: F401  (private_redis is a fixture)
     node_env,
@@ -131,6 +132,29 @@ async def test_after_a_flush_nodes_put_their_members_back_and_subscribers_attach
     finally:
         a.close()
         b.close()
+
+
+async def test_after_a_flush_a_node_puts_back_the_members_of_its_mcp_sessions(
+    private_redis: RedisServer,  # noqa: F811
+    test_env: dict[str, str],
+) -> None:
+    node = ServerProcess(store=private_redis.url, env=node_env(test_env))
+    try:
+        node.start()
+        channel = room()
+        async with mcp_session(node.url, {"X-Roomcast-Client-Id": "visitor"}) as session:
+            await call(session, "post_message", room=channel, text="hello")
+            assert await members(node, channel) == [("visitor", {"via": "mcp"})]
+            flush(private_redis)
+            # The node notices at its next tick and puts back what it holds.
+            await until(lambda: "the store's data was reset" in node.output(), within=15)
+            assert await until(
+                lambda: present(node, channel, [("visitor", {"via": "mcp"})]), within=15
+            )
+        assert await until(lambda: present(node, channel, []), within=15)  # DELETE: it left
+        assert "Traceback" not in node.output(), node.output()[-3000:]
+    finally:
+        node.close()
 
 
 async def test_leaves_while_redis_is_down_happen_once_it_is_back(

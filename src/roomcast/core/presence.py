@@ -13,6 +13,10 @@ until the store answers. When the store loses its ephemeral state (a Redis resta
 persistence, or flushed), the node puts back what it holds: the sessions of its connections
 and their presence members, then closes its subscribers (1012) so that they attach again
 and get the full member list.
+
+A member may also be held with no connection (an MCP session, whose requests may reach any
+node): :meth:`PresenceKeeper.hold` and :meth:`PresenceKeeper.release`. Its leaves are
+retried and a store reset puts it back, as for a connection's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,7 +109,9 @@ class PresenceKeeper:
         self._saving: dict[str, asyncio.Task[None]] = {}  # resume key → its session write
         self._dirty: set[str] = set()  # resume keys whose session changed since written
         self._saved_at: dict[str, float] = {}  # resume key → when its session was written
-        self._retry: deque[tuple[str, str, str, Any]] = deque(maxlen=RETRY_MAX)
+        self._retry: deque[tuple[str, str, str, Any, bool]] = deque(maxlen=RETRY_MAX)
+        # Members held here with no connection: (client_id, connection_id) → {channel: data}
+        self._held: dict[tuple[str, str], dict[str, Any]] = {}
         self._lifetime: str | None = None  # the store's data lifetime, as last seen
 
     @property
@@ -270,20 +276,56 @@ class PresenceKeeper:
         for channel, data in presence.items():
             await self._leave_one(channel, client_id, connection_id, data)
 
-    async def _leave_one(self, channel: str, client_id: str, connection_id: str, data: Any) -> bool:
-        """One leave; False if the store could not take it (then it is retried later)."""
+    async def _leave_one(
+        self, channel: str, client_id: str, connection_id: str, data: Any, anywhere: bool = False
+    ) -> bool:
+        """One leave of the member this node holds (``anywhere``: whichever node holds it);
+        False if the store could not take it (then it is retried later)."""
         try:
             removed = await self.store.presence_remove(
-                channel, client_id, connection_id, holder=self.node_id
+                channel, client_id, connection_id, holder=None if anywhere else self.node_id
             )
             if removed:
                 member = member_of(client_id, connection_id, data)
                 await self.node.broadcast_presence(channel, "leave", member)
         except Unavailable as exc:
             log.debug("leave of %s from %s deferred: %s", connection_id, channel, exc)
-            self._retry.append((channel, client_id, connection_id, data))
+            self._retry.append((channel, client_id, connection_id, data, anywhere))
             return False
         return True
+
+    # ------------------------------------------------------------------ held members
+
+    async def hold(self, channel: str, client_id: str, connection_id: str, data: Any) -> None:
+        """Show a member with no connection here (an MCP session: ``connection_id`` is its
+        session id) in ``channel``, held by this node: taken over without a second enter if
+        another node held it, else entered."""
+        adopted = await self.store.presence_adopt(channel, client_id, connection_id, self.node_id)
+        if adopted is None:
+            member = member_of(client_id, connection_id, data)
+            await self.store.presence_set(channel, member, self.node_id)
+            await self.node.broadcast_presence(channel, "enter", member)
+        self._held.setdefault((client_id, connection_id), {})[channel] = data
+
+    async def release(
+        self,
+        client_id: str,
+        connection_id: str,
+        channels: Iterable[str],
+        data: Any,
+        *,
+        anywhere: bool = False,
+    ) -> None:
+        """A held member leaves ``channels`` where this node holds it (``anywhere``: on
+        whichever node holds it, for a session that ended). Never raises
+        :class:`Unavailable`: a leave the store cannot take now is retried on later ticks."""
+        key = (client_id, connection_id)
+        held = self._held.get(key, {})
+        for channel in channels:
+            held.pop(channel, None)
+            await self._leave_one(channel, client_id, connection_id, data, anywhere)
+        if not held:
+            self._held.pop(key, None)
 
     # ------------------------------------------------------------------ ticks
 
@@ -314,6 +356,7 @@ class PresenceKeeper:
         connections = list(self.node.connections.values())
         members = sum(len(c.session.presence) for c in connections)
         members += sum(len(g.presence) for g in self._grace.values())
+        members += sum(len(channels) for channels in self._held.values())
         log.warning(
             "the store's data was reset (a restart without persistence, or a flush): "
             "putting back %d sessions and %d presence members held here",
@@ -335,6 +378,10 @@ class PresenceKeeper:
             await self.store.save_session(grace.resume_key, record)
             for channel, data in grace.presence.items():
                 member = member_of(grace.client_id, connection_id, data)
+                await self.store.presence_set(channel, member, self.node_id)
+        for (client_id, connection_id), held in list(self._held.items()):
+            for channel, data in held.items():
+                member = member_of(client_id, connection_id, data)
                 await self.store.presence_set(channel, member, self.node_id)
         self.node.fanout.reattach_all("the store was reset: attach again")
 

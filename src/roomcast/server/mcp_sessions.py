@@ -10,10 +10,12 @@ alone, so a load balancer may send each request to any node:
 - a session ended with ``DELETE`` is marked in the store (a counter with a TTL), and every
   node then answers 404 for it;
 - presence: the session is a member of each room it used (``connection_id`` = the session
-  id), held by the node that served its last request there (``presence_adopt``). It leaves
-  at ``DELETE`` (on any node: every node adds the rooms it holds to one set in the store), when
-  the node that holds it sees no request for ``idle_s``, or when that node dies (the
-  store's node liveness reaps its members, as for WebSocket connections).
+  id), held by the node that served its last request there (core's
+  :meth:`~roomcast.core.presence.PresenceKeeper.hold`). It leaves at ``DELETE`` (on any
+  node: every node adds the rooms it holds to one set in the store), when the node that
+  holds it sees no request for ``idle_s``, or when that node dies (the store's node liveness
+  reaps its members, as for WebSocket connections). The presence rules are core's: a leave
+  the store cannot take is retried, a store reset puts the member back.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ import base64
 import binascii
 import logging
 import secrets
-import time
 from dataclasses import dataclass, field
 
 from roomcast.core.authz import Principal
 from roomcast.core.identity import check_client_id
 from roomcast.core.node import Node
 from roomcast.protocol.errors import BadRequest
-from roomcast.protocol.messages import PresenceMember
 
 log = logging.getLogger("roomcast.mcp")
 
@@ -107,18 +107,7 @@ class McpSessions:
         if not principal.capability.allows("presence", room):
             return
         held = self._held.setdefault(session.session_id, _Held())
-        adopted = await node.store.presence_adopt(
-            room, session.client_id, session.session_id, node.node_id
-        )
-        if adopted is None:
-            member = PresenceMember(
-                client_id=session.client_id,
-                connection_id=session.session_id,
-                data=PRESENCE_DATA,
-                timestamp=time.time_ns() // 1_000_000,
-            )
-            await node.store.presence_set(room, member, node.node_id)
-            await node.broadcast_presence(room, "enter", member)
+        await node.presence_keeper.hold(room, session.client_id, session.session_id, PRESENCE_DATA)
         if room not in held.rooms:
             # Every node adds the rooms it holds to the one set, so that a DELETE on any
             # node finds them all (held here once the store has it: a failed write is tried
@@ -140,7 +129,7 @@ class McpSessions:
             if held.timer is not None:
                 held.timer.cancel()
         for room in sorted(rooms):
-            await self._leave(session, room, holder=None)
+            await self._leave(session, [room], anywhere=True)
             await node.store.change_set(
                 self._rooms_key(session), room, present=False, ttl_s=CLOSED_TTL_S
             )
@@ -151,25 +140,15 @@ class McpSessions:
             self.node.spawn(self._leave_all(session, held.rooms))
 
     async def _leave_all(self, session: McpSession, rooms: set[str]) -> None:
-        for room in sorted(rooms):
-            try:
-                await self._leave(session, room, holder=self.node.node_id)
-            except Exception:  # the member stays until its node's liveness lapses
-                log.exception("could not end the presence of an MCP session in %s", room)
+        try:
+            await self._leave(session, sorted(rooms), anywhere=False)
+        except Exception:  # the members stay until this node's liveness lapses
+            log.exception("could not end the presence of MCP session %s", session.session_id)
 
-    async def _leave(self, session: McpSession, room: str, *, holder: str | None) -> None:
-        node = self.node
-        removed = await node.store.presence_remove(
-            room, session.client_id, session.session_id, holder=holder
+    async def _leave(self, session: McpSession, rooms: list[str], *, anywhere: bool) -> None:
+        await self.node.presence_keeper.release(
+            session.client_id, session.session_id, rooms, PRESENCE_DATA, anywhere=anywhere
         )
-        if removed:
-            member = PresenceMember(
-                client_id=session.client_id,
-                connection_id=session.session_id,
-                data=PRESENCE_DATA,
-                timestamp=time.time_ns() // 1_000_000,
-            )
-            await node.broadcast_presence(room, "leave", member)
 
     def stop(self) -> None:
         for held in self._held.values():
