@@ -28,14 +28,18 @@ import resource
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from roomcast.testing import ServerProcess, free_port
 
 from ._common import SERVER_ENV, Msg, emit, note, py_spy
+from ._common import _cpu_of_stat as cpu_of_stat
 from ._common import _machine_busy as machine_busy
 from .agents import AGENTS
 from .scale import cpu_s
@@ -249,26 +253,65 @@ def target_server(target: str, rooms: int, args: argparse.Namespace) -> Iterator
             yield served
 
 
-def watch(pid: int, loadgens: list[int], start_ns: int, args: argparse.Namespace) -> Msg:
-    """CPU over the measured window (after the warm-up) in cores: the server's, the load
-    generators', and the rest of the machine's (other work sharing it; near 0 when quiet);
-    and the largest RSS seen in it."""
+def store_writes(url: str | None) -> Counter[float]:
+    """The roomcast server's store writes so far (``roomcast_store_append_seconds``, from
+    a write's submit to its answer), as the count at or under each bucket bound; empty for
+    the anchor."""
+    counts: Counter[float] = Counter()
+    if url is None:
+        return counts
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "roomcast_store_append_seconds_bucket":
+                counts[float(sample.labels["le"])] += int(sample.value)
+    return counts
+
+
+def write_latency(before: Counter[float], after: Counter[float]) -> Msg:
+    """Percentiles of the store writes in the window, as the bucket bound they fall under:
+    every event waits for its write before anyone gets it."""
+    bounds = sorted(after)
+    counts = [after[b] - before[b] for b in bounds]  # cumulative
+    if not counts or counts[-1] == 0:
+        return {}
+    out: Msg = {"store_writes": counts[-1]}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        bound = next(b for b, c in zip(bounds, counts, strict=True) if c >= q * counts[-1])
+        out[f"store_write_{name}_ms_at_most"] = bound * 1000
+    return out
+
+
+def watch(
+    pid: int, loadgens: list[int], start_ns: int, args: argparse.Namespace, http: str | None
+) -> Msg:
+    """CPU over the measured window (after the warm-up) in cores: the server's (and its
+    event loop's thread alone), the load generators', and the rest of the machine's (other
+    work sharing it; near 0 when quiet); the largest RSS seen in it; and how long the
+    roomcast server's store writes took in it."""
     window_start = start_ns + args.warmup_s * 1e9
     time.sleep(max(window_start - time.monotonic_ns(), 0) / 1e9)
-    before = [cpu_s(p) for p in (pid, *loadgens)] + [machine_busy(), time.monotonic()]
+    loop = Path(f"/proc/{pid}/task/{pid}/stat")
+    writes = store_writes(http)
+    before = [cpu_s(p) for p in (pid, *loadgens)]
+    before += [cpu_of_stat(loop), machine_busy(), time.monotonic()]
     rss_max = 0
     window_end = window_start + args.duration_s * 1e9
     while (left := window_end - time.monotonic_ns()) > 0:
         rss_max = max(rss_max, rss_bytes(pid)[0])
         time.sleep(min(left / 1e9, 1.0))
-    after = [cpu_s(p) for p in (pid, *loadgens)] + [machine_busy(), time.monotonic()]
+    after = [cpu_s(p) for p in (pid, *loadgens)]
+    after += [cpu_of_stat(loop), machine_busy(), time.monotonic()]
     used = [(a - b) / (after[-1] - before[-1]) for a, b in zip(after, before, strict=True)]
-    server, loadgen, machine = used[0], sum(used[1:-2]), used[-2]
+    server, loadgen, machine = used[0], sum(used[1:-3]), used[-2]
     return {
         "server_cpu_cores": round(server, 2),
+        "server_loop_thread_cores": round(used[-3], 2),
         "loadgen_cpu_cores": round(loadgen, 2),
         "other_load_cores": round(max(machine - server - loadgen, 0.0), 2),
         "server_rss_max_bytes": rss_max,
+        **write_latency(writes, store_writes(http)),
     }
 
 
@@ -285,7 +328,8 @@ def measure(target: str, rooms: int, args: argparse.Namespace) -> Msg:
                 proc.stdin.write(json.dumps({"cmd": "go", "start_ns": start_ns}) + "\n")
                 proc.stdin.flush()
             with py_spy(pid, args.profile if target == "roomcast" else None):
-                server = watch(pid, [p.pid for p in procs], start_ns, args)
+                http = url.replace("ws://", "http://") if target == "roomcast" else None
+                server = watch(pid, [p.pid for p in procs], start_ns, args, http)
             results = [read_line(p.stdout, "result")["result"] for p in procs]
             server["server_rss_peak_bytes"] = rss_bytes(pid)[1]
         finally:
