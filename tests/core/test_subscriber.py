@@ -30,6 +30,7 @@ from roomcast.protocol.messages import (
     Append,
     Attach,
     Event,
+    Pong,
     Publish,
     Reply,
     Signal,
@@ -76,6 +77,57 @@ async def test_everything_queued_in_one_turn_goes_out_as_one_frame() -> None:
         serials = [m["serial"] for m in transport.messages() if m["action"] == "event"]
         assert serials == [1, 2, 3]
         assert len(transport.frames) <= 3
+
+
+def live_event(serial: int) -> Event:
+    return Event(channel=CHANNEL, serial=serial, type="create", client_id="alice", timestamp=1)
+
+
+async def live_subscriber(node: Node, transport: RecordingTransport) -> SubscriberCore:
+    sub = subscriber(node, transport)
+    attachment, result = await attach(node, sub)
+    await sub.finish_attach(attachment, result)
+    await settle()
+    transport.frames.clear()
+    return sub
+
+
+async def test_live_events_with_nothing_queued_are_written_at_once_in_one_frame() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        await live_subscriber(node, transport)
+        node.fanout.on_events(CHANNEL, [live_event(1), live_event(2)])
+        assert len(transport.frames) == 1  # before the turn ends: no queue, no flush
+        assert [m["serial"] for m in transport.messages()] == [1, 2]
+        node.fanout.on_events(CHANNEL, [live_event(2), live_event(3)])
+        assert [m["serial"] for m in transport.messages()] == [1, 2, 3]
+
+
+async def test_a_live_event_never_overtakes_what_is_queued() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        sub = await live_subscriber(node, transport)
+        sub.push(codec_for("json").encode(Pong(ref=7)))
+        node.fanout.on_events(CHANNEL, [live_event(1)])
+        assert transport.frames == []  # both wait for the end of the turn, in order
+        await settle()
+        sent = transport.messages()
+        assert [m["action"] for m in sent] == ["pong", "event"]
+        assert len(transport.frames) == 1
+
+
+async def test_a_backed_up_transport_gets_live_events_in_order_once_it_drains() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        await live_subscriber(node, transport)
+        transport.backed_up = True
+        node.fanout.on_events(CHANNEL, [live_event(1)])
+        node.fanout.on_events(CHANNEL, [live_event(2)])
+        await settle()
+        assert transport.frames == []
+        transport.release.set()
+        await settle()
+        assert [m["serial"] for m in transport.messages()] == [1, 2]
 
 
 async def test_live_events_wait_behind_the_snapshot_and_are_not_sent_twice() -> None:

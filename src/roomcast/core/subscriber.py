@@ -57,6 +57,12 @@ MAX_FRAME_MESSAGES = 512
 MAX_FRAME_BYTES = 256 * 1024
 
 
+def _fits_one_frame(frames: list[bytes]) -> bool:
+    return len(frames) == 1 or (
+        len(frames) <= MAX_FRAME_MESSAGES and sum(map(len, frames)) <= MAX_FRAME_BYTES
+    )
+
+
 class Transport(Protocol):
     """What a subscriber needs from whatever carries its bytes."""
 
@@ -319,20 +325,35 @@ class SubscriberCore:
     # ------------------------------------------------------------------ fan-out side
 
     def deliver(self, channel: str, events: Sequence[m.Event], frames: Sequence[bytes]) -> None:
-        """Live events of an attached channel (called by the node's fan-out)."""
+        """Live events of an attached channel (called by the node's fan-out).
+
+        With nothing queued before them they are written at once, in one frame, when the
+        transport takes them: the common case of a fan-out, where a queue, a flush at the
+        end of the turn and a batch of one would cost more than the write. Anything queued
+        goes first, so nothing overtakes it."""
         attachment = self.attachments.get(channel)
         if attachment is None or self.closed:
             return
+        out: list[bytes] = []
+        types = attachment.types
         for event, frame in zip(events, frames, strict=True):
-            if attachment.types is not None and event.type not in attachment.types:
+            if types is not None and event.type not in types:
                 continue
-            out = attachment.offer(event.serial, frame)
-            if out is not None:
-                self.push_live(out)
+            live = attachment.offer(event.serial, frame)
+            if live is not None:
+                out.append(live)
             elif attachment.held_count > self._limit:
                 # live events pile up behind a long replay
                 self._drop_slow_consumer(f"more than {self._limit} live messages held")
                 return
+        if not out:
+            return
+        if not self._out and self._send_task is None and _fits_one_frame(out):
+            if self.transport.send_now(out[0] if len(out) == 1 else self.codec.join(out)):
+                self.last_sent = time.monotonic()
+                return
+        for live in out:
+            self.push_live(live)
 
     def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
         attachment = self.attachments.get(channel)

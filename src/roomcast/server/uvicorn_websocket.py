@@ -80,27 +80,27 @@ class _ReceiveQueue:
 class _Flag:
     """``asyncio.Event`` without a deque until someone waits (the socket's ``writable``)."""
 
-    __slots__ = ("_set", "_waiters")
+    __slots__ = ("_waiters", "value")
 
     def __init__(self) -> None:
-        self._set = False
+        self.value = False  # what is_set() says, read as an attribute on the hot path
         self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
-        return self._set
+        return self.value
 
     def set(self) -> None:
-        self._set = True
+        self.value = True
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
     def clear(self) -> None:
-        self._set = False
+        self.value = False
 
     async def wait(self) -> bool:
-        if self._set:
+        if self.value:
             return True
         waiter = asyncio.get_running_loop().create_future()
         if self._waiters is None:
@@ -117,8 +117,9 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = _ReceiveQueue()  # type: ignore[assignment]
-        self.writable = _Flag()  # type: ignore[assignment]
-        self.writable.set()
+        self._writable = _Flag()  # typed as ours, read without a method call per write
+        self._writable.set()
+        self.writable = self._writable  # type: ignore[assignment]
         self.ping_due: float | None = None  # loop time from which a ping goes with a frame
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,7 +186,7 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             not self.handshake_complete
             or self.close_sent
             or self.disconnected
-            or not self.writable.is_set()
+            or not self._writable.value
             or self.transport.is_closing()
         ):
             return False
@@ -204,7 +205,11 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             header = _HEADER16.pack(first, 126, size)
         else:
             header = _HEADER64.pack(first, 127, size)
-        self.transport.write(header + data + self._ping_if_due())
+        due = self.ping_due
+        if due is None or self.loop.time() < due:
+            self.transport.write(header + data)
+        else:
+            self.transport.write(header + data + self._ping_if_due())
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
