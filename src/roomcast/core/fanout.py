@@ -2,7 +2,8 @@
 
 :class:`FanOut` is the Bus's sink on this node. It keeps the subscribers of each channel,
 encodes each event once per wire format for all of them, and asks each to write what it
-queued once per turn of the event loop. A :class:`Subscriber` is anything the fan-out
+queued once per turn of the event loop (a subscriber with nothing queued writes live events
+at once). A :class:`Subscriber` is anything the fan-out
 delivers to: a WebSocket connection, an SSE stream, and every later transport; they all
 build on :class:`~roomcast.core.subscriber.SubscriberCore`, which owns the rules of
 delivery. This module names everything the fan-out calls on them, so nothing probes a

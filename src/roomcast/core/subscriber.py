@@ -6,7 +6,8 @@ later transport):
 
 - **delivery**: live events pass the channel's :class:`~roomcast.protocol.session.Attachment`
   (held back while its snapshot is read, deduplicated by serial afterwards);
-- **batching**: everything queued in one turn of the event loop goes out together, written
+- **batching**: live events for a subscriber with nothing queued are written at once, in
+  one frame; everything queued in one turn of the event loop goes out together, written
   at once when the transport can take it, else by a send task that exists only while the
   transport is backed up;
 - **the slow-consumer rule**: past ``outbound_queue`` live messages (or held ones behind a
