@@ -90,10 +90,11 @@ SLEEPY_ANSWER = "[scripted] Yawn."
 
 @contextlib.contextmanager
 def sleepy_server_process(folder: Path, test_env: dict[str, str]) -> Iterator[ServerProcess]:
-    """A server whose one agent, ``sleepy``, waits 1.5 s before each word: its answer
-    starts late, after the message it answers is stored."""
+    """A server whose one agent, ``sleepy``, waits 1.5 s before each word, the first one
+    too: its answer starts late, after the message it answers is stored."""
     (folder / "agents.toml").write_text(SLEEPY)
-    (folder / "sleepy.toml").write_text('delay_ms = 1500\n[[replies]]\ntext = "Yawn."\n')
+    script = 'think_ms = 1500\ndelay_ms = 1500\n[[replies]]\ntext = "Yawn."\n'
+    (folder / "sleepy.toml").write_text(script)
     env = {**test_env, "ROOMCAST_AGENTS": str(folder / "agents.toml")}
     with ServerProcess(store="memory://", env=env) as server:
         yield server

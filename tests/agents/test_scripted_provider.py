@@ -109,6 +109,15 @@ async def test_the_delay_is_between_tokens_and_the_first_comes_at_once() -> None
     assert len(gaps) == 4 and min(gaps) >= 0.3 * 0.9
 
 
+async def test_think_ms_holds_the_first_token_back() -> None:
+    script = Script.from_mapping({"think_ms": 300, "replies": [{"text": "late"}]})
+    started = time.monotonic()
+    async with contextlib.aclosing(ScriptedProvider(script).stream(ask("hi"))) as events:
+        first = await anext(events)
+    assert isinstance(first, TextDelta) and first.text == "[scripted]"
+    assert time.monotonic() - started >= 0.3 * 0.9
+
+
 async def test_closing_stops_a_slow_reply_at_once() -> None:
     script = Script.from_mapping({"delay_ms": 1000, "replies": [{"text": "a b c d e f"}]})
     provider = ScriptedProvider(script)
@@ -158,6 +167,7 @@ async def test_the_no_model_script_names_the_cause_it_is_given() -> None:
         ({"replies": [{}]}, "replies #1: needs a text or tool_calls"),
         ({"replies": [{"tool_calls": [{"arguments": {}}]}]}, "tool_calls #1: name must be"),
         ({"delay_ms": -1, "replies": [{"text": "x"}]}, "delay_ms must be a number >= 0"),
+        ({"think_ms": "soon", "replies": [{"text": "x"}]}, "think_ms must be a number >= 0"),
     ],
 )
 def test_bad_scripts_are_refused_with_the_entry_named(script: object, message: str) -> None:

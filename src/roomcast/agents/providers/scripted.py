@@ -5,6 +5,7 @@ says after its tool calls continues the same answer). A script is a TOML or
 JSON file::
 
     delay_ms = 30                  # between tokens (optional, default 0)
+    think_ms = 500                 # before the first token of each call (optional, default 0)
 
     [[replies]]
     when = "poll"                  # optional: regex searched (case-insensitive) in the last message
@@ -71,6 +72,7 @@ class ScriptedReply:
 class Script:
     replies: tuple[ScriptedReply, ...]
     delay_ms: float = 0.0
+    think_ms: float = 0.0
 
     @classmethod
     def load(cls, path: str | Path) -> Script:
@@ -90,7 +92,7 @@ class Script:
     def from_mapping(cls, raw: object, *, source: str = "script") -> Script:
         if not isinstance(raw, Mapping):
             raise ScriptError(f"{source}: a script is a table with `replies`")
-        _only_keys(raw, {"delay_ms", "replies"}, source)
+        _only_keys(raw, {"delay_ms", "replies", "think_ms"}, source)
         entries = raw.get("replies")
         if not isinstance(entries, list) or not entries:
             raise ScriptError(f"{source}: `replies` must be a non-empty list of tables")
@@ -98,7 +100,8 @@ class Script:
             _reply(entry, f"{source}: replies #{number}")
             for number, entry in enumerate(entries, start=1)
         )
-        return cls(replies, _delay(raw.get("delay_ms", 0), source))
+        delay = _delay(raw.get("delay_ms", 0), source)
+        return cls(replies, delay, _delay(raw.get("think_ms", 0), source, "think_ms"))
 
     def choose(self, text: str, turn: int) -> ScriptedReply | None:
         """The reply for a last message ``text``; ``turn`` picks among the ones without ``when``."""
@@ -117,9 +120,9 @@ def _only_keys(raw: Mapping[str, object], allowed: set[str], where: str) -> None
         )
 
 
-def _delay(value: object, where: str) -> float:
+def _delay(value: object, where: str, name: str = "delay_ms") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ScriptError(f"{where}: delay_ms must be a number >= 0")
+        raise ScriptError(f"{where}: {name} must be a number >= 0")
     return float(value)
 
 
@@ -213,6 +216,8 @@ class ScriptedProvider:
                 text, calls, delay = reply.text, reply.tool_calls, reply.delay_ms
         delay_s = (self.script.delay_ms if delay is None else delay) / 1000
         output_tokens = 0
+        if self.script.think_ms:  # a model that thinks before it says anything
+            await asyncio.sleep(self.script.think_ms / 1000)
         # Only the answer's first round is labelled: what follows tool calls continues it.
         shown = text if isinstance(last, ToolRound) else LABEL + text
         for piece in tokens(shown) if text else ():
