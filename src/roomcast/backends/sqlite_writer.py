@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import queue
 import sqlite3
@@ -37,6 +36,16 @@ from .sqlite_file import (
     encode_value,
     migrate,
 )
+from .sqlite_rows import (
+    CHANNEL,
+    EVENT,
+    KEY,
+    MESSAGE,
+    OBJECT,
+    create_writes_view,
+    fits_one_statement,
+    write_rows,
+)
 
 # The store's logger: logs name it, and operators filter on it.
 log = logging.getLogger("roomcast.backends.sqlite")
@@ -44,58 +53,6 @@ log = logging.getLogger("roomcast.backends.sqlite")
 _MAX_BATCH = 1000  # work items per transaction
 _CHANNEL_CACHE = 10_000  # channel rows the writer keeps in memory
 _STREAM_CACHE = 10_000  # streaming messages the writer keeps in memory
-
-# Every row a transaction writes goes in through one statement: an INSERT of many rows into a
-# view, whose triggers put each row in its table by its first column. sqlite3 gives up the
-# interpreter lock around each step of each statement, and winning it back from the busy event
-# loop costs more than the rows themselves: one statement per transaction, instead of a BEGIN,
-# an INSERT per table and a COMMIT, cuts those trips from about twenty to about four. One
-# statement is atomic on its own, so it needs no BEGIN and no COMMIT.
-_ROW_WIDTH = 7  # what the row is, then the widest table's 6 columns
-_EVENT, _MESSAGE, _KEY, _OBJECT, _CHANNEL = 1, 2, 3, 4, 5  # 0 pads a statement: no trigger
-_WRITES_VIEW = f"""
-CREATE TEMP VIEW writes (kind, a, b, c, d, e, f) AS
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
-CREATE TEMP TRIGGER write_event INSTEAD OF INSERT ON writes WHEN new.kind = {_EVENT} BEGIN
-    INSERT INTO events VALUES (new.a, new.b, new.c, new.d);
-END;
-CREATE TEMP TRIGGER write_message INSTEAD OF INSERT ON writes WHEN new.kind = {_MESSAGE} BEGIN
-    INSERT INTO messages VALUES (new.a, new.b, new.c, new.d, new.e, new.f)
-    ON CONFLICT (channel, msg_serial) DO UPDATE
-    SET status = excluded.status, updated_at = excluded.updated_at, body = excluded.body;
-END;
-CREATE TEMP TRIGGER write_key INSTEAD OF INSERT ON writes WHEN new.kind = {_KEY} BEGIN
-    INSERT OR REPLACE INTO idempotency VALUES (new.a, new.b, new.c, new.d);
-END;
-CREATE TEMP TRIGGER write_object INSTEAD OF INSERT ON writes WHEN new.kind = {_OBJECT} BEGIN
-    INSERT OR REPLACE INTO objects VALUES (new.a, new.b, new.c);
-END;
-CREATE TEMP TRIGGER write_channel INSTEAD OF INSERT ON writes WHEN new.kind = {_CHANNEL} BEGIN
-    INSERT INTO channels VALUES (new.a, new.b, new.c, new.d, new.e, new.f)
-    ON CONFLICT (name) DO UPDATE SET serial = excluded.serial,
-    first_serial = excluded.first_serial, updated_at = excluded.updated_at,
-    objects_bytes = excluded.objects_bytes;
-END;
-"""
-# Rows per statement: 4,096 rows of 7 = 28,672 values, under SQLite's limit of 32,766. A statement
-# is padded to the next power of two rows (at least 8), so sqlite3 caches a few statements
-# instead of compiling one per row count.
-_MAX_ROWS = 4096
-_MIN_ROWS = 8
-_PAD = (0, None, None, None, None, None, None)
-
-
-@functools.cache
-def _statement(rows: int) -> str:
-    return "INSERT INTO writes VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
-
-
-def _padded(rows: int) -> int:
-    """The smallest cached statement size that holds ``rows``."""
-    size = _MIN_ROWS
-    while size < rows:
-        size *= 2
-    return size
 
 
 def _indexed(message: Message) -> str:
@@ -253,7 +210,7 @@ class _WriteConnection:
                 raise RuntimeError(f"{path}: could not switch to WAL mode (got {mode!r})")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.epoch_seed: str = self.conn.execute(EPOCH_SEED_SQL).fetchone()[0]
-            self.conn.executescript(_WRITES_VIEW)
+            create_writes_view(self.conn)
         except BaseException:
             self.conn.close()
             raise
@@ -338,10 +295,10 @@ class _WriteConnection:
             for work in batch:
                 self.run(stage, work, now)
             rows = self.rows(stage)
-            if len(rows) > _MAX_ROWS and not explicit:
+            if not explicit and not fits_one_statement(rows):
                 self.conn.execute("BEGIN IMMEDIATE")
                 explicit = True
-            self.write(rows)
+            write_rows(self.conn, rows)
             if explicit:
                 self.conn.execute("COMMIT")
         except Exception as exc:
@@ -400,18 +357,18 @@ class _WriteConnection:
 
     def flush(self, stage: _Stage) -> None:
         """Write the staged rows (inside the purge's explicit transaction)."""
-        self.write(self.rows(stage))
+        write_rows(self.conn, self.rows(stage))
 
     def rows(self, stage: _Stage) -> list[tuple[Any, ...]]:
         """The staged rows, as the ``writes`` view takes them; the stage is emptied."""
         rows: list[tuple[Any, ...]] = [
-            (_EVENT, e.channel, e.serial, e.timestamp, body, None, None) for e, body in stage.events
+            (EVENT, e.channel, e.serial, e.timestamp, body, None, None) for e, body in stage.events
         ]
         if stage.messages:
             self._written.update(stage.messages)
             rows += [
                 (
-                    _MESSAGE,
+                    MESSAGE,
                     ch,
                     m.msg_serial,
                     m.timestamp,
@@ -421,14 +378,14 @@ class _WriteConnection:
                 )
                 for (ch, _), m in stage.messages.items()
             ]
-        rows += [(_KEY, ch, key, s, exp, None, None) for (ch, key), (s, exp) in stage.keys.items()]
+        rows += [(KEY, ch, key, s, exp, None, None) for (ch, key), (s, exp) in stage.keys.items()]
         rows += [
-            (_OBJECT, ch, oid, encode_value(state), None, None, None)
+            (OBJECT, ch, oid, encode_value(state), None, None, None)
             for (ch, oid), state in stage.objects.items()
         ]
         # A channel without events has no row (a refused first event leaves none).
         rows += [
-            (_CHANNEL, n, c.epoch, c.serial, c.first_serial, c.updated_at, c.objects_bytes)
+            (CHANNEL, n, c.epoch, c.serial, c.first_serial, c.updated_at, c.objects_bytes)
             for n, c in stage.chans.items()
             if c.serial > 0
         ]
@@ -437,14 +394,6 @@ class _WriteConnection:
         stage.keys.clear()
         stage.objects.clear()
         return rows
-
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write ``rows``: one statement per ``_MAX_ROWS``, padded to a cached size."""
-        for start in range(0, len(rows), _MAX_ROWS):
-            chunk = rows[start : start + _MAX_ROWS]
-            size = _padded(len(chunk))
-            chunk += [_PAD] * (size - len(chunk))
-            self.conn.execute(_statement(size), [value for row in chunk for value in row])
 
     def purge(self, stage: _Stage, now: int, retention_ms: int) -> int:
         execute = self.conn.execute
