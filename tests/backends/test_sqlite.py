@@ -12,7 +12,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -20,7 +20,14 @@ import pytest
 import roomcast
 from roomcast.backends.base import StoreOptions
 from roomcast.backends.local import LocalBus, now_ms
-from roomcast.backends.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteStore, StoreLocked
+from roomcast.backends.sqlite import (
+    SCHEMA_VERSION,
+    SchemaTooNew,
+    SqliteStore,
+    StoreLocked,
+    _read_events,
+    _read_messages,
+)
 from roomcast.backends.sqlite_file import StoreDamaged, StoreUnwritable
 from roomcast.protocol.errors import TooLarge, Unavailable
 from roomcast.protocol.messages import Event
@@ -354,3 +361,51 @@ async def test_ping_fails_while_the_journal_takes_no_writes(tmp_path: Path) -> N
                 await store.append(create())
         await store.ping()
         assert (await store.append(create())).serial == 2
+
+
+class RowsCounted:
+    """A connection whose cursors write down each row they give Python."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.rows = 0
+
+    def execute(self, sql: str, *args: Any) -> RowsCounted:
+        self.cursor = self.conn.execute(sql, *args)
+        return self
+
+    def fetchone(self) -> Any:
+        row = self.cursor.fetchone()
+        self.rows += row is not None
+        return row
+
+
+async def test_a_page_of_history_or_events_is_read_as_one_row(tmp_path: Path) -> None:
+    # sqlite3 gives up the interpreter lock for each row it steps to: a page is one row.
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        for i in range(250):
+            await store.append(create(f'message {i}, "quoted" and ünïcode\n'))
+    conn = RowsCounted(sqlite3.connect(path))
+    read = cast(Any, conn)
+    newest = _read_messages(read, CH, before=None, after=None, limit=200)
+    assert [m.msg_serial for m in newest] == list(range(51, 251))
+    assert newest[0].data == 'message 50, "quoted" and ünïcode\n'
+    assert [m.msg_serial for m in _read_messages(read, CH, before=11, after=None, limit=5)] == [
+        6,
+        7,
+        8,
+        9,
+        10,
+    ]
+    assert [m.msg_serial for m in _read_messages(read, CH, before=None, after=245, limit=9)] == [
+        246,
+        247,
+        248,
+        249,
+        250,
+    ]
+    assert [e.serial for e in _read_events(read, CH, 240, 100)] == list(range(241, 251))
+    assert _read_events(read, CH, 250, 100) == []
+    assert conn.rows == 5
+    conn.conn.close()

@@ -10,6 +10,7 @@ own connection (``sqlite_reader``; WAL lets it read while the writer writes). Th
 from __future__ import annotations
 
 import asyncio
+import operator
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,10 @@ from .sqlite_file import (
     SCHEMA_VERSION,
     SchemaTooNew,
     StoreLocked,
-    decode_event,
+    as_one_array,
+    decode_events,
     decode_message,
+    decode_messages,
     decode_object,
     probe_ready,
     release_lock,
@@ -41,6 +44,41 @@ T = TypeVar("T")
 
 def _message_row(row: tuple[bytes]) -> Message:
     return decode_message(row[0])
+
+
+_BY_SERIAL = operator.attrgetter("serial")
+_BY_MSG_SERIAL = operator.attrgetter("msg_serial")
+_EVENTS_AFTER = "SELECT body FROM events WHERE channel = ? AND serial > ? ORDER BY serial LIMIT ?"
+_MESSAGES_AFTER = (
+    "SELECT body FROM messages WHERE channel = ? AND msg_serial > ? ORDER BY msg_serial LIMIT ?"
+)
+_MESSAGES_BEFORE = (
+    "SELECT body FROM messages WHERE channel = ? AND msg_serial < ?"
+    " ORDER BY msg_serial DESC LIMIT ?"
+)
+
+
+def _read_events(conn: sqlite3.Connection, channel: str, after: int, limit: int) -> list[Event]:
+    """Up to ``limit`` events after ``after``, in serial order, read as one row."""
+    (page,) = conn.execute(as_one_array(_EVENTS_AFTER), (channel, after, limit)).fetchone()
+    events = decode_events(page)
+    events.sort(key=_BY_SERIAL)
+    return events
+
+
+def _read_messages(
+    conn: sqlite3.Connection, channel: str, *, before: int | None, after: int | None, limit: int
+) -> list[Message]:
+    """Up to ``limit`` messages just before ``before`` (default: the newest) or just after
+    ``after``, oldest first, read as one row."""
+    if after is not None:
+        query, args = _MESSAGES_AFTER, (channel, after, limit)
+    else:
+        query, args = _MESSAGES_BEFORE, (channel, 2**63 - 1 if before is None else before, limit)
+    (page,) = conn.execute(as_one_array(query), args).fetchone()
+    messages = decode_messages(page)
+    messages.sort(key=_BY_MSG_SERIAL)
+    return messages
 
 
 def _read_objects(conn: sqlite3.Connection, channel: str, serial: int) -> ObjectsSnapshot:
@@ -152,20 +190,10 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
                 epoch, serial, first = row
                 messages: list[Message] = []
                 if rewind > 0:
-                    rows = conn.execute(
-                        "SELECT body FROM messages WHERE channel = ?"
-                        " ORDER BY msg_serial DESC LIMIT ?",
-                        (channel, rewind),
-                    ).fetchall()
-                    messages = [decode_message(body) for (body,) in reversed(rows)]
+                    messages = _read_messages(conn, channel, before=None, after=None, limit=rewind)
                 events = None
                 if from_serial is not None and first - 1 <= from_serial <= serial:
-                    rows = conn.execute(
-                        "SELECT body FROM events WHERE channel = ? AND serial > ?"
-                        " ORDER BY serial LIMIT ?",
-                        (channel, from_serial, replay_limit),
-                    ).fetchall()
-                    events = [decode_event(body) for (body,) in rows]
+                    events = _read_events(conn, channel, from_serial, replay_limit)
                 snap_objects = _read_objects(conn, channel, serial) if objects else None
                 return Snapshot(epoch, serial, first, messages, events, snap_objects)
             finally:
@@ -177,25 +205,19 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
         return await self._read(lambda conn: [row(r) for r in conn.execute(sql, args)])
 
     async def read_events(self, channel: str, after: int, limit: int) -> list[Event]:
-        sql = "SELECT body FROM events WHERE channel = ? AND serial > ? ORDER BY serial LIMIT ?"
-        return await self._query(sql, (channel, after, limit), lambda r: decode_event(r[0]))
+        return await self._read(lambda conn: _read_events(conn, channel, after, limit))
 
     async def history(
         self, channel: str, *, before: int | None, after: int | None, limit: int
     ) -> tuple[list[Message], bool]:
-        # One row more than asked says whether more lie beyond.
-        if after is not None:
-            sql = "SELECT body FROM messages WHERE channel = ? AND msg_serial > ?"
-            rows = await self._query(
-                sql + " ORDER BY msg_serial LIMIT ?", (channel, after, limit + 1), _message_row
-            )
-            return rows[:limit], len(rows) > limit
-        sql = "SELECT body FROM messages WHERE channel = ? AND msg_serial < ?"
-        bound = 2**63 - 1 if before is None else before
-        rows = await self._query(
-            sql + " ORDER BY msg_serial DESC LIMIT ?", (channel, bound, limit + 1), _message_row
+        # One message more than asked says whether more lie beyond: past the newest of a
+        # page after ``after``, before the oldest of one before ``before``.
+        rows = await self._read(
+            lambda conn: _read_messages(conn, channel, before=before, after=after, limit=limit + 1)
         )
-        return rows[:limit][::-1], len(rows) > limit
+        if len(rows) <= limit:
+            return rows, False
+        return (rows[:limit] if after is not None else rows[1:]), True
 
     async def get_message(self, channel: str, msg_serial: int) -> Message | None:
         sql = "SELECT body FROM messages WHERE channel = ? AND msg_serial = ?"
