@@ -17,11 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from inproc_node import running_node
+from polling import eventually
 from roomcast.agents import runtime as runtime_module
 from roomcast.agents.config import AgentConfig
 from roomcast.agents.room import message_at
-from roomcast.agents.runtime import AgentRuntime
+from roomcast.agents.runtime import AgentRuntime, AgentWorker
 from roomcast.client import AuthError, Forbidden, Message, connect
+from roomcast.server.in_process import InProcessDialer
 from roomcast.testing import ServerProcess
 
 KEY = "workers:" + "w" * 32
@@ -597,3 +600,82 @@ async def test_interrupt_cancels_the_running_answer_for_a_newer_message(
     assert by_trigger[first].status == "cancelled"
     assert by_trigger[first].cancelled_by == "impatient"  # it stopped itself
     assert by_trigger[second].status == "complete"
+
+
+URL_IN_PROCESS = "http://in-process.invalid"  # never reached: the dial stays in this process
+
+
+def bot_created(seen: list[Any], channel: str) -> bool:
+    return any(e.type == "create" and e.channel == channel and e.client_id == "bot" for e in seen)
+
+
+async def no_rooms_yet(server: str, pattern: str, key: str | None) -> Any:
+    """No room to list at start (the agent finds new rooms on ``meta:channels``)."""
+    return
+    yield
+
+
+async def test_a_claim_does_not_wait_behind_another_rooms_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies on one connection come in order. While the agent's answer in one room waits
+    for the store to take its appends, a mention in another room is still claimed and
+    answered: claims and context reads have a connection of their own."""
+    monkeypatch.setattr("roomcast.agents.rooms._matching", no_rooms_yet)  # no HTTP here
+    script = write(tmp_path / "script.toml", '[[replies]]\ntext = "one two three four"\n')
+    held_room, other_room = room(), room()
+    gate = asyncio.Event()
+    async with running_node(keys=(KEY,), publish_rate=0) as node:
+        submit = node.store.submit
+
+        def holding_submit(event: Any, **kwargs: Any) -> Any:
+            if event.channel == held_room and event.type == "append":
+
+                async def held() -> Any:
+                    await gate.wait()
+                    return await submit(event, **kwargs)
+
+                return asyncio.ensure_future(held())
+            return submit(event, **kwargs)
+
+        node.store.submit = holding_submit  # type: ignore[method-assign]
+        config = AgentConfig(
+            name="bot", provider="scripted", model="scripted", rooms=("room:*",), script=script
+        )
+        worker = AgentWorker(
+            config,
+            URL_IN_PROCESS,
+            key=KEY,
+            agent_names=frozenset({"bot"}),
+            environ={},
+            dial=InProcessDialer(node),
+        )
+        await worker.start()
+        dial = InProcessDialer(node)
+        try:
+            async with connect(URL_IN_PROCESS, client_id="ana", key=KEY, dial=dial) as ana:
+                seen: list[Any] = []
+                for name in (held_room, other_room):
+                    await ana.channels.get(name).subscribe(seen.append)
+                    await ana.channels.get(name).publish("hello")  # the agent attaches it
+                    await eventually(lambda name=name: name in worker.rooms, what="attached")
+                await ana.channels.get(held_room).publish("@bot first question")
+                await eventually(lambda: bot_created(seen, held_room), what="the first answer")
+                await asyncio.sleep(0.2)  # its appends are held: their acknowledgements wait
+                await ana.channels.get(other_room).publish("@bot second question")
+                await eventually(
+                    lambda: bot_created(seen, other_room),
+                    what="the answer in the second room, while the first one's appends wait",
+                )
+                gate.set()
+                for name in (held_room, other_room):
+                    await eventually(
+                        lambda name=name: any(
+                            e.type == "update" and e.channel == name and e.status == "complete"
+                            for e in seen
+                        ),
+                        what=f"the answer in {name} complete",
+                    )
+        finally:
+            gate.set()
+            await worker.aclose()

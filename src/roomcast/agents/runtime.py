@@ -98,6 +98,10 @@ class AgentWorker:
             raise ToolError(f"{config.place}: tools: {exc}") from None
         self.mcp = McpToolbox(config.mcp_servers, environ, config.name, config.place)
         self.client: Client | None = None
+        # Claims and context reads go over a second connection: replies on one connection
+        # come in order, and on the first they would wait behind the acknowledgements of
+        # every answer streaming in the other rooms (a commit or two), before the first token.
+        self.coordination: Client | None = None
         self.watching = AgentRooms(
             config, on_event=self._on_event, on_regenerate=self._regenerate_in, spawn=self._spawn
         )
@@ -117,6 +121,9 @@ class AgentWorker:
         while they are active (:class:`AgentRooms`)."""
         await self.mcp.start()
         self.client = await connect(self.server, client_id=self.name, key=self.key, dial=self.dial)
+        self.coordination = await connect(
+            self.server, client_id=self.name, key=self.key, dial=self.dial
+        )
         await self.watching.start(self.client, self.server, self.key)
         label = agent_label(self.config.provider, self.config.model)
         log.info("agent %s is up (%s, %s)", self.name, label, self.config.policy)
@@ -133,8 +140,9 @@ class AgentWorker:
                 await asyncio.wait(pending, timeout=5)
         for task in self._tasks:
             task.cancel()
-        if self.client is not None:
-            await self.client.close()
+        for client in (self.client, self.coordination):
+            if client is not None:
+                await client.close()
         await self.mcp.aclose()
         await self.provider.aclose()
 
@@ -147,6 +155,13 @@ class AgentWorker:
         """The tools the model is offered now: its own and those of the MCP servers that
         are connected."""
         return {**self.tools, **self.mcp.tools()}
+
+    def _reads(self, room: Room) -> Channel:
+        """``room``'s channel on the coordination connection: for claims and reads, which
+        should not wait behind the streams' acknowledgements."""
+        if self.coordination is None:
+            return room.channel
+        return self.coordination.channels.get(room.channel.name)
 
     def _spawn(self, coro: Any, *, answer: bool = False) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -170,7 +185,7 @@ class AgentWorker:
 
     async def _consider_finished(self, room: Room, event: Event) -> None:
         assert isinstance(event.msg_serial, int)
-        message = await message_at(room.channel, event.msg_serial)
+        message = await message_at(self._reads(room), event.msg_serial)
         if message is not None:
             self._consider(room, message, event.timestamp)
 
@@ -210,7 +225,7 @@ class AgentWorker:
     async def _regenerate(self, room: Room, msg_serial: int, again: str) -> None:
         """Answer ``msg_serial`` once more (the person asked this agent by name): every
         rule but the policy holds, and the answers carry ``extras.regenerate``."""
-        trigger = await message_at(room.channel, msg_serial)
+        trigger = await message_at(self._reads(room), msg_serial)
         if trigger is None:
             return
         decision = self._decision(trigger, "always")
@@ -227,7 +242,7 @@ class AgentWorker:
         # The context is read while the claim is made: one round trip less before the
         # first token.
         history: asyncio.Future[list[Message]] = asyncio.ensure_future(
-            latest_messages(room.channel, 200)
+            latest_messages(self._reads(room), 200)
         )
         try:
             await self._claimed_trigger(room, trigger, decision, history, again)
@@ -244,7 +259,7 @@ class AgentWorker:
         self, room: Room, trigger: Message, reason: str, again: str | None = None
     ) -> None:
         """Say once (one worker claims it) that this agent stays silent on ``trigger``."""
-        if await room.channel.claim(self._claim_key(trigger, again), ttl_s=CLAIM_TTL_S):
+        if await self._reads(room).claim(self._claim_key(trigger, again), ttl_s=CLAIM_TTL_S):
             await self._stay_silent(room, trigger, reason, again)
 
     async def _stay_silent(
@@ -267,13 +282,13 @@ class AgentWorker:
         history: asyncio.Future[list[Message]] | None,
         again: str | None = None,
     ) -> None:
-        channel = room.channel
-        if not await channel.claim(self._claim_key(trigger, again), ttl_s=CLAIM_TTL_S):
+        channel, reads = room.channel, self._reads(room)
+        if not await reads.claim(self._claim_key(trigger, again), ttl_s=CLAIM_TTL_S):
             return  # another worker has it
         # A trigger seen live is new: the claim is enough. One found on start (or after a
         # reconnect) may have been answered before this worker was there.
         replayed = trigger.timestamp < time.time() * 1000 - LIVE_TRIGGER_MS
-        if again is None and replayed and await answered_by(channel, self.name, trigger):
+        if again is None and replayed and await answered_by(reads, self.name, trigger):
             return
         if agent_info(trigger) is not None and not room.agent_answers.take():
             log.warning(
@@ -284,7 +299,7 @@ class AgentWorker:
             )
             await self._stay_silent(room, trigger, "the cap of answers to agents", again)
             return
-        if not await self._decide(channel, trigger, decision):
+        if not await self._decide(reads, trigger, decision):
             await self._stay_silent(room, trigger, "the auto judge said no", again)
             return
         if self.config.concurrency == "interrupt":
@@ -370,7 +385,7 @@ class AgentWorker:
             )
             return True
         self.watching.show(room, "thinking")
-        request = await self._request(channel, trigger, history)
+        request = await self._request(channel, self._reads(room), trigger, history)
         answer = AnswerMessage(channel, extras)
         room.running[trigger.msg_serial] = answer.stream
         spent: list[Usage] = []  # each round's usage, also when a later round fails
@@ -428,10 +443,11 @@ class AgentWorker:
     async def _request(
         self,
         channel: Channel,
+        reads: Channel,
         trigger: Message,
         prefetched: asyncio.Future[list[Message]] | None = None,
     ) -> ProviderRequest:
-        history = await (prefetched if prefetched is not None else latest_messages(channel, 200))
+        history = await (prefetched if prefetched is not None else latest_messages(reads, 200))
         lookup = {message.msg_serial: message for message in history}
         lookup.setdefault(trigger.msg_serial, trigger)
         chain = reply_chain(trigger, lookup)
