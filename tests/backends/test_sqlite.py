@@ -27,10 +27,11 @@ from roomcast.backends.sqlite import (
     StoreLocked,
     _read_events,
     _read_messages,
+    _read_snapshot,
 )
 from roomcast.backends.sqlite_file import StoreDamaged, StoreUnwritable
 from roomcast.protocol.errors import TooLarge, Unavailable
-from roomcast.protocol.messages import Event
+from roomcast.protocol.messages import Event, ObjectsSnapshot
 
 CH = "room:durable"
 SRC = str(Path(roomcast.__file__).resolve().parents[1])  # for the child process
@@ -408,4 +409,40 @@ async def test_a_page_of_history_or_events_is_read_as_one_row(tmp_path: Path) ->
     assert [e.serial for e in _read_events(read, CH, 240, 100)] == list(range(241, 251))
     assert _read_events(read, CH, 250, 100) == []
     assert conn.rows == 5
+    conn.conn.close()
+
+
+async def test_a_snapshot_is_read_as_one_row(tmp_path: Path) -> None:
+    # Head, rewind, replay and live objects in one statement: consistent without a
+    # transaction, and one row for sqlite3 to step to.
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        for i in range(30):
+            await store.append(create(i))
+        await store.append(object_op({"type": "counter.create", "value": 5}))
+        await store.append(
+            object_op({"type": "map.set", "object_id": "root", "key": "k", "value": 'a "b"'})
+        )
+        expected = await store.objects(CH)
+    conn = RowsCounted(sqlite3.connect(path))
+    snap = _read_snapshot(
+        cast(Any, conn), CH, from_serial=25, rewind=4, replay_limit=3, objects=True
+    )
+    assert (snap.serial, snap.first_serial) == (32, 1)
+    assert [m.data for m in snap.messages] == [26, 27, 28, 29]
+    assert snap.events is not None and [e.serial for e in snap.events] == [26, 27, 28]
+    assert snap.objects == ObjectsSnapshot(serial=32, objects=expected.objects)
+    assert snap.objects.objects["root"].entries["k"] == 'a "b"'
+    assert conn.rows == 1
+    # Past the head, the replay is refused; without objects, none are read.
+    late = _read_snapshot(
+        cast(Any, conn), CH, from_serial=33, rewind=0, replay_limit=3, objects=False
+    )
+    assert (late.events, late.objects, late.messages) == (None, None, [])
+    # A channel with no event yet: the epoch reads report, an empty log.
+    empty = _read_snapshot(
+        cast(Any, conn), "room:new", from_serial=0, rewind=5, replay_limit=3, objects=True
+    )
+    assert (empty.serial, empty.first_serial, empty.events, empty.messages) == (0, 1, [], [])
+    assert empty.objects is not None and set(empty.objects.objects) == {"root"}
     conn.conn.close()

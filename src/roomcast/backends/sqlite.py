@@ -32,6 +32,7 @@ from .sqlite_file import (
     decode_message,
     decode_messages,
     decode_object,
+    decode_objects,
     probe_ready,
     release_lock,
     take_lock,
@@ -66,6 +67,61 @@ def _read_events(conn: sqlite3.Connection, channel: str, after: int, limit: int)
     return events
 
 
+# A channel's snapshot in one statement (one read, consistent without a transaction, and one
+# row): its head, and as JSON its last :rewind messages, the events after :after (when the
+# log still holds them all) and its live objects (when :objects).
+_SNAPSHOT = f"""
+SELECT epoch, serial, first_serial,
+    CASE WHEN :rewind > 0 THEN ({
+    as_one_array(
+        "SELECT body FROM messages WHERE channel = :channel ORDER BY msg_serial DESC LIMIT :rewind"
+    )
+}) END,
+    CASE WHEN :after BETWEEN first_serial - 1 AND serial THEN ({
+    as_one_array(
+        "SELECT body FROM events WHERE channel = :channel AND serial > :after"
+        " ORDER BY serial LIMIT :limit"
+    )
+}) END,
+    CASE WHEN :objects THEN (
+        SELECT CAST('{{' || ifnull(group_concat(json_quote(object_id) || ':'
+            || CAST(body AS TEXT), ','), '') || '}}' AS BLOB)
+        FROM objects WHERE channel = :channel
+    ) END
+FROM channels WHERE name = :channel
+"""
+
+
+def _read_snapshot(
+    conn: sqlite3.Connection,
+    channel: str,
+    *,
+    from_serial: int | None,
+    rewind: int,
+    replay_limit: int,
+    objects: bool,
+) -> Snapshot:
+    args = {"channel": channel, "rewind": rewind, "after": from_serial, "limit": replay_limit}
+    row = conn.execute(_SNAPSHOT, {**args, "objects": objects}).fetchone()
+    if row is None:  # no events: the epoch its first event will fix, not stored
+        seed = conn.execute(EPOCH_SEED_SQL).fetchone()[0]
+        empty = ObjectsSnapshot(serial=0, objects=live.with_root({})) if objects else None
+        replay: list[Event] | None = [] if from_serial == 0 else None
+        return Snapshot(channel_epoch(seed, channel), 0, 1, [], replay, empty)
+    epoch, serial, first, message_page, event_page, object_page = row
+    messages = [] if message_page is None else decode_messages(message_page)
+    messages.sort(key=_BY_MSG_SERIAL)
+    events: list[Event] | None = None
+    if event_page is not None:
+        events = decode_events(event_page)
+        events.sort(key=_BY_SERIAL)
+    snap_objects = None
+    if object_page is not None:
+        found = live.with_root(decode_objects(object_page))
+        snap_objects = ObjectsSnapshot(serial=serial, objects=found)
+    return Snapshot(epoch, serial, first, messages, events, snap_objects)
+
+
 def _read_messages(
     conn: sqlite3.Connection, channel: str, *, before: int | None, after: int | None, limit: int
 ) -> list[Message]:
@@ -79,12 +135,6 @@ def _read_messages(
     messages = decode_messages(page)
     messages.sort(key=_BY_MSG_SERIAL)
     return messages
-
-
-def _read_objects(conn: sqlite3.Connection, channel: str, serial: int) -> ObjectsSnapshot:
-    rows = conn.execute("SELECT object_id, body FROM objects WHERE channel = ?", (channel,))
-    found = {object_id: decode_object(body) for object_id, body in rows}
-    return ObjectsSnapshot(serial=serial, objects=live.with_root(found))
 
 
 class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
@@ -178,28 +228,16 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
         replay_limit: int = REPLAY_PAGE,
         objects: bool = False,
     ) -> Snapshot:
-        def read(conn: sqlite3.Connection) -> Snapshot:
-            conn.execute("BEGIN")  # one read transaction: everything as of the same serial
-            try:
-                row = conn.execute(
-                    "SELECT epoch, serial, first_serial FROM channels WHERE name = ?", (channel,)
-                ).fetchone()
-                if row is None:  # no events: the epoch its first event will fix, not stored
-                    seed = conn.execute(EPOCH_SEED_SQL).fetchone()[0]
-                    row = (channel_epoch(seed, channel), 0, 1)
-                epoch, serial, first = row
-                messages: list[Message] = []
-                if rewind > 0:
-                    messages = _read_messages(conn, channel, before=None, after=None, limit=rewind)
-                events = None
-                if from_serial is not None and first - 1 <= from_serial <= serial:
-                    events = _read_events(conn, channel, from_serial, replay_limit)
-                snap_objects = _read_objects(conn, channel, serial) if objects else None
-                return Snapshot(epoch, serial, first, messages, events, snap_objects)
-            finally:
-                conn.execute("COMMIT")
-
-        return await self._read(read)
+        return await self._read(
+            lambda conn: _read_snapshot(
+                conn,
+                channel,
+                from_serial=from_serial,
+                rewind=rewind,
+                replay_limit=replay_limit,
+                objects=objects,
+            )
+        )
 
     async def _query(self, sql: str, args: tuple[Any, ...], row: Callable[[Any], T]) -> list[T]:
         return await self._read(lambda conn: [row(r) for r in conn.execute(sql, args)])
@@ -244,16 +282,13 @@ class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
         return rows[0] if rows else None
 
     async def objects(self, channel: str) -> ObjectsSnapshot:
-        def read(conn: sqlite3.Connection) -> ObjectsSnapshot:
-            conn.execute("BEGIN")
-            try:
-                row = conn.execute("SELECT serial FROM channels WHERE name = ?", (channel,))
-                found = row.fetchone()
-                return _read_objects(conn, channel, 0 if found is None else int(found[0]))
-            finally:
-                conn.execute("COMMIT")
-
-        return await self._read(read)
+        snap = await self._read(
+            lambda conn: _read_snapshot(
+                conn, channel, from_serial=None, rewind=0, replay_limit=0, objects=True
+            )
+        )
+        assert snap.objects is not None
+        return snap.objects
 
     async def streaming_messages(self, idle_since_ms: int, limit: int) -> list[tuple[str, Message]]:
         sql = (

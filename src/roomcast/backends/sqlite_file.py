@@ -83,6 +83,7 @@ decode_message = msgspec.json.Decoder(Message).decode
 decode_object = msgspec.json.Decoder(ObjectState).decode
 decode_events = msgspec.json.Decoder(list[Event]).decode
 decode_messages = msgspec.json.Decoder(list[Message]).decode
+decode_objects = msgspec.json.Decoder(dict[str, ObjectState]).decode
 
 
 def as_one_array(select: str) -> str:
@@ -243,6 +244,7 @@ __all__ = [
     "decode_message",
     "decode_messages",
     "decode_object",
+    "decode_objects",
     "encode_value",
     "migrate",
     "probe_ready",
