@@ -49,40 +49,26 @@ def _message_row(row: tuple[bytes]) -> Message:
 
 _BY_SERIAL = operator.attrgetter("serial")
 _BY_MSG_SERIAL = operator.attrgetter("msg_serial")
-_EVENTS_AFTER = "SELECT body FROM events WHERE channel = ? AND serial > ? ORDER BY serial LIMIT ?"
+_NEWEST = 2**63 - 1  # a msg_serial past every message
+_EVENTS_AFTER = (
+    "SELECT body FROM events WHERE channel = :channel AND serial > :after"
+    " ORDER BY serial LIMIT :events"
+)
 _MESSAGES_AFTER = (
-    "SELECT body FROM messages WHERE channel = ? AND msg_serial > ? ORDER BY msg_serial LIMIT ?"
+    "SELECT body FROM messages WHERE channel = :channel AND msg_serial > :after"
+    " ORDER BY msg_serial LIMIT :messages"
 )
 _MESSAGES_BEFORE = (
-    "SELECT body FROM messages WHERE channel = ? AND msg_serial < ?"
-    " ORDER BY msg_serial DESC LIMIT ?"
+    "SELECT body FROM messages WHERE channel = :channel AND msg_serial < :before"
+    " ORDER BY msg_serial DESC LIMIT :messages"
 )
-
-
-def _read_events(conn: sqlite3.Connection, channel: str, after: int, limit: int) -> list[Event]:
-    """Up to ``limit`` events after ``after``, in serial order, read as one row."""
-    (page,) = conn.execute(as_one_array(_EVENTS_AFTER), (channel, after, limit)).fetchone()
-    events = decode_events(page)
-    events.sort(key=_BY_SERIAL)
-    return events
-
-
 # A channel's snapshot in one statement (one read, consistent without a transaction, and one
-# row): its head, and as JSON its last :rewind messages, the events after :after (when the
+# row): its head, and as JSON its last :messages messages, the events after :after (when the
 # log still holds them all) and its live objects (when :objects).
 _SNAPSHOT = f"""
 SELECT epoch, serial, first_serial,
-    CASE WHEN :rewind > 0 THEN ({
-    as_one_array(
-        "SELECT body FROM messages WHERE channel = :channel ORDER BY msg_serial DESC LIMIT :rewind"
-    )
-}) END,
-    CASE WHEN :after BETWEEN first_serial - 1 AND serial THEN ({
-    as_one_array(
-        "SELECT body FROM events WHERE channel = :channel AND serial > :after"
-        " ORDER BY serial LIMIT :limit"
-    )
-}) END,
+    CASE WHEN :messages > 0 THEN ({as_one_array(_MESSAGES_BEFORE)}) END,
+    CASE WHEN :after BETWEEN first_serial - 1 AND serial THEN ({as_one_array(_EVENTS_AFTER)}) END,
     CASE WHEN :objects THEN (
         SELECT CAST('{{' || ifnull(group_concat(json_quote(object_id) || ':'
             || CAST(body AS TEXT), ','), '') || '}}' AS BLOB)
@@ -90,6 +76,39 @@ SELECT epoch, serial, first_serial,
     ) END
 FROM channels WHERE name = :channel
 """
+
+
+def _events(page: bytes) -> list[Event]:
+    """A page of events read as one JSON array, in serial order."""
+    events = decode_events(page)
+    events.sort(key=_BY_SERIAL)
+    return events
+
+
+def _messages(page: bytes) -> list[Message]:
+    """A page of messages read as one JSON array, oldest first."""
+    messages = decode_messages(page)
+    messages.sort(key=_BY_MSG_SERIAL)
+    return messages
+
+
+def _read_events(conn: sqlite3.Connection, channel: str, after: int, limit: int) -> list[Event]:
+    """Up to ``limit`` events after ``after``, in serial order, read as one row."""
+    args = {"channel": channel, "after": after, "events": limit}
+    return _events(conn.execute(as_one_array(_EVENTS_AFTER), args).fetchone()[0])
+
+
+def _read_messages(
+    conn: sqlite3.Connection, channel: str, *, before: int | None, after: int | None, limit: int
+) -> list[Message]:
+    """Up to ``limit`` messages just before ``before`` (default: the newest) or just after
+    ``after``, oldest first, read as one row."""
+    if after is not None:
+        query, args = _MESSAGES_AFTER, {"channel": channel, "after": after, "messages": limit}
+    else:
+        bound = _NEWEST if before is None else before
+        query, args = _MESSAGES_BEFORE, {"channel": channel, "before": bound, "messages": limit}
+    return _messages(conn.execute(as_one_array(query), args).fetchone()[0])
 
 
 def _read_snapshot(
@@ -101,40 +120,28 @@ def _read_snapshot(
     replay_limit: int,
     objects: bool,
 ) -> Snapshot:
-    args = {"channel": channel, "rewind": rewind, "after": from_serial, "limit": replay_limit}
-    row = conn.execute(_SNAPSHOT, {**args, "objects": objects}).fetchone()
+    args = {
+        "channel": channel,
+        "before": _NEWEST,
+        "messages": rewind,
+        "after": from_serial,
+        "events": replay_limit,
+        "objects": objects,
+    }
+    row = conn.execute(_SNAPSHOT, args).fetchone()
     if row is None:  # no events: the epoch its first event will fix, not stored
         seed = conn.execute(EPOCH_SEED_SQL).fetchone()[0]
         empty = ObjectsSnapshot(serial=0, objects=live.with_root({})) if objects else None
         replay: list[Event] | None = [] if from_serial == 0 else None
         return Snapshot(channel_epoch(seed, channel), 0, 1, [], replay, empty)
     epoch, serial, first, message_page, event_page, object_page = row
-    messages = [] if message_page is None else decode_messages(message_page)
-    messages.sort(key=_BY_MSG_SERIAL)
-    events: list[Event] | None = None
-    if event_page is not None:
-        events = decode_events(event_page)
-        events.sort(key=_BY_SERIAL)
+    messages = [] if message_page is None else _messages(message_page)
+    events = None if event_page is None else _events(event_page)
     snap_objects = None
     if object_page is not None:
         found = live.with_root(decode_objects(object_page))
         snap_objects = ObjectsSnapshot(serial=serial, objects=found)
     return Snapshot(epoch, serial, first, messages, events, snap_objects)
-
-
-def _read_messages(
-    conn: sqlite3.Connection, channel: str, *, before: int | None, after: int | None, limit: int
-) -> list[Message]:
-    """Up to ``limit`` messages just before ``before`` (default: the newest) or just after
-    ``after``, oldest first, read as one row."""
-    if after is not None:
-        query, args = _MESSAGES_AFTER, (channel, after, limit)
-    else:
-        query, args = _MESSAGES_BEFORE, (channel, 2**63 - 1 if before is None else before, limit)
-    (page,) = conn.execute(as_one_array(query), args).fetchone()
-    messages = decode_messages(page)
-    messages.sort(key=_BY_MSG_SERIAL)
-    return messages
 
 
 class SqliteStore(QueuedAppends, LocalEphemeralState, Store):
