@@ -446,3 +446,33 @@ async def test_a_snapshot_is_read_as_one_row(tmp_path: Path) -> None:
     assert (empty.serial, empty.first_serial, empty.events, empty.messages) == (0, 1, [], [])
     assert empty.objects is not None and set(empty.objects.objects) == {"root"}
     conn.conn.close()
+
+
+async def test_pages_past_sqlites_largest_string_are_read_row_by_row(tmp_path: Path) -> None:
+    # One row of a page must stay under SQLite's largest string (1 GB by default: a thousand
+    # of the largest streamed messages). Here that limit is lowered to 2,000 bytes.
+    path = tmp_path / "x.db"
+    async with store_at(path) as store:
+        for i in range(20):
+            await store.append(create(f"{i} " + "x" * 300))
+        await store.append(object_op({"type": "counter.create", "value": 5}))
+        expected = await store.snapshot(CH, from_serial=2, rewind=15, replay_limit=12, objects=True)
+    conn = sqlite3.connect(path)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 2000)
+    with pytest.raises(sqlite3.DataError):  # the one-row read is refused
+        conn.execute("SELECT group_concat(body) FROM messages").fetchone()
+    newest = _read_messages(conn, CH, before=None, after=None, limit=15)
+    assert [m.msg_serial for m in newest] == list(range(6, 21))
+    assert [m.msg_serial for m in _read_messages(conn, CH, before=None, after=3, limit=4)] == [
+        4,
+        5,
+        6,
+        7,
+    ]
+    assert [e.serial for e in _read_events(conn, CH, 2, 12)] == list(range(3, 15))
+    snap = _read_snapshot(conn, CH, from_serial=2, rewind=15, replay_limit=12, objects=True)
+    assert snap == expected
+    assert snap.objects is not None
+    assert [o.value for o in snap.objects.objects.values() if o.type == "counter"] == [5]
+    assert not conn.in_transaction
+    conn.close()

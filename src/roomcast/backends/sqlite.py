@@ -28,6 +28,7 @@ from .sqlite_file import (
     SchemaTooNew,
     StoreLocked,
     as_one_array,
+    decode_event,
     decode_events,
     decode_message,
     decode_messages,
@@ -78,37 +79,48 @@ FROM channels WHERE name = :channel
 """
 
 
-def _events(page: bytes) -> list[Event]:
-    """A page of events read as one JSON array, in serial order."""
-    events = decode_events(page)
-    events.sort(key=_BY_SERIAL)
-    return events
+def _events(page: list[Event]) -> list[Event]:
+    page.sort(key=_BY_SERIAL)
+    return page
 
 
-def _messages(page: bytes) -> list[Message]:
-    """A page of messages read as one JSON array, oldest first."""
-    messages = decode_messages(page)
-    messages.sort(key=_BY_MSG_SERIAL)
-    return messages
+def _messages(page: list[Message]) -> list[Message]:
+    page.sort(key=_BY_MSG_SERIAL)
+    return page
+
+
+def _page(
+    conn: sqlite3.Connection,
+    query: str,
+    args: dict[str, Any],
+    decode_all: Callable[[bytes], list[T]],
+    decode_one: Callable[[bytes], T],
+) -> list[T]:
+    """What ``query`` finds, read as one row; row by row if that row would be past SQLite's
+    largest string (1 GB: a thousand of the largest streamed messages)."""
+    try:
+        return decode_all(conn.execute(as_one_array(query), args).fetchone()[0])
+    except sqlite3.DataError:  # "string or blob too big"
+        return [decode_one(body) for (body,) in conn.execute(query, args)]
 
 
 def _read_events(conn: sqlite3.Connection, channel: str, after: int, limit: int) -> list[Event]:
-    """Up to ``limit`` events after ``after``, in serial order, read as one row."""
+    """Up to ``limit`` events after ``after``, in serial order."""
     args = {"channel": channel, "after": after, "events": limit}
-    return _events(conn.execute(as_one_array(_EVENTS_AFTER), args).fetchone()[0])
+    return _events(_page(conn, _EVENTS_AFTER, args, decode_events, decode_event))
 
 
 def _read_messages(
     conn: sqlite3.Connection, channel: str, *, before: int | None, after: int | None, limit: int
 ) -> list[Message]:
     """Up to ``limit`` messages just before ``before`` (default: the newest) or just after
-    ``after``, oldest first, read as one row."""
+    ``after``, oldest first."""
     if after is not None:
         query, args = _MESSAGES_AFTER, {"channel": channel, "after": after, "messages": limit}
     else:
         bound = _NEWEST if before is None else before
         query, args = _MESSAGES_BEFORE, {"channel": channel, "before": bound, "messages": limit}
-    return _messages(conn.execute(as_one_array(query), args).fetchone()[0])
+    return _messages(_page(conn, query, args, decode_messages, decode_message))
 
 
 def _read_snapshot(
@@ -128,19 +140,56 @@ def _read_snapshot(
         "events": replay_limit,
         "objects": objects,
     }
-    row = conn.execute(_SNAPSHOT, args).fetchone()
-    if row is None:  # no events: the epoch its first event will fix, not stored
-        seed = conn.execute(EPOCH_SEED_SQL).fetchone()[0]
-        empty = ObjectsSnapshot(serial=0, objects=live.with_root({})) if objects else None
-        replay: list[Event] | None = [] if from_serial == 0 else None
-        return Snapshot(channel_epoch(seed, channel), 0, 1, [], replay, empty)
+    try:
+        row = conn.execute(_SNAPSHOT, args).fetchone()
+    except sqlite3.DataError:  # past SQLite's largest string: the parts one by one
+        conn.execute("BEGIN")  # one read transaction: everything as of the same serial
+        try:
+            return _read_snapshot_in_parts(conn, args)
+        finally:
+            conn.execute("COMMIT")
+    if row is None:
+        return _no_events_yet(conn, channel, from_serial, objects)
     epoch, serial, first, message_page, event_page, object_page = row
-    messages = [] if message_page is None else _messages(message_page)
-    events = None if event_page is None else _events(event_page)
+    messages = [] if message_page is None else _messages(decode_messages(message_page))
+    events = None if event_page is None else _events(decode_events(event_page))
     snap_objects = None
     if object_page is not None:
         found = live.with_root(decode_objects(object_page))
         snap_objects = ObjectsSnapshot(serial=serial, objects=found)
+    return Snapshot(epoch, serial, first, messages, events, snap_objects)
+
+
+def _no_events_yet(
+    conn: sqlite3.Connection, channel: str, from_serial: int | None, objects: bool
+) -> Snapshot:
+    """A channel with no event: the epoch its first event will fix (not stored), no log."""
+    seed = conn.execute(EPOCH_SEED_SQL).fetchone()[0]
+    empty = ObjectsSnapshot(serial=0, objects=live.with_root({})) if objects else None
+    replay: list[Event] | None = [] if from_serial == 0 else None
+    return Snapshot(channel_epoch(seed, channel), 0, 1, [], replay, empty)
+
+
+def _read_snapshot_in_parts(conn: sqlite3.Connection, args: dict[str, Any]) -> Snapshot:
+    """:func:`_read_snapshot` in several reads, pages row by row (inside a transaction)."""
+    channel, after = args["channel"], args["after"]
+    head = conn.execute(
+        "SELECT epoch, serial, first_serial FROM channels WHERE name = ?", (channel,)
+    ).fetchone()
+    if head is None:
+        return _no_events_yet(conn, channel, after, args["objects"])
+    epoch, serial, first = head
+    messages: list[Message] = []
+    if args["messages"] > 0:
+        messages = _messages(_page(conn, _MESSAGES_BEFORE, args, decode_messages, decode_message))
+    events = None
+    if after is not None and first - 1 <= after <= serial:
+        events = _events(_page(conn, _EVENTS_AFTER, args, decode_events, decode_event))
+    snap_objects = None
+    if args["objects"]:
+        rows = conn.execute("SELECT object_id, body FROM objects WHERE channel = ?", (channel,))
+        found = {object_id: decode_object(body) for object_id, body in rows}
+        snap_objects = ObjectsSnapshot(serial=serial, objects=live.with_root(found))
     return Snapshot(epoch, serial, first, messages, events, snap_objects)
 
 
