@@ -116,6 +116,30 @@ async def test_a_live_event_never_overtakes_what_is_queued() -> None:
         assert len(transport.frames) == 1
 
 
+async def test_a_heartbeat_is_written_at_once_unless_something_is_queued_before_it() -> None:
+    async with running_node() as node:
+        transport = RecordingTransport()
+        sub = await live_subscriber(node, transport)
+        before = sub.last_sent
+        sub.send_heartbeat()
+        assert [m["action"] for m in transport.messages()] == ["heartbeat"]  # this turn
+        assert sub.last_sent > before
+        transport.frames.clear()
+        sub.push(codec_for("json").encode(Pong(ref=7)))
+        sub.send_heartbeat()
+        assert transport.frames == []  # behind the pong, at the end of the turn
+        await settle()
+        assert [m["action"] for m in transport.messages()] == ["pong", "heartbeat"]
+        transport.frames.clear()
+        transport.backed_up = True
+        sub.send_heartbeat()
+        await settle()
+        assert transport.frames == []
+        transport.release.set()
+        await settle()
+        assert [m["action"] for m in transport.messages()] == ["heartbeat"]
+
+
 async def test_a_backed_up_transport_gets_live_events_in_order_once_it_drains() -> None:
     async with running_node() as node:
         transport = RecordingTransport()

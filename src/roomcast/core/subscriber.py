@@ -321,7 +321,10 @@ class SubscriberCore:
         self._bytes = max(0, self._bytes - sum(map(len, batch)))  # 0 once discarded
 
     def send_heartbeat(self) -> None:
-        self.push_live(self.codec.encode(m.Heartbeat()))
+        # An idle connection's one write per period (its ping goes with it): at once.
+        frame = self.codec.heartbeat
+        if not self.closed and not self._send_at_once(frame):
+            self.push_live(frame)
 
     # ------------------------------------------------------------------ fan-out side
 
@@ -349,12 +352,19 @@ class SubscriberCore:
                 return
         if not out:
             return
-        if not self._out and self._send_task is None and _fits_one_frame(out):
-            if self.transport.send_now(out[0] if len(out) == 1 else self.codec.join(out)):
-                self.last_sent = time.monotonic()
-                return
+        if _fits_one_frame(out) and self._send_at_once(
+            out[0] if len(out) == 1 else self.codec.join(out)
+        ):
+            return
         for live in out:
             self.push_live(live)
+
+    def _send_at_once(self, frame: bytes) -> bool:
+        """Write ``frame`` now if nothing is queued before it and the transport takes it."""
+        if self._out or self._send_task is not None or not self.transport.send_now(frame):
+            return False
+        self.last_sent = time.monotonic()
+        return True
 
     def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
         attachment = self.attachments.get(channel)

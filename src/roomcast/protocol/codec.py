@@ -21,7 +21,7 @@ from .errors import (
     BadRequest,
     ProtocolViolation,
 )
-from .messages import ClientRequest, Ref, Reply, ServerMessage
+from .messages import ClientRequest, Heartbeat, Ref, Reply, ServerMessage
 
 Format = Literal["json", "msgpack"]
 
@@ -50,6 +50,8 @@ class Codec:
     """Encode replies and decode requests for one wire format."""
 
     format: Format
+    heartbeat: bytes
+    """The ``heartbeat`` message, encoded once: idle connections get it every period."""
     # JSON decoders take str or bytes, MessagePack ones bytes; frames are checked before.
     _typed: Any
     _raw: Any
@@ -105,6 +107,7 @@ class JsonCodec(Codec):
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
+        self.heartbeat = self._encoder.encode(Heartbeat())
         self._typed = msgspec.json.Decoder(ClientRequest | list[ClientRequest])
         # A number too large for a float (1e400) is infinity here: the request that holds
         # it is refused (40000, with its ref), and the frame's other requests still count.
@@ -129,6 +132,7 @@ class MsgpackCodec(Codec):
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
+        self.heartbeat = self._encoder.encode(Heartbeat())
         self._typed = msgspec.msgpack.Decoder(ClientRequest | list[ClientRequest])
         self._raw = msgspec.msgpack.Decoder()
         self._replies = msgspec.msgpack.Decoder(ServerMessage | list[ServerMessage])

@@ -106,6 +106,7 @@ class ReplyFraming:
 
     def __init__(self) -> None:
         self.json = codec_for("json")
+        self.heartbeat = self.json.heartbeat
 
     def encode(self, message: Reply) -> bytes:
         return self.json.encode(message)

@@ -78,6 +78,7 @@ class SseFraming:
     simply concatenated."""
 
     format = "sse"
+    heartbeat = KEEP_ALIVE
 
     def __init__(self) -> None:
         self.json = codec_for("json")  # the data of every chunk

@@ -46,6 +46,7 @@ from .uvicorn_http import trace_connection_made, transport_addresses
 DIRECT_SEND = "roomcast.direct_send"
 _HEADER16 = struct.Struct("!BBH")
 _HEADER64 = struct.Struct("!BBQ")
+_PING_HEADER = bytes((0x89, 4))
 
 
 class _ReceiveQueue:
@@ -161,12 +162,14 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         # A random payload identifies this ping: handle_pong ignores stale or unsolicited pongs.
         self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
         self.ping_sent_at = self.loop.time()
-        self.conn.send_ping(self.pending_ping_payload)
         if self.ping_timeout is not None:
             self.pong_timer = self.loop.call_later(self.ping_timeout, self.keepalive_timeout)
         else:
             self.schedule_ping()  # no deadline: the next one is due regardless
-        return b"".join(self.conn.data_to_send())
+        # A server's ping, as websockets' send_ping frames it: FIN + opcode 9, the unmasked
+        # 4-byte payload. No extension touches a control frame (RFC 7692 §6), and callers
+        # write it only while the connection is open.
+        return _PING_HEADER + self.pending_ping_payload
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
