@@ -131,6 +131,25 @@ async def test_a_peer_that_answers_no_ping_is_closed_with_1011(
         client.close()
 
 
+async def test_pong_deadlines_shared_by_connections_close_only_the_silent_ones(
+    beating_server: ServerProcess,
+) -> None:
+    """All connections' pong deadlines share one timer: the peers that answer stay, the
+    ones that do not are closed, whichever order their pings went in."""
+    clients = [await RawClient.open(beating_server, f"shared-{k}") for k in range(6)]
+    try:
+        await asyncio.gather(
+            *(c.read_for(10 * HEARTBEAT_S, answer=k % 2 == 0) for k, c in enumerate(clients))
+        )
+        codes = [c.close_code() for c in clients]
+        assert codes == [None, 1011, None, 1011, None, 1011]
+        for answering in clients[::2]:
+            assert sum(any(f.opcode is Opcode.PING for f in r) for r in answering.reads) >= 5
+    finally:
+        for client in clients:
+            client.close()
+
+
 async def test_an_open_connection_keeps_no_handshake_request_or_response() -> None:
     """Once the 101 is written, the protocol drops the handshake's request and response
     (uvicorn reads them only before), and the connection works on without them."""

@@ -17,8 +17,9 @@ their bookkeeping (see the memory figures in docs/benchmarks.md), and sends its 
 with the frames the app writes instead of on a timer of their own: once a ping is due (every
 ``ws_ping_interval``, from the last pong), it goes out in the same write as the next frame,
 which on an idle connection is the app's ``heartbeat`` (every ``heartbeat_s``). An idle
-connection then costs one write per period, not two, and no ping timer; the pong deadline
-(``ws_ping_timeout``) and its 1011 close are uvicorn's.
+connection then costs one write per period, not two, and no ping timer. The pong deadlines
+(``ws_ping_timeout``) of all connections share one timer (:class:`PongDeadlines`); the 1011
+close at a deadline is uvicorn's.
 
 uvicorn's public API (``uvicorn.Config``, ``Server``, ``run``) takes a protocol class as
 ``Config(ws=...)`` but offers no hook into one: no event for a lost connection, no access to
@@ -35,10 +36,13 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+import weakref
+from collections import deque
 from typing import Any
 
 from uvicorn.protocols.utils import is_ssl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.protocol import State
 
 from .uvicorn_http import trace_connection_made, transport_addresses
@@ -111,6 +115,49 @@ class _Flag:
         return True
 
 
+class PongDeadlines:
+    """When each ping in flight must have its pong, for the connections of one event loop
+    with one ``ping_timeout``, and one timer for all of them: a timer per ping (a timer
+    handle and a libuv timer, made and cancelled every period) was a tenth of an idle
+    server's CPU. Every ping here waits the same time, so deadlines come in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._queue: deque[tuple[float, RoomcastWebSocketProtocol, bytes]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: RoomcastWebSocketProtocol, payload: bytes) -> None:
+        """``protocol`` sent the ping ``payload`` now; it fails if no pong has answered it
+        (its ``pending_ping_payload`` is still that very object) by the deadline."""
+        deadline = self._loop.time() + self._timeout
+        self._queue.append((deadline, protocol, payload))
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        queue, now = self._queue, self._loop.time()
+        while queue and queue[0][0] <= now:
+            _, protocol, payload = queue.popleft()
+            if protocol.pending_ping_payload is payload:
+                protocol.keepalive_timeout()  # uvicorn's: a 1011 close
+        if queue:
+            self._timer = self._loop.call_at(queue[0][0], self._expire)
+
+
+_PONG_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, PongDeadlines]]
+_PONG_DEADLINES = weakref.WeakKeyDictionary()
+
+
+def pong_deadlines(loop: asyncio.AbstractEventLoop, timeout: float) -> PongDeadlines:
+    by_timeout = _PONG_DEADLINES.setdefault(loop, {})
+    found = by_timeout.get(timeout)
+    if found is None:
+        found = by_timeout[timeout] = PongDeadlines(loop, timeout)
+    return found
+
+
 class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, with 1006 for a lost connection and the
     ``roomcast.direct_send`` scope extension; pass it as ``uvicorn.Config(ws=...)``."""
@@ -163,13 +210,22 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
         self.ping_sent_at = self.loop.time()
         if self.ping_timeout is not None:
-            self.pong_timer = self.loop.call_later(self.ping_timeout, self.keepalive_timeout)
+            pong_deadlines(self.loop, self.ping_timeout).add(self, self.pending_ping_payload)
         else:
             self.schedule_ping()  # no deadline: the next one is due regardless
         # A server's ping, as websockets' send_ping frames it: FIN + opcode 9, the unmasked
         # 4-byte payload. No extension touches a control frame (RFC 7692 §6), and callers
         # write it only while the connection is open.
         return _PING_HEADER + self.pending_ping_payload
+
+    def handle_pong(self, event: Frame) -> None:
+        # uvicorn's, with the deadline in PongDeadlines instead of a timer to cancel
+        if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
+            return  # unsolicited, or the answer to a ping before the one in flight
+        self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+        self.pending_ping_payload = None
+        if self.ping_timeout is not None:
+            self.schedule_ping()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
