@@ -7,9 +7,10 @@ open connection keeps nothing of its handshake."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from polling import eventually
-from roomcast.server.uvicorn_websocket import RoomcastWebSocketProtocol
+from roomcast.server.uvicorn_websocket import DIRECT_SEND, RoomcastWebSocketProtocol
 from roomcast.testing import ServerProcess, free_port
 
 HEARTBEAT_S = 1.0
@@ -184,3 +185,70 @@ async def test_an_open_connection_keeps_no_handshake_request_or_response() -> No
     finally:
         server.should_exit = True
         await serving
+
+
+class RecordedTransport:
+    """A transport that notes each write before passing it on."""
+
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self._transport, self.writes = transport, writes
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@contextlib.asynccontextmanager
+async def recorded_server(app: Any) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """uvicorn with the protocol of ``roomcast serve`` on ``app``; every write its
+    connections make, in order."""
+    writes: list[bytes] = []
+
+    class Recorded(RoomcastWebSocketProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(RecordedTransport(transport, writes))  # type: ignore[arg-type]
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=Recorded, log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: server.started)
+        yield port, writes
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_the_handshake_response_goes_out_with_the_first_frame() -> None:
+    async def greet(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(0)  # the app's first frame comes a turn later, as `connected` does
+        assert scope["extensions"][DIRECT_SEND](b"hello", True)
+        while (await receive())["type"] == "websocket.receive":
+            pass
+
+    async with recorded_server(greet) as (port, writes):
+        async with ws_connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
+            assert await client.recv() == "hello"
+        [first, *_] = writes
+        assert first.startswith(b"HTTP/1.1 101 ") and first.endswith(b"\x81\x05hello")
+
+
+async def test_the_handshake_response_goes_alone_when_no_frame_follows_soon() -> None:
+    async def quiet(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(0.5)
+        await send({"type": "websocket.send", "text": "late"})
+        while (await receive())["type"] == "websocket.receive":
+            pass
+
+    async with recorded_server(quiet) as (port, writes):
+        async with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=0.4) as client:
+            assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 101 ")
+            assert await client.recv() == "late"

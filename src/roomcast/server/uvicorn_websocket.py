@@ -158,6 +158,37 @@ def pong_deadlines(loop: asyncio.AbstractEventLoop, timeout: float) -> PongDeadl
     return found
 
 
+class _Holding:
+    """The transport of a connection whose handshake response is held (see
+    :meth:`RoomcastWebSocketProtocol.send`): writes are kept, in order, until
+    :meth:`release` writes them all at once; the rest is the transport's."""
+
+    __slots__ = ("held", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.held.append(data)
+
+    def close(self) -> None:
+        self.release()
+        self.transport.close()
+
+    def release(self) -> asyncio.Transport:
+        """Write what is held, in one write; the transport, to use from now on."""
+        if self.held:
+            data = b"".join(self.held)
+            self.held.clear()
+            if not self.transport.is_closing():
+                self.transport.write(data)
+        return self.transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, with 1006 for a lost connection and the
     ``roomcast.direct_send`` scope extension; pass it as ``uvicorn.Config(ws=...)``."""
@@ -169,6 +200,7 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         self._writable.set()
         self.writable = self._writable  # type: ignore[assignment]
         self.ping_due: float | None = None  # loop time from which a ping goes with a frame
+        self._holding = False  # the handshake's response waits for the first frame
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvicorn's, with the addresses from transport_addresses()
@@ -218,6 +250,28 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         # write it only while the connection is open.
         return _PING_HEADER + self.pending_ping_payload
 
+    async def send(self, message: Any) -> None:
+        """uvicorn's, but the 101 response is not written alone: it goes out in the same
+        write as the app's first frame (``connected``, which the fan-out writes a turn of
+        the loop later), or by itself two turns later. One write less per connection (a
+        connect storm's CPU). Whatever is written meanwhile (a pong, a close) follows it in
+        order."""
+        if message["type"] == "websocket.accept" and not self._holding:
+            self._holding = True
+            self.transport = _Holding(self.transport)  # type: ignore[assignment]
+            self.loop.call_soon(self.loop.call_soon, self._release)
+        await super().send(message)
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self.transport = self.transport.release()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._holding:  # a reply to what the client sent goes out at once
+            self._release()
+        super().data_received(data)
+
     def handle_pong(self, event: Frame) -> None:
         # uvicorn's, with the deadline in PongDeadlines instead of a timer to cancel
         if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
@@ -255,6 +309,8 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
                 return False
             (conn.send_text if text else conn.send_binary)(data)  # deflate: the slow way
             self.transport.write(b"".join(conn.data_to_send()) + self._ping_if_due())
+            if self._holding:
+                self._release()
             return True
         size = len(data)
         first = 0x81 if text else 0x82  # FIN + text / binary
@@ -269,6 +325,8 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(header + data)
         else:
             self.transport.write(header + data + self._ping_if_due())
+        if self._holding:
+            self._release()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
