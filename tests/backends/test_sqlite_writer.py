@@ -4,6 +4,7 @@ the file, and what it must not take from memory."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,29 @@ async def test_a_purge_that_deletes_a_streaming_message_leaves_nothing_of_it_in_
     assert purge.error is None and purge.result == 2
     with pytest.raises(NotFound):
         write(writer, event("append", msg_serial=1, data="after the purge"))
+
+
+async def test_a_transaction_leaves_no_cyclic_garbage(writer: _WriteConnection) -> None:
+    """What a transaction stages (its views of channels, their copies of the heads) is
+    freed when it ends, not left for the garbage collector, whose passes stall the loop."""
+    loop = asyncio.get_running_loop()
+    created = write(writer, event("create", data="", streaming=True))
+    gc.collect()
+    gc.disable()
+    try:
+        for k in range(20):
+            items = [event("append", msg_serial=created.serial, data=f"{k}")]
+            other = Event(channel=f"{CH}{k}", serial=0, type="create", client_id="b", timestamp=0)
+            items.append(other)
+            batch = Work("batch", loop.create_future(), items, [None, None])
+            single = Work("append", loop.create_future(), [event("create", data=k)], [None])
+            writer.transaction([batch, single])
+            assert batch.error is None and single.error is None
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kinds = {type(o).__qualname__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not kinds & {"_Stage", "_ChannelStage", "ChannelHead"}

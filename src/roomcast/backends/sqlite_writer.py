@@ -144,6 +144,12 @@ class _Stage:
             return self.keys[(channel, key)]
         return self.parent.key(channel, key) if self.parent else self.writer.load_key(channel, key)
 
+    def close(self) -> None:
+        """Drop the views, which refer back to this stage: its copies are then freed once
+        unused, not at the garbage collector's next pass (per write, they were most of a
+        busy server's cyclic garbage)."""
+        self.views.clear()
+
     def merge(self, child: _Stage) -> None:
         for name in child.chans:  # the child's heads replace ours: so must the views
             self.views.pop(name, None)
@@ -287,6 +293,12 @@ class _WriteConnection:
         """
         now = now_ms()
         stage = _Stage(self)
+        try:
+            self._write(stage, batch, now)
+        finally:
+            stage.close()
+
+    def _write(self, stage: _Stage, batch: list[Work], now: int) -> None:
         explicit = False
         try:
             if any(work.kind == "purge" for work in batch):
@@ -350,7 +362,10 @@ class _WriteConnection:
         except Exception as exc:
             work.result, work.error = None, exc
             return
-        stage.merge(child)
+        else:
+            stage.merge(child)
+        finally:
+            child.close()
 
     def apply(self, stage: _Stage, event: Event, key: str | None, now: int) -> Appended:
         return apply_to_stage(stage.view(event.channel), event, key, options=self.options, now=now)
