@@ -1,19 +1,26 @@
 """The addresses the HTTP and WebSocket protocols give a connection: the same as uvicorn's,
-read from the transport (TCP over IPv4 and IPv6, and a Unix socket)."""
+read from the transport (TCP over IPv4 and IPv6, and a Unix socket). And an upgraded
+connection's HTTP protocol is freed at once."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
+import uvicorn
 import uvloop
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr
+from websockets.asyncio.client import connect as ws_connect
 
-from roomcast.server.uvicorn_http import transport_addresses
+from polling import eventually
+from roomcast.server.uvicorn_http import RoomcastHttpProtocol, transport_addresses
+from roomcast.server.uvicorn_websocket import RoomcastWebSocketProtocol
+from roomcast.testing import free_port
 
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -86,3 +93,45 @@ def test_unix_socket_addresses_are_uvicorn_s(tmp_path: Path) -> None:
         await accepted(serve, lambda: asyncio.open_unix_connection(path), same)
 
     both_loops(check)
+
+
+async def test_an_upgraded_connection_leaves_no_cycle_of_its_http_protocol() -> None:
+    """Once the WebSocket protocol has the connection, the HTTP protocol it came through is
+    freed at once, not left (in a cycle with its parser) for a garbage collector pass."""
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+    port = free_port()
+    config = uvicorn.Config(
+        echo,
+        host="127.0.0.1",
+        port=port,
+        http=RoomcastHttpProtocol,
+        ws=RoomcastWebSocketProtocol,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: server.started)
+        gc.collect()
+        gc.disable()
+        try:
+            async with ws_connect(f"ws://127.0.0.1:{port}/") as client:
+                await client.send("hello")
+                assert await client.recv() == "hello"
+                gc.set_debug(gc.DEBUG_SAVEALL)
+                gc.collect()
+                left = [o for o in gc.garbage if isinstance(o, RoomcastHttpProtocol)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert left == []
+    finally:
+        server.should_exit = True
+        await serving
