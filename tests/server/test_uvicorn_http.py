@@ -9,7 +9,7 @@ import gc
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import uvicorn
@@ -17,6 +17,7 @@ import uvloop
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr
 from websockets.asyncio.client import connect as ws_connect
 
+from asgi_echo import echo
 from polling import eventually
 from roomcast.server.uvicorn_http import RoomcastHttpProtocol, transport_addresses
 from roomcast.server.uvicorn_websocket import RoomcastWebSocketProtocol
@@ -98,12 +99,6 @@ def test_unix_socket_addresses_are_uvicorn_s(tmp_path: Path) -> None:
 async def test_an_upgraded_connection_leaves_no_cycle_of_its_http_protocol() -> None:
     """Once the WebSocket protocol has the connection, the HTTP protocol it came through is
     freed at once, not left (in a cycle with its parser) for a garbage collector pass."""
-
-    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        while (message := await receive())["type"] == "websocket.receive":
-            await send({"type": "websocket.send", "text": message["text"]})
 
     port = free_port()
     config = uvicorn.Config(

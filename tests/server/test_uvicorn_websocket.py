@@ -20,6 +20,7 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
+from asgi_echo import echo
 from polling import eventually
 from roomcast.server.uvicorn_websocket import DIRECT_SEND, RoomcastWebSocketProtocol
 from roomcast.testing import ServerProcess, free_port
@@ -154,13 +155,6 @@ async def test_pong_deadlines_shared_by_connections_close_only_the_silent_ones(
 async def test_an_open_connection_keeps_no_handshake_request_or_response() -> None:
     """Once the 101 is written, the protocol drops the handshake's request and response
     (uvicorn reads them only before), and the connection works on without them."""
-
-    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        assert scope["type"] == "websocket"
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        while (message := await receive())["type"] == "websocket.receive":
-            await send({"type": "websocket.send", "text": message["text"]})
 
     port = free_port()
     config = uvicorn.Config(
