@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import uvicorn
@@ -22,7 +22,11 @@ from websockets.uri import parse_uri
 
 from asgi_echo import echo
 from polling import eventually
-from roomcast.server.uvicorn_websocket import DIRECT_SEND, RoomcastWebSocketProtocol
+from roomcast.server.uvicorn_websocket import (
+    DIRECT_SEND,
+    PongDeadlines,
+    RoomcastWebSocketProtocol,
+)
 from roomcast.testing import ServerProcess, free_port
 
 HEARTBEAT_S = 1.0
@@ -246,3 +250,35 @@ async def test_the_handshake_response_goes_alone_when_no_frame_follows_soon() ->
         async with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=0.4) as client:
             assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 101 ")
             assert await client.recv() == "late"
+
+
+class Pinged:
+    """What PongDeadlines reads of a connection: its ping in flight, and its time-out."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.pending_ping_payload: bytes | None = None
+        self.timed_out = 0
+        self.fails = fails
+
+    def ping(self, deadlines: PongDeadlines) -> None:
+        self.pending_ping_payload = bytes(4)  # a new object each time: equal is not enough
+        deadlines.add(cast(RoomcastWebSocketProtocol, self), self.pending_ping_payload)
+
+    def keepalive_timeout(self) -> None:
+        self.timed_out += 1
+        if self.fails:
+            raise RuntimeError("the transport is gone")
+
+
+async def test_pong_deadlines_time_out_only_unanswered_pings_and_go_on_past_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    deadlines = PongDeadlines(asyncio.get_running_loop(), 0.05)
+    silent, failing, answered, stale = Pinged(), Pinged(fails=True), Pinged(), Pinged()
+    for connection in (failing, silent, answered, stale):
+        connection.ping(deadlines)
+    answered.pending_ping_payload = None  # its pong came
+    stale.ping(deadlines)  # a newer ping: the first one's deadline no longer counts
+    await asyncio.sleep(0.2)
+    assert [c.timed_out for c in (silent, failing, answered, stale)] == [1, 1, 0, 1]
+    assert "ping went unanswered" in caplog.text

@@ -34,6 +34,7 @@ run ``roomcast serve`` (dropped connections included).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import struct
 import weakref
@@ -46,6 +47,8 @@ from websockets.frames import Frame
 from websockets.protocol import State
 
 from .uvicorn_http import trace_connection_made, transport_addresses
+
+log = logging.getLogger("roomcast.server")
 
 DIRECT_SEND = "roomcast.direct_send"
 _HEADER16 = struct.Struct("!BBH")
@@ -141,7 +144,10 @@ class PongDeadlines:
         while queue and queue[0][0] <= now:
             _, protocol, payload = queue.popleft()
             if protocol.pending_ping_payload is payload:
-                protocol.keepalive_timeout()  # uvicorn's: a 1011 close
+                try:
+                    protocol.keepalive_timeout()  # uvicorn's: a 1011 close
+                except Exception:  # one connection's failure must not stall the others
+                    log.exception("closing a connection whose ping went unanswered failed")
         if queue:
             self._timer = self._loop.call_at(queue[0][0], self._expire)
 
@@ -229,6 +235,7 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def stop_keepalive(self) -> None:
         self.ping_due = None
+        self.pending_ping_payload = None  # its deadline, in PongDeadlines, is void
         super().stop_keepalive()
 
     def _ping_if_due(self) -> bytes:
