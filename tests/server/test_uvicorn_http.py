@@ -12,16 +12,13 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-import uvicorn
 import uvloop
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr
 from websockets.asyncio.client import connect as ws_connect
 
-from asgi_echo import echo
-from polling import eventually
+from asgi_echo import echo, uvicorn_serving
 from roomcast.server.uvicorn_http import RoomcastHttpProtocol, transport_addresses
 from roomcast.server.uvicorn_websocket import RoomcastWebSocketProtocol
-from roomcast.testing import free_port
 
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -100,19 +97,10 @@ async def test_an_upgraded_connection_leaves_no_cycle_of_its_http_protocol() -> 
     """Once the WebSocket protocol has the connection, the HTTP protocol it came through is
     freed at once, not left (in a cycle with its parser) for a garbage collector pass."""
 
-    port = free_port()
-    config = uvicorn.Config(
-        echo,
-        host="127.0.0.1",
-        port=port,
-        http=RoomcastHttpProtocol,
-        ws=RoomcastWebSocketProtocol,
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        await eventually(lambda: server.started)
+    async with uvicorn_serving(echo, http=RoomcastHttpProtocol, ws=RoomcastWebSocketProtocol) as (
+        port,
+        _,
+    ):
         gc.collect()
         gc.disable()
         try:
@@ -127,6 +115,3 @@ async def test_an_upgraded_connection_leaves_no_cycle_of_its_http_protocol() -> 
             gc.garbage.clear()
             gc.enable()
         assert left == []
-    finally:
-        server.should_exit = True
-        await serving

@@ -14,20 +14,18 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect as ws_connect
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from asgi_echo import echo
-from polling import eventually
+from asgi_echo import echo, uvicorn_serving
 from roomcast.server.uvicorn_websocket import (
     DIRECT_SEND,
     PongDeadlines,
     RoomcastWebSocketProtocol,
 )
-from roomcast.testing import ServerProcess, free_port
+from roomcast.testing import ServerProcess
 
 HEARTBEAT_S = 1.0
 
@@ -160,29 +158,21 @@ async def test_an_open_connection_keeps_no_handshake_request_or_response() -> No
     """Once the 101 is written, the protocol drops the handshake's request and response
     (uvicorn reads them only before), and the connection works on without them."""
 
-    port = free_port()
-    config = uvicorn.Config(
-        echo, host="127.0.0.1", port=port, ws=RoomcastWebSocketProtocol, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        await eventually(lambda: server.started)
-        async with ws_connect(f"ws://127.0.0.1:{port}/") as client:
-            await client.send("before")
-            assert await client.recv() == "before"
-            connections = server.server_state.connections
-            [protocol] = [c for c in connections if isinstance(c, RoomcastWebSocketProtocol)]
-            assert protocol.handshake_complete
-            assert protocol.request is None and protocol.response is None
-            # websockets' parser still refers to the request: it keeps no headers
-            parsed = protocol.conn.parser.gi_frame.f_locals["request"]
-            assert parsed.path == "/" and len(parsed.headers) == 0
-            await client.send("after")
-            assert await client.recv() == "after"
-    finally:
-        server.should_exit = True
-        await serving
+    async with (
+        uvicorn_serving(echo, ws=RoomcastWebSocketProtocol) as (port, server),
+        ws_connect(f"ws://127.0.0.1:{port}/") as client,
+    ):
+        await client.send("before")
+        assert await client.recv() == "before"
+        connections = server.server_state.connections
+        [protocol] = [c for c in connections if isinstance(c, RoomcastWebSocketProtocol)]
+        assert protocol.handshake_complete
+        assert protocol.request is None and protocol.response is None
+        # websockets' parser still refers to the request: it keeps no headers
+        parsed = protocol.conn.parser.gi_frame.f_locals["request"]
+        assert parsed.path == "/" and len(parsed.headers) == 0
+        await client.send("after")
+        assert await client.recv() == "after"
 
 
 class RecordedTransport:
@@ -209,16 +199,8 @@ async def recorded_server(app: Any) -> AsyncIterator[tuple[int, list[bytes]]]:
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(RecordedTransport(transport, writes))  # type: ignore[arg-type]
 
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=Recorded, log_level="warning")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        await eventually(lambda: server.started)
+    async with uvicorn_serving(app, ws=Recorded) as (port, _):
         yield port, writes
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_the_handshake_response_goes_out_with_the_first_frame() -> None:

@@ -18,6 +18,10 @@ connections count against ``max_connections`` (``Overload.half_open``): while th
 one more WebSocket upgrade and the ``/v1`` HTTP routes answer 503, as with any other
 connections, and each of them frees its place at its deadline at the latest.
 
+An upgrade request goes to a WebSocket protocol that takes it as parsed
+(:class:`ParsedUpgrades`, as ``uvicorn_websocket``'s does) without being written out again
+as bytes for websockets to read a second time.
+
 Like ``uvicorn_websocket``, this subclasses the implementation behind ``http="httptools"``
 (``uvicorn.Config(http=...)`` takes a protocol class, but offers no hook into one) and uses
 its parser callbacks and attributes (``loop``, ``transport``, ``cycle``); the pin on uvicorn
@@ -27,8 +31,9 @@ in pyproject.toml keeps a release that may change them from being installed unno
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -121,7 +126,20 @@ class RoomcastHttpProtocol(HttpToolsProtocol):
             super().data_received(data)  # else answered 408: dropped
 
     def handle_websocket_upgrade(self) -> None:
-        super().handle_websocket_upgrade()
+        ws_class: Any = self.ws_protocol_class
+        if not _takes_parsed_upgrades(ws_class):
+            super().handle_websocket_upgrade()
+        else:  # uvicorn's, but the request goes over as parsed, not as bytes to read again
+            if self.logger.level <= TRACE_LOG_LEVEL:
+                prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+                self.logger.log(TRACE_LOG_LEVEL, "%sUpgrading to WebSocket", prefix)
+            self.connections.discard(self)
+            protocol = ws_class(
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            protocol.connection_made(self.transport)
+            self.transport.set_protocol(protocol)
+            protocol.upgrade(self.scope["method"], self.url, self.headers)
         # The WebSocket protocol has the transport now. This one's parser refers back to it
         # (its callbacks): without the cycle it is freed now, not by a garbage collector pass
         # (about 25 objects per connection, a resume storm's worth at once).
@@ -160,6 +178,22 @@ class RoomcastHttpProtocol(HttpToolsProtocol):
         transport.close()
 
 
+@runtime_checkable
+class ParsedUpgrades(Protocol):
+    """A WebSocket protocol that takes an upgrade request as uvicorn's HTTP protocol has
+    parsed it (``RoomcastWebSocketProtocol``), instead of as bytes to parse again."""
+
+    def upgrade(self, method: str, url: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """Open the connection from the request's method, target and headers."""
+        ...
+
+
+@functools.cache
+def _takes_parsed_upgrades(ws_protocol_class: type | None) -> bool:
+    # once per class: isinstance() against a Protocol costs microseconds per connection
+    return ws_protocol_class is not None and issubclass(ws_protocol_class, ParsedUpgrades)
+
+
 def http_protocol(overload: Overload, header_timeout_s: float) -> type[RoomcastHttpProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``: its connections are counted in
     ``overload`` while half-open, and have ``header_timeout_s`` to send their headers."""
@@ -170,4 +204,4 @@ def http_protocol(overload: Overload, header_timeout_s: float) -> type[RoomcastH
     )
 
 
-__all__ = ["RoomcastHttpProtocol", "http_protocol"]
+__all__ = ["ParsedUpgrades", "RoomcastHttpProtocol", "http_protocol"]

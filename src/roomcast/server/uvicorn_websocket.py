@@ -21,6 +21,11 @@ connection then costs one write per period, not two, and no ping timer. The pong
 (``ws_ping_timeout``) of all connections share one timer (:class:`PongDeadlines`); the 1011
 close at a deadline is uvicorn's.
 
+With ``roomcast serve``'s HTTP protocol (``uvicorn_http``), a plain upgrade request comes
+in as that protocol parsed it (:meth:`RoomcastWebSocketProtocol.upgrade`), and its 101 is
+written as bytes (``ws_handshake``); websockets reads only the requests that are not plain,
+and answers them as before.
+
 uvicorn's public API (``uvicorn.Config``, ``Server``, ``run``) takes a protocol class as
 ``Config(ws=...)`` but offers no hook into one: no event for a lost connection, no access to
 its transport or its websockets connection. So this subclasses the implementation behind
@@ -40,13 +45,20 @@ import struct
 import weakref
 from collections import deque
 from typing import Any
+from urllib.parse import unquote
 
-from uvicorn.protocols.utils import is_ssl
+from uvicorn.protocols.utils import (
+    ClientDisconnected,
+    get_client_addr,
+    get_path_with_query_string,
+    is_ssl,
+)
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 from .uvicorn_http import trace_connection_made, transport_addresses
+from .ws_handshake import accept_key, plain_upgrade_key, switching_protocols
 
 log = logging.getLogger("roomcast.server")
 
@@ -207,6 +219,7 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable = self._writable  # type: ignore[assignment]
         self.ping_due: float | None = None  # loop time from which a ping goes with a frame
         self._holding = False  # the handshake's response waits for the first frame
+        self._accept: bytes | None = None  # Sec-WebSocket-Accept, once upgrade() took a request
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvicorn's, with the addresses from transport_addresses()
@@ -257,6 +270,50 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         # write it only while the connection is open.
         return _PING_HEADER + self.pending_ping_payload
 
+    def upgrade(self, method: str, url: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """Open the connection from an upgrade request that uvicorn's HTTP protocol has read.
+
+        A plain request (:func:`~roomcast.server.ws_handshake.plain_upgrade_key`) is taken
+        as parsed: the app gets its scope, and the 101 is written as bytes when it accepts.
+        Any other goes to websockets as bytes, as uvicorn hands it over, for its answer.
+        """
+        conn = self.conn
+        key = None if conn.available_extensions else plain_upgrade_key(method, url, headers)
+        if key is None:
+            lines = [b"%s %s HTTP/1.1\r\n" % (method.encode(), url)]
+            lines.extend(b"%s: %s\r\n" % header for header in headers)
+            self.data_received(b"".join(lines) + b"\r\n")
+            return
+        # websockets' parser reads frames from here, as it does once it has read a request
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)
+        self._accept = accept_key(key)
+        self.handshake_initiated = True
+        self.request = self.response = None  # type: ignore[assignment]
+        raw_path, _, query_string = url.partition(b"?")
+        path = raw_path.decode("ascii")
+        extensions: dict[str, Any] = {"websocket.http.response": {}, DIRECT_SEND: self.direct_send}
+        self.scope = {  # uvicorn's, as handle_connect() makes it
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + (unquote(path) if "%" in path else path),
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": extensions,
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
     async def send(self, message: Any) -> None:
         """uvicorn's, but the 101 response is not written alone: it goes out in the same
         write as the app's first frame (``connected``, which the fan-out writes a turn of
@@ -267,7 +324,30 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
             self._holding = True
             self.transport = _Holding(self.transport)  # type: ignore[assignment]
             self.loop.call_soon(self.loop.call_soon, self._release)
+            if self._accept is not None and self.initial_response is None:
+                await self._switch_protocols(message, self._accept)
+                return
         await super().send(message)
+
+    async def _switch_protocols(self, message: Any, accept: bytes) -> None:
+        """uvicorn's answer to ``websocket.accept``, for a request that :meth:`upgrade` took:
+        the 101 with uvicorn's default headers and the app's."""
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.logger.isEnabledFor(logging.INFO):
+            client, path = get_client_addr(self.scope), get_path_with_query_string(self.scope)
+            self.logger.info('%s - "WebSocket %s" [accepted]', client, path)
+        given = [*self.default_headers, *message.get("headers", ())]
+        headers = [(name.lower(), value) for name, value in given]
+        if subprotocol := message.get("subprotocol"):
+            headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode()))
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.conn.state = State.OPEN
+            self.conn.logger.info("connection open")
+            self.transport.write(switching_protocols(accept, headers))
+            self.start_keepalive()
 
     def _release(self) -> None:
         if self._holding:
