@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from test_mcp import call, mcp_session
+from test_mcp import HEADERS, call, mcp_session, open_session, post_message
 from test_scale_out import room, store_url  # noqa: F401  (store_url is a fixture)
 from test_scale_out_failures import (  # noqa: F401  (private_redis is a fixture)
     node_env,
@@ -155,6 +155,36 @@ async def test_after_a_flush_a_node_puts_back_the_members_of_its_mcp_sessions(
         assert "Traceback" not in node.output(), node.output()[-3000:]
     finally:
         node.close()
+
+
+async def test_after_a_flush_no_node_puts_back_an_mcp_session_ended_on_another(
+    private_redis: RedisServer,  # noqa: F811
+    test_env: dict[str, str],
+) -> None:
+    # a holds the session's presence; the DELETE reaches b, which takes the member out of
+    # the store. Were a to keep holding it, the flush would have a put it back.
+    a = ServerProcess(store=private_redis.url, env=node_env(test_env, ROOMCAST_LOG_LEVEL="info"))
+    b = ServerProcess(store=private_redis.url, env=node_env(test_env))
+    try:
+        a.start()
+        b.start()
+        channel = room()
+        async with httpx.AsyncClient(headers=HEADERS, timeout=30) as http:
+            sid = await open_session(http, a)
+            await post_message(http, a, sid, channel, "hello")
+            assert [data for _, data in await members(b, channel)] == [{"via": "mcp"}]
+            ended = await http.delete(f"{b.url}/mcp", headers={"Mcp-Session-Id": sid})
+            assert ended.status_code == 200
+        assert await until(lambda: present(a, channel, []), within=15)
+        await until(lambda: "ended on another node" in a.output(), within=15)
+        flush(private_redis)
+        await until(lambda: "the store's data was reset" in a.output(), within=15)
+        assert "putting back 0 sessions and 0 presence members" in a.output(), a.output()[-3000:]
+        assert await members(a, channel) == [] and await members(b, channel) == []
+        assert "Traceback" not in a.output() + b.output()
+    finally:
+        a.close()
+        b.close()
 
 
 async def test_leaves_while_redis_is_down_happen_once_it_is_back(

@@ -15,7 +15,12 @@ alone, so a load balancer may send each request to any node:
   node: every node adds the rooms it holds to one set in the store), when the node that
   holds it sees no request for ``idle_s``, or when that node dies (the store's node liveness
   reaps its members, as for WebSocket connections). The presence rules are core's: a leave
-  the store cannot take is retried, a store reset puts the member back.
+  the store cannot take is retried, a store reset puts the member back;
+- a ``DELETE`` on one node is told to the others with a bus signal on ``meta:mcp-ended``
+  (the session's digest, not its id): a node that held the session's presence forgets it
+  there at once, so that a store reset does not put back the member of a session that
+  ended. A node that misses the signal (its bus was down) forgets the session at its idle
+  timer, as before.
 """
 
 from __future__ import annotations
@@ -23,20 +28,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import json
 import logging
 import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from roomcast.core.authz import Principal
+from roomcast.core.fanout import Framing
 from roomcast.core.identity import check_client_id
 from roomcast.core.node import Node
+from roomcast.protocol.codec import codec_for
 from roomcast.protocol.errors import BadRequest
+from roomcast.protocol.messages import Event, SignalEvent
 
 log = logging.getLogger("roomcast.mcp")
 
 IDLE_S = 300.0  # a session that sends nothing for this long leaves presence
 CLOSED_TTL_S = 86_400.0  # how long every node remembers that a session was ended
 PRESENCE_DATA = {"via": "mcp"}
+ENDED_CHANNEL = "meta:mcp-ended"  # where a DELETE is told to every node
+ENDED_SIGNAL = "mcp.session-ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +77,63 @@ class McpSession:
             return None
         return cls(session_id, client_id)
 
+    @property
+    def digest(self) -> str:
+        """Names the session without its id (which carries its client id)."""
+        return hashlib.sha256(self.session_id.encode()).hexdigest()[:40]
+
+
+def signals_in(frame: bytes, name: str) -> Iterator[dict[str, Any]]:
+    """The data of each signal called ``name`` that a server sent (``client_id`` null: a
+    client's signal on the same channel carries its own) in a JSON ``frame`` from the
+    fan-out."""
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        return
+    for item in message if isinstance(message, list) else [message]:
+        if not isinstance(item, dict) or item.get("client_id") is not None:
+            continue
+        data = item.get("data")
+        if item.get("name") == name and isinstance(data, dict):
+            yield data
+
+
+class SignalListener:
+    """A fan-out subscriber that hands the signals called ``name`` of its channels to
+    ``on_signal``; it reads no events."""
+
+    def __init__(self, name: str, on_signal: Callable[[str, dict[str, Any]], None]) -> None:
+        self.name = name
+        self.on_signal = on_signal
+        self.last_sent = time.monotonic()
+
+    @property
+    def codec(self) -> Framing:
+        return codec_for("json")
+
+    def deliver(self, channel: str, events: Sequence[Event], frames: Sequence[bytes]) -> None:
+        pass
+
+    def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
+        for data in signals_in(frame, self.name):
+            self.on_signal(channel, data)
+
+    def flush(self) -> None:
+        pass
+
+    def send_heartbeat(self) -> None:
+        self.last_sent = time.monotonic()
+
+    def reset(self, reason: str) -> None:
+        pass
+
 
 @dataclass(slots=True)
 class _Held:
     """A session's rooms whose presence this node holds, and its idle timer."""
 
+    session: McpSession
     rooms: set[str] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
 
@@ -77,7 +144,10 @@ class McpSessions:
     def __init__(self, node: Node, idle_s: float = IDLE_S) -> None:
         self.node = node
         self.idle_s = idle_s
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, _Held] = {}  # by session id
+        self._by_digest: dict[str, str] = {}  # the session ids of _held, by digest
+        self._ended = SignalListener(ENDED_SIGNAL, self._ended_elsewhere)
+        self._listening = False
 
     @staticmethod
     def _closed_key(session: McpSession) -> str:
@@ -106,7 +176,14 @@ class McpSessions:
         node = self.node
         if not principal.capability.allows("presence", room):
             return
-        held = self._held.setdefault(session.session_id, _Held())
+        if not self._listening:  # from the first session held here
+            node.fanout.subscribe(self._ended, ENDED_CHANNEL)
+            await node.store.bus.subscribe(ENDED_CHANNEL)
+            self._listening = True
+        held = self._held.get(session.session_id)
+        if held is None:
+            held = self._held[session.session_id] = _Held(session)
+            self._by_digest[session.digest] = session.session_id
         await node.presence_keeper.hold(room, session.client_id, session.session_id, PRESENCE_DATA)
         if room not in held.rooms:
             # Every node adds the rooms it holds to the one set, so that a DELETE on any
@@ -123,21 +200,45 @@ class McpSessions:
         node = self.node
         await node.store.incr_counter(self._closed_key(session), 1, CLOSED_TTL_S)
         rooms = await node.store.set_members(self._rooms_key(session))
-        held = self._held.pop(session.session_id, None)
+        held = self._forget(session.session_id)
         if held is not None:
             rooms |= held.rooms
-            if held.timer is not None:
-                held.timer.cancel()
         for room in sorted(rooms):
             await self._leave(session, [room], anywhere=True)
             await node.store.change_set(
                 self._rooms_key(session), room, present=False, ttl_s=CLOSED_TTL_S
             )
+        ended = SignalEvent(
+            channel=ENDED_CHANNEL,
+            client_id=None,
+            name=ENDED_SIGNAL,
+            data={"session": session.digest},
+        )
+        await node.store.bus.publish_signal(ended)
+
+    def _forget(self, session_id: str) -> _Held | None:
+        """This node holds ``session_id``'s presence no more (its timer stopped)."""
+        held = self._held.pop(session_id, None)
+        if held is not None:
+            self._by_digest.pop(held.session.digest, None)
+            if held.timer is not None:
+                held.timer.cancel()
+        return held
 
     def _idle(self, session: McpSession) -> None:
-        held = self._held.pop(session.session_id, None)
+        held = self._forget(session.session_id)
         if held is not None:
             self.node.spawn(self._leave_all(session, held.rooms))
+
+    def _ended_elsewhere(self, channel: str, data: dict[str, Any]) -> None:
+        """Another node ended a session (its ``DELETE`` took the members out of the store):
+        what this node held of it is forgotten, and its leaves here find nothing to do."""
+        digest = data.get("session")
+        session_id = self._by_digest.get(digest) if isinstance(digest, str) else None
+        held = None if session_id is None else self._forget(session_id)
+        if held is not None:
+            log.info("MCP session %s ended on another node: its presence here ends", session_id)
+            self.node.spawn(self._leave_all(held.session, held.rooms))
 
     async def _leave_all(self, session: McpSession, rooms: set[str]) -> None:
         try:
@@ -151,10 +252,18 @@ class McpSessions:
         )
 
     def stop(self) -> None:
-        for held in self._held.values():
-            if held.timer is not None:
-                held.timer.cancel()
-        self._held.clear()
+        for session_id in list(self._held):
+            self._forget(session_id)
+        if self._listening:
+            self.node.fanout.unsubscribe(self._ended, ENDED_CHANNEL)
+            self._listening = False
 
 
-__all__ = ["IDLE_S", "McpSession", "McpSessions"]
+__all__ = [
+    "ENDED_CHANNEL",
+    "IDLE_S",
+    "McpSession",
+    "McpSessions",
+    "SignalListener",
+    "signals_in",
+]

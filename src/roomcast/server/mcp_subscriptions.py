@@ -11,8 +11,6 @@ rooms through the node's fan-out, as ``wait_for_messages`` does.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import time
 from collections.abc import Sequence
 
@@ -22,15 +20,14 @@ from roomcast.core.node import Node
 from roomcast.protocol.codec import codec_for
 from roomcast.protocol.messages import Event, SignalEvent
 
-from .mcp_sessions import CLOSED_TTL_S, McpSession
+from .mcp_sessions import CLOSED_TTL_S, McpSession, signals_in
 
 SIGNAL = "mcp.subscriptions"
 
 
 def control_channel(session: McpSession) -> str:
     """The session's own channel for subscription changes (unguessable, never listed)."""
-    digest = hashlib.sha256(session.session_id.encode()).hexdigest()[:40]
-    return f"meta:mcp-{digest}"
+    return f"meta:mcp-{session.digest}"
 
 
 class SubscriptionSet:
@@ -96,17 +93,11 @@ class UpdateStream:
     def deliver_ephemeral(self, channel: str, frame: bytes) -> None:
         if channel != self.control:
             return
-        try:
-            message = json.loads(frame)
-        except ValueError:
-            return
-        for item in message if isinstance(message, list) else [message]:
-            data = item.get("data") if isinstance(item, dict) else None
-            if item.get("name") == SIGNAL and isinstance(data, dict):
-                room, subscribed = data.get("room"), data.get("subscribed")
-                if isinstance(room, str) and isinstance(subscribed, bool):
-                    self.moves.append((room, subscribed))
-                    self.wake.set()
+        for data in signals_in(frame, SIGNAL):
+            room, subscribed = data.get("room"), data.get("subscribed")
+            if isinstance(room, str) and isinstance(subscribed, bool):
+                self.moves.append((room, subscribed))
+                self.wake.set()
 
     def flush(self) -> None:
         pass
