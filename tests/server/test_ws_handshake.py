@@ -215,3 +215,28 @@ async def test_with_compression_on_websockets_reads_every_upgrade(parses: list[i
         )
         assert head.startswith(b"HTTP/1.1 101 ")
     assert b"permessage-deflate" in head and parses == [1, 1]
+
+
+async def test_a_second_accept_is_refused_as_uvicorn_refuses_it(parses: list[int]) -> None:
+    async def twice(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(0.1)  # the 101 has gone out
+        try:
+            await send({"type": "websocket.accept"})
+        except RuntimeError as exc:
+            await send({"type": "websocket.send", "text": type(exc).__name__})
+        while (await receive())["type"] == "websocket.receive":
+            pass
+
+    request = request_of(b"/", PLAIN)
+    for http in (RoomcastHttpProtocol, "httptools"):
+        config = {"http": http, "ws": RoomcastWebSocketProtocol, "ws_per_message_deflate": False}
+        async with uvicorn_serving(twice, **config) as (port, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            frame = await asyncio.wait_for(reader.readexactly(14), 10)
+            writer.close()
+        assert head.count(b"HTTP/1.1 101") == 1 and frame == b"\x81\x0cRuntimeError"
+    assert parses == [1]  # the second server's, which reads every request

@@ -320,14 +320,16 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         the loop later), or by itself two turns later. One write less per connection (a
         connect storm's CPU). Whatever is written meanwhile (a pong, a close) follows it in
         order."""
-        if message["type"] == "websocket.accept" and not self._holding:
-            self._holding = True
-            self.transport = _Holding(self.transport)  # type: ignore[assignment]
-            self.loop.call_soon(self.loop.call_soon, self._release)
-            if self._accept is not None and self.initial_response is None:
+        accepting = message["type"] == "websocket.accept" and not self.handshake_complete
+        if accepting and self.initial_response is None:
+            if not self._holding:
+                self._holding = True
+                self.transport = _Holding(self.transport)  # type: ignore[assignment]
+                self.loop.call_soon(self.loop.call_soon, self._release)
+            if self._accept is not None:
                 await self._switch_protocols(message, self._accept)
                 return
-        await super().send(message)
+        await super().send(message)  # uvicorn's answer to the rest, errors included
 
     async def _switch_protocols(self, message: Any, accept: bytes) -> None:
         """uvicorn's answer to ``websocket.accept``, for a request that :meth:`upgrade` took:
