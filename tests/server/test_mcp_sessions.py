@@ -3,9 +3,25 @@ signals nodes take from each other."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
-from roomcast.server.mcp_sessions import McpSession, signals_in
+import pytest
+
+from inproc_node import running_node
+from polling import eventually
+from roomcast.core.authz import Capability, Principal
+from roomcast.core.node import Node
+from roomcast.protocol.errors import Unavailable
+from roomcast.protocol.messages import SignalEvent
+from roomcast.server.mcp_sessions import (
+    ENDED_CHANNEL,
+    ENDED_SIGNAL,
+    McpSession,
+    McpSessions,
+    signals_in,
+)
 
 
 def test_a_session_id_carries_its_client_id_and_only_this_server_s_parse() -> None:
@@ -36,3 +52,63 @@ def test_only_the_server_s_own_signals_count() -> None:
     assert list(signals_in(frame(forged), "mcp.session-ended")) == []
     assert list(signals_in(b"not json", "mcp.session-ended")) == []
     assert list(signals_in(b'[1, "x"]', "mcp.session-ended")) == []
+
+
+# On one node in this process: the presence that a session holds, and how it ends.
+
+PRINCIPAL = Principal("visitor", Capability.parse('{"*": ["*"]}'), "anonymous")
+
+
+async def present(node: Node, room: str) -> list[str]:
+    return [m.connection_id for m in await node.store.presence_members(room)]
+
+
+async def test_a_session_that_ends_while_it_enters_a_room_leaves_it() -> None:
+    """The DELETE (here on another node: its signal) comes while the enter waits on the
+    store: the room it then enters must not keep a member nobody holds any more."""
+    async with running_node() as node:
+        sessions = McpSessions(node)
+        session = McpSession.new("visitor")
+        await sessions.enter(session, PRINCIPAL, "room:a")  # held, and listening
+        entering, go_on = asyncio.Event(), asyncio.Event()
+        hold = node.presence_keeper.hold
+
+        async def slow_hold(*args: Any) -> None:
+            entering.set()
+            await go_on.wait()
+            await hold(*args)
+
+        node.presence_keeper.hold = slow_hold  # type: ignore[method-assign]
+        task = asyncio.create_task(sessions.enter(session, PRINCIPAL, "room:b"))
+        await entering.wait()
+        ended = {"session": session.digest}
+        await node.store.bus.publish_signal(
+            SignalEvent(channel=ENDED_CHANNEL, client_id=None, name=ENDED_SIGNAL, data=ended)
+        )
+        go_on.set()
+        await task
+        await eventually(lambda: all_left(node))
+        assert await present(node, "room:a") == [] and await present(node, "room:b") == []
+        sessions.stop()
+
+
+async def all_left(node: Node) -> bool:
+    return not await present(node, "room:a") and not await present(node, "room:b")
+
+
+async def test_a_delete_whose_signal_cannot_be_sent_still_ends_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_node() as node:
+        sessions = McpSessions(node)
+        session = McpSession.new("visitor")
+        await sessions.enter(session, PRINCIPAL, "room:a")
+
+        async def down(event: SignalEvent) -> None:
+            raise Unavailable("the store is unreachable")
+
+        node.store.bus.publish_signal = down  # type: ignore[method-assign]
+        await sessions.close(session)
+        assert await sessions.is_closed(session) and await present(node, "room:a") == []
+        assert "could not tell other nodes" in caplog.text
+        sessions.stop()

@@ -5,10 +5,14 @@ uvicorn, the same scope and the same answers as when websockets reads the reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 
 from asgi_echo import uvicorn_serving
@@ -88,6 +92,17 @@ def test_anything_else_is_left_to_websockets(
     assert plain_upgrade_key(method, url, headers) is None
 
 
+def test_the_request_line_may_be_as_long_as_websockets_reads() -> None:
+    longest = b"/" + b"x" * (MAX_LINE_LENGTH - len(b"GET / HTTP/1.1\r\n"))
+    assert plain_upgrade_key("GET", longest, PLAIN) == KEY
+    assert plain_upgrade_key("GET", longest + b"x", PLAIN) is None
+
+
+def test_a_header_value_that_would_break_the_101_is_refused() -> None:
+    with pytest.raises(InvalidHeaderValue):
+        switching_protocols(b"abc=", [(b"x-room", b"lobby\r\nx-evil: 1")])
+
+
 def test_the_101_names_the_accept_key_then_the_given_headers() -> None:
     assert switching_protocols(b"abc=", [(b"server", b"x"), (b"x-room", b"1")]) == (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -102,31 +117,45 @@ def test_the_101_names_the_accept_key_then_the_given_headers() -> None:
 Scopes = list[dict[str, Any]]
 
 
-def recording(scopes: Scopes, *, accept: bool = True) -> Any:
+def recording(scopes: Scopes, *, accept: bool = True, room: bytes = b"lobby") -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         scopes.append(scope)
         await receive()  # websocket.connect
         if not accept:
             await send({"type": "websocket.close"})
             return
-        await send({"type": "websocket.accept", "headers": [(b"X-Room", b"lobby")]})
+        await send({"type": "websocket.accept", "headers": [(b"X-Room", room)]})
         while (await receive())["type"] == "websocket.receive":
             pass
 
     return app
 
 
-async def answer(http: Any, app: Any, request: bytes, *, deflate: bool = False) -> bytes:
+async def answer(
+    http: Any,
+    app: Any,
+    request: bytes,
+    *,
+    deflate: bool = False,
+    log_level: str = "warning",
+    logged: list[str] | None = None,
+) -> bytes:
     """What the server answers ``request`` with, up to the end of its headers (as
-    ``roomcast serve``, without compression unless ``deflate``)."""
+    ``roomcast serve``, without compression unless ``deflate``); what it logged meanwhile
+    goes in ``logged``."""
+    logged = [] if logged is None else logged
     config = {"http": http, "ws": RoomcastWebSocketProtocol, "lifespan": "off"}
-    async with uvicorn_serving(app, ws_per_message_deflate=deflate, **config) as (port, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(request)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        finally:
-            writer.close()
+    config |= {"ws_per_message_deflate": deflate, "log_level": log_level}
+    async with uvicorn_serving(app, **config) as (port, _):
+        with uvicorn_log() as lines:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                await asyncio.sleep(0.1)  # what the server logs after it answered
+            finally:
+                writer.close()
+    logged.extend(lines)
     return re.sub(rb"(?i)date: [^\r]*\r\n", b"date: -\r\n", head)
 
 
@@ -200,11 +229,50 @@ async def test_a_subprotocol_offered_is_read_by_websockets_and_the_connection_op
     assert scopes[0]["subprotocols"] == ["chat", "superchat"]
 
 
+@contextlib.contextmanager
+def uvicorn_log() -> Iterator[list[str]]:
+    """What uvicorn's error log (websockets' too) says meanwhile; from a server that has
+    started (its logging configuration replaces the logger's handlers)."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
 async def test_an_app_that_refuses_a_plain_upgrade_answers_403(parses: list[int]) -> None:
-    request = request_of(b"/", PLAIN)
-    refused = await answer(RoomcastHttpProtocol, recording([], accept=False), request)
+    request, refuse = request_of(b"/", PLAIN), recording([], accept=False)
+    parsed_log: list[str] = []
+    read_log: list[str] = []
+    refused = await answer(
+        RoomcastHttpProtocol, refuse, request, log_level="info", logged=parsed_log
+    )
     assert refused.startswith(b"HTTP/1.1 403 ") and parses == []
-    assert refused == await answer("httptools", recording([], accept=False), request)
+    assert refused == await answer("httptools", refuse, request, log_level="info", logged=read_log)
+    rejected = "connection rejected (403 Forbidden)"
+    assert rejected in parsed_log and rejected in read_log
+
+
+async def test_a_bad_header_from_the_app_is_a_500_as_before(parses: list[int]) -> None:
+    request = request_of(b"/", PLAIN)
+    app = recording([], room=b"lobby\r\nx-evil: 1")
+    failed = await answer(RoomcastHttpProtocol, app, request)
+    assert failed.startswith(b"HTTP/1.1 500 ") and b"x-evil" not in failed
+    assert failed == await answer("httptools", app, request)
+
+
+async def test_with_the_debug_log_on_websockets_reads_every_upgrade(parses: list[int]) -> None:
+    lines: list[str] = []
+    request = request_of(b"/", PLAIN)
+    head = await answer(
+        RoomcastHttpProtocol, recording([]), request, log_level="debug", logged=lines
+    )
+    assert head.startswith(b"HTTP/1.1 101 ") and parses == [1]
+    assert "< GET / HTTP/1.1" in lines
 
 
 async def test_with_compression_on_websockets_reads_every_upgrade(parses: list[int]) -> None:

@@ -42,7 +42,7 @@ from roomcast.core.fanout import Framing
 from roomcast.core.identity import check_client_id
 from roomcast.core.node import Node
 from roomcast.protocol.codec import codec_for
-from roomcast.protocol.errors import BadRequest
+from roomcast.protocol.errors import BadRequest, Unavailable
 from roomcast.protocol.messages import Event, SignalEvent
 
 log = logging.getLogger("roomcast.mcp")
@@ -193,6 +193,11 @@ class McpSessions:
                 self._rooms_key(session), room, present=True, ttl_s=CLOSED_TTL_S
             )
             held.rooms.add(room)
+        if self._held.get(session.session_id) is not held:
+            # the session ended meanwhile (a DELETE here or on another node): the leaves
+            # went before this room was held, so it leaves now
+            await self._leave(session, [room], anywhere=False)
+            return
         self.touched(session)
 
     async def close(self, session: McpSession) -> None:
@@ -214,7 +219,10 @@ class McpSessions:
             name=ENDED_SIGNAL,
             data={"session": session.digest},
         )
-        await node.store.bus.publish_signal(ended)
+        try:
+            await node.store.bus.publish_signal(ended)
+        except Unavailable as exc:  # the session has ended; other nodes forget it when idle
+            log.warning("could not tell other nodes that MCP session ended: %s", exc)
 
     def _forget(self, session_id: str) -> _Held | None:
         """This node holds ``session_id``'s presence no more (its timer stopped)."""
@@ -261,6 +269,7 @@ class McpSessions:
 
 __all__ = [
     "ENDED_CHANNEL",
+    "ENDED_SIGNAL",
     "IDLE_S",
     "McpSession",
     "McpSessions",

@@ -278,7 +278,9 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         Any other goes to websockets as bytes, as uvicorn hands it over, for its answer.
         """
         conn = self.conn
-        key = None if conn.available_extensions else plain_upgrade_key(method, url, headers)
+        # websockets' debug log shows each request it reads: with it on, it reads them all
+        plain = not (conn.available_extensions or conn.debug)
+        key = plain_upgrade_key(method, url, headers) if plain else None
         if key is None:
             lines = [b"%s %s HTTP/1.1\r\n" % (method.encode(), url)]
             lines.extend(b"%s: %s\r\n" % header for header in headers)
@@ -287,6 +289,7 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         # websockets' parser reads frames from here, as it does once it has read a request
         conn.parser = Protocol.parse(conn)
         next(conn.parser)
+        conn.accept_called = True  # its log then says "connection rejected" for a refusal
         self._accept = accept_key(key)
         self.handshake_initiated = True
         self.request = self.response = None  # type: ignore[assignment]
@@ -343,12 +346,13 @@ class RoomcastWebSocketProtocol(WebSocketsSansIOProtocol):
         given = [*self.default_headers, *message.get("headers", ())]
         headers = [(name.lower(), value) for name, value in given]
         if subprotocol := message.get("subprotocol"):
-            headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode()))
+            headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1")))
+        response = switching_protocols(accept, headers)  # a bad header raises, as before
         if not self.transport.is_closing():
             self.handshake_complete = True
             self.conn.state = State.OPEN
             self.conn.logger.info("connection open")
-            self.transport.write(switching_protocols(accept, headers))
+            self.transport.write(response)
             self.start_keepalive()
 
     def _release(self) -> None:

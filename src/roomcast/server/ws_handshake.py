@@ -23,10 +23,12 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 
+from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # what websockets' Headers takes
 _SINGLE = (b"sec-websocket-key", b"sec-websocket-version", b"origin")
 _NOT_PLAIN = (b"sec-websocket-extensions", b"sec-websocket-protocol", b"transfer-encoding")
 
@@ -53,7 +55,7 @@ def plain_upgrade_key(
     """
     if method != "GET" or not url.isascii() or len(headers) > MAX_NUM_HEADERS:
         return None
-    if len(method) + len(url) + 11 > MAX_LINE_LENGTH:  # "GET <url> HTTP/1.1\r\n"
+    if len(method) + len(url) + 12 > MAX_LINE_LENGTH:  # "GET <url> HTTP/1.1\r\n"
         return None
     found: dict[bytes, list[bytes]] = {}
     for name, value in headers:
@@ -88,12 +90,20 @@ def _has_token(values: Iterable[bytes], wanted: bytes) -> bool:
 
 
 def switching_protocols(accept: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """The 101 response: ``accept`` (:func:`accept_key`), then ``headers`` in order."""
+    """The 101 response: ``accept`` (:func:`accept_key`), then ``headers`` in order.
+
+    Raises:
+        InvalidHeaderValue: A value holds a character a header may not (a line break
+            would end the header, or the response), as websockets raises it.
+    """
     lines = [
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: %s\r\n" % accept
     ]
-    lines.extend(b"%s: %s\r\n" % header for header in headers)
+    for name, value in headers:
+        if not _VALUE.fullmatch(value):
+            raise InvalidHeaderValue(name.decode("latin-1"), value.decode("latin-1"))
+        lines.append(b"%s: %s\r\n" % (name, value))
     lines.append(b"\r\n")
     return b"".join(lines)
 
