@@ -21,7 +21,7 @@ from inproc_node import running_node
 from polling import eventually
 from roomcast.agents import runtime as runtime_module
 from roomcast.agents.config import AgentConfig
-from roomcast.agents.room import message_at
+from roomcast.agents.room import answered_by, message_at
 from roomcast.agents.runtime import AgentRuntime, AgentWorker
 from roomcast.client import AuthError, Forbidden, Message, connect
 from roomcast.server.in_process import InProcessDialer
@@ -679,3 +679,59 @@ async def test_a_claim_does_not_wait_behind_another_rooms_stream(
         finally:
             gate.set()
             await worker.aclose()
+
+
+async def test_a_live_trigger_whose_claim_comes_late_is_not_read_back_as_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trigger found on start is checked against the history (was it answered before?);
+    one seen live is not. A loaded store that answers the claim late does not make a live
+    trigger old: that extra history read would load the store more still."""
+    monkeypatch.setattr("roomcast.agents.rooms._matching", no_rooms_yet)  # no HTTP here
+    monkeypatch.setattr(runtime_module, "LIVE_TRIGGER_MS", 300)
+    checked: list[int] = []
+
+    async def recording(channel: Any, name: str, trigger: Message) -> bool:
+        checked.append(trigger.msg_serial)
+        return await answered_by(channel, name, trigger)
+
+    monkeypatch.setattr(runtime_module, "answered_by", recording)
+    script = write(tmp_path / "script.toml", '[[replies]]\ntext = "late but live"\n')
+    name = room()
+    async with running_node(keys=(KEY,), publish_rate=0) as node:
+        claim = node.store.claim
+
+        async def late_claim(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.6)  # twice LIVE_TRIGGER_MS
+            return await claim(*args, **kwargs)
+
+        node.store.claim = late_claim  # type: ignore[method-assign]
+        config = AgentConfig(
+            name="bot", provider="scripted", model="scripted", rooms=("room:*",), script=script
+        )
+        worker = AgentWorker(
+            config,
+            URL_IN_PROCESS,
+            key=KEY,
+            agent_names=frozenset({"bot"}),
+            environ={},
+            dial=InProcessDialer(node),
+        )
+        await worker.start()
+        try:
+            async with connect(
+                URL_IN_PROCESS, client_id="ana", key=KEY, dial=InProcessDialer(node)
+            ) as ana:
+                seen: list[Any] = []
+                lunch = ana.channels.get(name)
+                await lunch.subscribe(seen.append)
+                await lunch.publish("hello")  # the agent attaches it
+                await eventually(lambda: name in worker.rooms, what="attached")
+                await lunch.publish("@bot are you there?")
+                await eventually(
+                    lambda: any(e.type == "update" and e.status == "complete" for e in seen),
+                    what="the answer complete",
+                )
+        finally:
+            await worker.aclose()
+    assert checked == []

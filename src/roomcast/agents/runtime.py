@@ -283,11 +283,12 @@ class AgentWorker:
         again: str | None = None,
     ) -> None:
         channel, reads = room.channel, self._reads(room)
+        # A trigger seen live is new: the claim is enough. One found on start (or after a
+        # reconnect) may have been answered before this worker was there. Its age is taken
+        # now, as it comes: a claim that a loaded store answers late does not make it old.
+        replayed = trigger.timestamp < time.time() * 1000 - LIVE_TRIGGER_MS
         if not await reads.claim(self._claim_key(trigger, again), ttl_s=CLAIM_TTL_S):
             return  # another worker has it
-        # A trigger seen live is new: the claim is enough. One found on start (or after a
-        # reconnect) may have been answered before this worker was there.
-        replayed = trigger.timestamp < time.time() * 1000 - LIVE_TRIGGER_MS
         if again is None and replayed and await answered_by(reads, self.name, trigger):
             return
         if agent_info(trigger) is not None and not room.agent_answers.take():
