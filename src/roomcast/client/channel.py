@@ -547,6 +547,11 @@ class Channel:
         """Whether any subscription is open on this channel."""
         return bool(self._subscriptions)
 
+    @property
+    def rollup_s(self) -> float:
+        """The server's rollup window, which this channel's streams keep (0: none)."""
+        return self._client.rollup_s
+
     def remove(self, subscription: Subscription) -> None:
         """Forget a subscription (it was closed); the channel stays attached."""
         if subscription in self._subscriptions:

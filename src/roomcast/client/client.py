@@ -145,6 +145,15 @@ class Client:
         return self.connected.connection_id if self.connected is not None else None
 
     @property
+    def rollup_s(self) -> float:
+        """The server's rollup window in seconds, which streams keep (0 before connecting,
+        or from a server that does not say)."""
+        if self.connected is None:
+            return 0.0
+        value = self.connected.limits.get("rollup_ms", 0)
+        return float(value) / 1000 if isinstance(value, int | float) and value > 0 else 0.0
+
+    @property
     def token(self) -> str | None:
         """The token in use: the one given, or the latest from ``auth_callback`` (each
         renewal replaces it)."""

@@ -31,6 +31,12 @@ class Session(Protocol):
         ...
 
     @property
+    def rollup_s(self) -> float:
+        """The server's rollup window in seconds (``connected.limits.rollup_ms``; 0 before
+        the first ``connected`` or from a server that gives none)."""
+        ...
+
+    @property
     def is_connected(self) -> bool:
         """True while a socket is up (requests go out at once)."""
         ...

@@ -31,7 +31,10 @@ from .errors import Cancelled
 from .session import ChannelState
 from .subscription import EventCallback, Subscription
 
-MAX_IN_FLIGHT = 256  # fragments sent and not yet acknowledged, at most
+MAX_IN_FLIGHT = 256  # appends sent and not yet acknowledged, at most
+# Fragments held for the rollup window are joined into one append of at most this many
+# characters (well under any sensible ``max_message_bytes``).
+MAX_JOINED_CHARS = 1024
 
 
 class StreamingChannel(Protocol):
@@ -45,6 +48,9 @@ class StreamingChannel(Protocol):
 
     @property
     def has_subscriptions(self) -> bool: ...
+
+    @property
+    def rollup_s(self) -> float: ...
 
     def subscribe(self, callback: EventCallback) -> Subscription: ...
 
@@ -104,6 +110,9 @@ class MessageStream:
         self.status: Status = "streaming"
         self._subscription: Subscription | None = None
         self._in_flight: deque[tuple[asyncio.Future[int | None], str]] = deque()
+        self._held: list[str] = []  # fragments waiting for the unacknowledged append's ok
+        self._held_chars = 0
+        self._window: asyncio.TimerHandle | None = None  # the rollup window since the last append
         self._failure: BaseException | None = None
         self._attached_here = False
 
@@ -166,10 +175,17 @@ class MessageStream:
         return self.msg_serial
 
     async def append(self, text: str) -> None:
-        """Append a fragment. It is sent at once and not waited for (so fragments stream at
-        the model's pace and the server can merge those that arrive together); an error
-        comes out of a later :meth:`append` or of :meth:`flush` / the end of the block.
-        At most ``MAX_IN_FLIGHT`` fragments wait for their ``ok`` at a time.
+        """Append a fragment, without waiting for it to be stored; an error comes out of a
+        later :meth:`append` or of :meth:`flush` / the end of the block.
+
+        The server's rollup window (``connected.limits.rollup_ms``) is kept here, at the
+        source: a fragment goes at once when the stream's previous append went a window ago
+        or more and has its ``ok``. Fragments that come sooner are held, and go as one
+        append (up to ``MAX_JOINED_CHARS``) when the window ends and that ``ok`` is in. So
+        each append is one event and one frame to each member; on a connection that
+        carries many streams (an agent's) no reply waits behind a window; and when the
+        server is loaded its ``ok`` comes later, more tokens share an append, and the load
+        eases instead of growing. At most ``MAX_IN_FLIGHT`` appends wait for their ``ok``.
 
         Raises:
             Cancelled: The message was cancelled; stop producing and leave the block.
@@ -178,10 +194,64 @@ class MessageStream:
         """
         msg_serial = self._started()
         self._check(msg_serial)
+        if not self._waiting():
+            self._send(msg_serial, text)
+            return
+        self._held.append(text)
+        self._held_chars += len(text)
+        if self._held_chars < MAX_JOINED_CHARS:
+            return
         while len(self._in_flight) >= MAX_IN_FLIGHT:
             await asyncio.wait({self._in_flight[0][0]})
             self._check(msg_serial)
-        self._in_flight.append((self.channel.send_append(msg_serial, text), text))
+        self._send_held()
+
+    def _waiting(self) -> bool:
+        """Whether a fragment must be held: the window is open or an ``ok`` is due."""
+        return self._window is not None or bool(
+            self._in_flight and not self._in_flight[-1][0].done()
+        )
+
+    def _send(self, msg_serial: int, text: str) -> None:
+        future = self.channel.send_append(msg_serial, text)
+        self._in_flight.append((future, text))
+        future.add_done_callback(self._acked)
+        window_s = self.channel.rollup_s
+        if window_s > 0:
+            if self._window is not None:
+                self._window.cancel()
+            self._window = asyncio.get_running_loop().call_later(window_s, self._window_end)
+
+    def _send_held(self) -> None:
+        """Send what is held as one append (nothing once the stream was refused)."""
+        if not self._held or self.msg_serial is None:
+            return
+        text = "".join(self._held)
+        self._held.clear()
+        self._held_chars = 0
+        if self._failure is None and not self.cancelled.is_set():
+            self._send(self.msg_serial, text)
+
+    def _window_end(self) -> None:
+        self._window = None
+        if not self._waiting():
+            self._send_held()
+
+    def _acked(self, future: asyncio.Future[int | None]) -> None:
+        """The newest append's ``ok`` (or error) came: what was held may go now."""
+        if not self._in_flight or future is not self._in_flight[-1][0]:
+            return
+        if future.cancelled() or future.exception() is not None:
+            self._collect()  # the failure shows at the next append
+        if not self._waiting():
+            self._send_held()
+
+    def _release(self) -> None:
+        """Send what is held now, whatever the window (before a flush or the end)."""
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+        self._send_held()
 
     async def cancel(self, reason: str | None = None) -> None:
         """Stop the stream yourself (the person at the keyboard pressed Ctrl-C, say).
@@ -207,6 +277,7 @@ class MessageStream:
             RoomcastError: The server refused a fragment.
         """
         msg_serial = self._started()
+        self._release()
         if self._in_flight:
             await asyncio.wait({future for future, _ in self._in_flight})
         self._check(msg_serial)
@@ -240,6 +311,7 @@ class MessageStream:
         it for you. A message the server already ended stays as it is."""
         msg_serial = self._started()
         try:
+            self._release()
             if self._in_flight:  # every fragment is stored before the end
                 await asyncio.wait({future for future, _ in self._in_flight})
                 self._collect()

@@ -150,6 +150,7 @@ class Connection(SubscriberCore):
                         "max_objects_bytes": settings.max_objects_bytes,
                         "max_channels": self.channel_limit,
                         "activity_hint_s": settings.activity_hint_s,
+                        "rollup_ms": settings.rollup_ms,
                     },
                     capability=self.principal.capability.to_json(),
                 )

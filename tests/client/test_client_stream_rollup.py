@@ -1,0 +1,94 @@
+"""The rollup window kept at the source: a stream joins the fragments that come within the
+server's window (``connected.limits.rollup_ms``), or while its previous append waits for its
+``ok``, into one append, so that each append is one event and one frame to every member,
+also on a connection that carries several streams (an agent's)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from polling import eventually
+from roomcast.client import Event, MessageStream, connect
+from roomcast.testing import ServerProcess
+
+ENV = {"ROOMCAST_PUBLISH_RATE": "0", "ROOMCAST_LOG_LEVEL": "warning"}
+
+
+def server(tmp: Path, rollup_ms: int) -> ServerProcess:
+    env = {**ENV, "ROOMCAST_ROLLUP_MS": str(rollup_ms)}
+    return ServerProcess(store=f"sqlite:///{tmp / 'r.db'}", env=env)
+
+
+@pytest.fixture(scope="module")
+def window_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with server(tmp_path_factory.mktemp("rollup-200"), 200) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def no_window_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with server(tmp_path_factory.mktemp("rollup-0"), 0) as proc:
+        yield proc
+
+
+def appends_of(seen: list[Event], stream: MessageStream) -> list[str]:
+    return [e.data for e in seen if e.type == "append" and e.msg_serial == stream.msg_serial]
+
+
+async def test_two_streams_on_one_connection_each_send_an_append_a_window(
+    window_server: ServerProcess, channel_name: str
+) -> None:
+    """Two answers streamed side by side over one connection, a token every 20 ms each
+    for 0.6 s, with a 200 ms window: each makes a few events, not thirty. (The server
+    cannot merge them itself here: a reply never waits for a window while another
+    request waits behind it.)"""
+    async with (
+        connect(window_server.url, client_id="agent") as agent,
+        connect(window_server.url, client_id="bob") as bob,
+    ):
+        assert agent.connected is not None
+        assert agent.connected.limits["rollup_ms"] == 200
+        assert agent.rollup_s == 0.2
+        seen: list[Event] = []
+        await bob.channels.get(channel_name).subscribe(seen.append)
+        room = agent.channels.get(channel_name)
+        tokens = [f"w{k} " for k in range(30)]
+        async with room.stream() as first, room.stream() as second:
+            for token in tokens:
+                await first.append(token)
+                await second.append(token.upper())
+                await asyncio.sleep(0.02)
+        for stream, text in ((first, "".join(tokens)), (second, "".join(tokens).upper())):
+            assert stream.status == "complete" and stream.text == text
+            await eventually(
+                lambda s=stream, t=text: "".join(appends_of(seen, s)) == t, what="every append"
+            )
+            events = appends_of(seen, stream)
+            assert 2 <= len(events) <= 12, events  # 1 + one a window, whatever the pace
+
+
+async def test_fragments_that_come_before_the_previous_ok_are_joined(
+    no_window_server: ServerProcess, channel_name: str
+) -> None:
+    """With no window, a fragment still waits while its stream's previous append waits
+    for its ``ok``: a burst of fifty goes as a few appends, in order, nothing lost."""
+    async with (
+        connect(no_window_server.url, client_id="agent") as agent,
+        connect(no_window_server.url, client_id="bob") as bob,
+    ):
+        assert agent.rollup_s == 0
+        seen: list[Event] = []
+        await bob.channels.get(channel_name).subscribe(seen.append)
+        tokens = [f"t{k} " for k in range(50)]
+        async with agent.channels.get(channel_name).stream() as answer:
+            for token in tokens:
+                await answer.append(token)  # no await of a round trip in between
+        assert answer.text == "".join(tokens)
+        await eventually(
+            lambda: "".join(appends_of(seen, answer)) == answer.text, what="every append"
+        )
+        assert len(appends_of(seen, answer)) < 10
