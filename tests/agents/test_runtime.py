@@ -12,6 +12,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -609,6 +610,18 @@ def bot_created(seen: list[Any], channel: str) -> bool:
     return any(e.type == "create" and e.channel == channel and e.client_id == "bot" for e in seen)
 
 
+def in_process_worker(node: Any, config: AgentConfig) -> AgentWorker:
+    """The agent ``bot`` on ``node``, its frames in memory."""
+    return AgentWorker(
+        config,
+        URL_IN_PROCESS,
+        key=KEY,
+        agent_names=frozenset({"bot"}),
+        environ={},
+        dial=InProcessDialer(node),
+    )
+
+
 async def no_rooms_yet(server: str, pattern: str, key: str | None) -> Any:
     """No room to list at start (the agent finds new rooms on ``meta:channels``)."""
     return
@@ -642,14 +655,7 @@ async def test_a_claim_does_not_wait_behind_another_rooms_stream(
         config = AgentConfig(
             name="bot", provider="scripted", model="scripted", rooms=("room:*",), script=script
         )
-        worker = AgentWorker(
-            config,
-            URL_IN_PROCESS,
-            key=KEY,
-            agent_names=frozenset({"bot"}),
-            environ={},
-            dial=InProcessDialer(node),
-        )
+        worker = in_process_worker(node, config)
         await worker.start()
         dial = InProcessDialer(node)
         try:
@@ -709,14 +715,7 @@ async def test_a_live_trigger_whose_claim_comes_late_is_not_read_back_as_old(
         config = AgentConfig(
             name="bot", provider="scripted", model="scripted", rooms=("room:*",), script=script
         )
-        worker = AgentWorker(
-            config,
-            URL_IN_PROCESS,
-            key=KEY,
-            agent_names=frozenset({"bot"}),
-            environ={},
-            dial=InProcessDialer(node),
-        )
+        worker = in_process_worker(node, config)
         await worker.start()
         try:
             async with connect(
@@ -735,3 +734,27 @@ async def test_a_live_trigger_whose_claim_comes_late_is_not_read_back_as_old(
         finally:
             await worker.aclose()
     assert checked == []
+
+
+async def test_claims_and_reads_are_spread_over_connections_a_room_on_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Context reads wait for their turn on a connection: the rooms' claims and reads are
+    spread over several connections, each room's always on the same one (its claim and
+    its read keep their order)."""
+    monkeypatch.setattr("roomcast.agents.rooms._matching", no_rooms_yet)  # no HTTP here
+    async with running_node(keys=(KEY,), publish_rate=0) as node:
+        config = AgentConfig(name="bot", provider="scripted", model="scripted", rooms=("room:*",))
+        worker = in_process_worker(node, config)
+        await worker.start()
+        try:
+            assert len(worker.coordination) == runtime_module.COORDINATION_CONNECTIONS > 1
+            names = [f"room:r{k}" for k in range(64)]
+            rooms = [SimpleNamespace(channel=SimpleNamespace(name=name)) for name in names]
+            used = {id(worker._reads(r)._client) for r in rooms}
+            assert len(used) == len(worker.coordination)
+            again = [worker._reads(r) for r in rooms]
+            assert [worker._reads(r) for r in rooms] == again
+            assert all(channel.name == name for channel, name in zip(again, names, strict=True))
+        finally:
+            await worker.aclose()

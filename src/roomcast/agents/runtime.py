@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -67,6 +68,7 @@ log = logging.getLogger("roomcast.agents")
 CLAIM_TTL_S = 600.0
 TRIGGER_MAX_AGE_S = 120.0  # older triggers found on start are not answered any more
 MAX_TOOL_ROUNDS = 5
+COORDINATION_CONNECTIONS = 4  # for claims and context reads, besides the streams' own
 LIVE_TRIGGER_MS = 5000  # a trigger younger than this was seen live, not found on start
 SHUTDOWN_REASON = "server shutting down"
 
@@ -98,10 +100,13 @@ class AgentWorker:
             raise ToolError(f"{config.place}: tools: {exc}") from None
         self.mcp = McpToolbox(config.mcp_servers, environ, config.name, config.place)
         self.client: Client | None = None
-        # Claims and context reads go over a second connection: replies on one connection
-        # come in order, and on the first they would wait behind the acknowledgements of
-        # every answer streaming in the other rooms (a commit or two), before the first token.
-        self.coordination: Client | None = None
+        # Claims and context reads go over connections of their own: replies on one
+        # connection come in order, and on the first they would wait behind the
+        # acknowledgements of every answer streaming in the other rooms. The rooms are
+        # spread over several (a room always on the same one, so its claims and reads keep
+        # their order): a context read waits for its turn, and with many rooms asking at
+        # once the reads of one connection would follow one another.
+        self.coordination: list[Client] = []
         self.watching = AgentRooms(
             config, on_event=self._on_event, on_regenerate=self._regenerate_in, spawn=self._spawn
         )
@@ -121,9 +126,10 @@ class AgentWorker:
         while they are active (:class:`AgentRooms`)."""
         await self.mcp.start()
         self.client = await connect(self.server, client_id=self.name, key=self.key, dial=self.dial)
-        self.coordination = await connect(
-            self.server, client_id=self.name, key=self.key, dial=self.dial
-        )
+        for _ in range(COORDINATION_CONNECTIONS):
+            self.coordination.append(
+                await connect(self.server, client_id=self.name, key=self.key, dial=self.dial)
+            )
         await self.watching.start(self.client, self.server, self.key)
         label = agent_label(self.config.provider, self.config.model)
         log.info("agent %s is up (%s, %s)", self.name, label, self.config.policy)
@@ -140,7 +146,7 @@ class AgentWorker:
                 await asyncio.wait(pending, timeout=5)
         for task in self._tasks:
             task.cancel()
-        for client in (self.client, self.coordination):
+        for client in (self.client, *self.coordination):
             if client is not None:
                 await client.close()
         await self.mcp.aclose()
@@ -159,9 +165,11 @@ class AgentWorker:
     def _reads(self, room: Room) -> Channel:
         """``room``'s channel on the coordination connection: for claims and reads, which
         should not wait behind the streams' acknowledgements."""
-        if self.coordination is None:
+        if not self.coordination:
             return room.channel
-        return self.coordination.channels.get(room.channel.name)
+        name = room.channel.name
+        client = self.coordination[zlib.crc32(name.encode()) % len(self.coordination)]
+        return client.channels.get(name)
 
     def _spawn(self, coro: Any, *, answer: bool = False) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
