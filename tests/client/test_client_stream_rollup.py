@@ -92,3 +92,27 @@ async def test_fragments_that_come_before_the_previous_ok_are_joined(
             lambda: "".join(appends_of(seen, answer)) == answer.text, what="every append"
         )
         assert len(appends_of(seen, answer)) < 10
+
+
+async def test_send_now_puts_the_held_text_before_what_follows(
+    window_server: ServerProcess, channel_name: str
+) -> None:
+    """A message that must follow the text streamed so far (a tool call shown in its place)
+    comes after it live too: ``send_now`` sends what the window holds."""
+    async with (
+        connect(window_server.url, client_id="agent") as agent,
+        connect(window_server.url, client_id="bob") as bob,
+    ):
+        seen: list[Event] = []
+        await bob.channels.get(channel_name).subscribe(seen.append)
+        room = agent.channels.get(channel_name)
+        async with room.stream() as answer:
+            await answer.append("Let ")
+            await answer.append("me look.")  # held: the window is open
+            answer.send_now()
+            await room.publish("a tool call")
+            await answer.append(" Found it.")
+        await eventually(lambda: any(e.type == "update" for e in seen), what="the end")
+        order = [e.data for e in seen if e.type in ("append", "create")]
+        assert order.index("a tool call") > order.index("me look.")
+        assert answer.text == "Let me look. Found it."

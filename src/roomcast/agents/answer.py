@@ -49,9 +49,11 @@ class AnswerMessage:
     def position(self) -> dict[str, int]:
         """Where the answer stands, for a tool message made now: ``answer`` (its msg_serial)
         and ``at`` (the length of its text in code points, where the tool line belongs);
-        nothing while the answer has not started."""
+        nothing while the answer has not started. The text held for the rollup window is
+        sent first, so that live, too, the tool message comes after it."""
         if not self._open or self.stream.msg_serial is None:
             return {}
+        self.stream.send_now()
         return {"answer": self.stream.msg_serial, "at": len(self._said)}
 
     async def cancelled(self) -> None:

@@ -246,8 +246,11 @@ class MessageStream:
         if not self._waiting():
             self._send_held()
 
-    def _release(self) -> None:
-        """Send what is held now, whatever the window (before a flush or the end)."""
+    def send_now(self) -> None:
+        """Send the fragments held for the rollup window now, without waiting for
+        anything: before something that must follow them live, such as a message that
+        shows a tool call in its place in the answer. :meth:`flush` and the end of the
+        stream do it too."""
         if self._window is not None:
             self._window.cancel()
             self._window = None
@@ -277,7 +280,7 @@ class MessageStream:
             RoomcastError: The server refused a fragment.
         """
         msg_serial = self._started()
-        self._release()
+        self.send_now()
         if self._in_flight:
             await asyncio.wait({future for future, _ in self._in_flight})
         self._check(msg_serial)
@@ -311,7 +314,7 @@ class MessageStream:
         it for you. A message the server already ended stays as it is."""
         msg_serial = self._started()
         try:
-            self._release()
+            self.send_now()
             if self._in_flight:  # every fragment is stored before the end
                 await asyncio.wait({future for future, _ in self._in_flight})
                 self._collect()

@@ -227,6 +227,10 @@ class Connection(SubscriberCore):
 
     def _on_publish(self, req: m.Publish, size: int) -> Awaitable[Any]:
         self._check_rate()
+        # This connection's appends still in a rollup window are stored first: a message
+        # published after them (a tool call shown in its place in an answer) follows them.
+        for key in set(self._appends.values()):
+            self.node.rollup.flush_now(*key)
         return self.node.submit_publish(self.principal, req, frame_size=size)
 
     @property
@@ -278,7 +282,9 @@ class Connection(SubscriberCore):
 
     def _on_append(self, req: m.Append, size: int) -> Awaitable[Any]:
         _take(self._append_bucket, "append")
-        future = asyncio.ensure_future(self.node.append_to(self.principal, req, frame_size=size))
+        future = asyncio.ensure_future(
+            self.node.submit_append(self.principal, req, frame_size=size)
+        )
         self._appends[id(future)] = (req.channel, req.msg_serial)
         return future
 

@@ -191,13 +191,21 @@ class Sequencer:
     async def append_to(
         self, principal: Principal, req: Append, *, frame_size: int | None = None
     ) -> Ok:
-        """An append (author only), merged per ``rollup_ms`` window in submission order:
-        nothing is awaited before it is queued."""
+        """An append (author only), merged per ``rollup_ms`` window in submission order."""
+        return await self.submit_append(principal, req, frame_size=frame_size)
+
+    def submit_append(
+        self, principal: Principal, req: Append, *, frame_size: int | None = None
+    ) -> Awaitable[Ok]:
+        """Check and queue an append at once (before this returns, so a request that came
+        after it on a connection is sequenced after it); await the result for its ``ok``."""
         self.check_message_size(req.data, None, frame_size=frame_size)
         authorize(principal, "publish", req.channel)
-        client_id, channel = principal.client_id, req.channel
-        stored = await self.rollup.submit(client_id, channel, req.msg_serial, req.data)
-        return self.acknowledge(req.channel, stored)
+        stored = self.rollup.submit(principal.client_id, req.channel, req.msg_serial, req.data)
+        return self._acknowledged(req.channel, stored)
+
+    async def _acknowledged(self, channel: str, stored: Awaitable[Appended]) -> Ok:
+        return self.acknowledge(channel, await stored)
 
     async def update(
         self, principal: Principal, req: Update, *, frame_size: int | None = None
