@@ -146,17 +146,13 @@ class Client:
 
     @property
     def rollup_s(self) -> float:
-        """The server's rollup window in seconds, which streams keep (0 before connecting,
-        or from a server that does not say)."""
-        if self.connected is None:
-            return 0.0
-        value = self.connected.limits.get("rollup_ms", 0)
-        return float(value) / 1000 if isinstance(value, int | float) and value > 0 else 0.0
+        """The server's rollup window in seconds, which streams keep (0: none said)."""
+        value = self.connected.limits.get("rollup_ms") if self.connected else None
+        return max(0.0, value / 1000) if isinstance(value, int | float) else 0.0
 
     @property
     def token(self) -> str | None:
-        """The token in use: the one given, or the latest from ``auth_callback`` (each
-        renewal replaces it)."""
+        """The token in use: the one given, or the latest from ``auth_callback``."""
         return self._tokens.token
 
     def on(self, event: StateEvent, callback: StateCallback) -> Callable[[], None]:
@@ -182,8 +178,7 @@ class Client:
     async def list_channels(
         self, prefix: str = "", limit: int = 100, after: str = ""
     ) -> list[ChannelSummary]:
-        """The server's channels by name (``GET /v1/channels``, with this client's
-        credentials); see :func:`roomcast.client.rest.list_channels`."""
+        """The server's channels by name: :func:`roomcast.client.rest.list_channels`."""
         return await list_channels(
             self.url,
             prefix=prefix,

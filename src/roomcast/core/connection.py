@@ -229,8 +229,9 @@ class Connection(SubscriberCore):
         self._check_rate()
         # This connection's appends still in a rollup window are stored first: a message
         # published after them (a tool call shown in its place in an answer) follows them.
-        for key in set(self._appends.values()):
-            self.node.rollup.flush_now(*key)
+        if self._appends:  # none on a connection that does not stream
+            for key in set(self._appends.values()):
+                self.node.rollup.flush_now(*key)
         return self.node.submit_publish(self.principal, req, frame_size=size)
 
     @property
