@@ -9,10 +9,21 @@ import json
 import pytest
 
 from inproc_node import RecordingTransport, connect, running_node, settle
+from roomcast.backends.base import Appended
 from roomcast.core.authz import Capability, Principal
+from roomcast.core.node import META_CHANNELS
 from roomcast.protocol.capabilities import ALL
-from roomcast.protocol.errors import Forbidden, TooLarge, Unauthorized
-from roomcast.protocol.messages import Append, Attach, Cancel, Delete, History, Publish, Update
+from roomcast.protocol.errors import Forbidden, TooLarge, Unauthorized, Unavailable
+from roomcast.protocol.messages import (
+    Append,
+    Attach,
+    Cancel,
+    Delete,
+    Event,
+    History,
+    Publish,
+    Update,
+)
 
 CHANNEL = "room:node"
 ALICE = Principal("alice", ALL, "key")
@@ -165,3 +176,30 @@ async def test_rewind_gives_the_newest_messages_that_fit_the_outbound_budget() -
             await node.publish(ALICE, Publish(channel=CHANNEL, data=f"{i}" * 3000))
         result = await node.attach(ALICE, Attach(channel=CHANNEL, rewind=10))
         assert [m.msg_serial for m in result.attached.messages] == [8, 9, 10]
+
+
+async def test_an_announcement_held_back_by_a_store_outage_is_stored_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_node() as node:
+        store_append = node.store.append
+        down = True
+
+        async def append(event: Event, idempotency_key: str | None = None) -> Appended:
+            if down and event.channel == META_CHANNELS:
+                raise Unavailable("the store could not commit: disk I/O error")
+            return await store_append(event, idempotency_key=idempotency_key)
+
+        node.store.append = append  # type: ignore[method-assign]
+        await node.publish(ALICE, Publish(channel=CHANNEL, data="one"))
+        await settle()
+        assert f"could not announce {CHANNEL} on meta:channels yet" in caplog.text
+        with pytest.raises(Unavailable):  # still down: kept for the next try
+            await node.retry_announcements()
+        down = False
+        await node.retry_announcements()
+        await node.retry_announcements()  # stored once
+        meta = await node.history(ALICE, History(channel=META_CHANNELS, limit=10))
+        assert [(m.name, m.data) for m in meta.messages] == [
+            ("channel.created", {"channel": CHANNEL})
+        ]

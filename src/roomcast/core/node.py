@@ -131,6 +131,10 @@ class Node(Sequencer):
         self.presence_keeper.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.retry_announcements()
+        except Unavailable as exc:
+            log.warning("channels left unannounced on %s: %s", META_CHANNELS, exc)
         await self.sweeper.aclose()
         await self.rollup.aclose()
         await self.store.aclose()
@@ -153,6 +157,7 @@ class Node(Sequencer):
                 for channel, member in await self.store.reap_dead_nodes():
                     await self.broadcast_presence(channel, "leave", member)
                 await self.presence_keeper.tick()
+                await self.retry_announcements()
                 if now >= next_purge:
                     next_purge = now + 60
                     dropped = await self.store.purge(now_ms(), self.settings.retention_ms)

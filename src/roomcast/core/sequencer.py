@@ -18,7 +18,7 @@ from msgspec import UNSET
 
 from roomcast.backends.base import Appended, Store
 from roomcast.protocol import objects as live
-from roomcast.protocol.errors import BadRequest, Forbidden, NotFound, TooLarge
+from roomcast.protocol.errors import BadRequest, Forbidden, NotFound, TooLarge, Unavailable
 from roomcast.protocol.http import MAX_BATCH
 from roomcast.protocol.messages import (
     Append,
@@ -65,6 +65,7 @@ class Sequencer:
 
     def __init__(self) -> None:
         self._announced: set[str] = set()
+        self._unannounced: dict[str, Event] = {}  # kept through a store outage
 
     # ------------------------------------------------------------------ sizes
 
@@ -114,13 +115,24 @@ class Sequencer:
             streaming=False,
             id=None,
         )
-        self.spawn(self._append_quietly(event, f"channel.created:{channel}"))
+        self.spawn(self._announce_quietly(channel, event))
 
-    async def _append_quietly(self, event: Event, key: str) -> None:
+    async def _announce_quietly(self, channel: str, event: Event) -> None:
         try:
-            await self.store.append(event, idempotency_key=key)
+            await self.store.append(event, idempotency_key=f"channel.created:{channel}")
+        except Unavailable as exc:  # kept, and tried again until the store takes it
+            self._unannounced[channel] = event
+            log.warning("could not announce %s on %s yet: %s", channel, META_CHANNELS, exc)
         except Exception:
-            log.exception("could not announce %s on %s", event.data, event.channel)
+            log.exception("could not announce %s on %s", channel, META_CHANNELS)
+
+    async def retry_announcements(self) -> None:
+        """Store the announcements that a store outage held back, oldest first; raise
+        :class:`Unavailable` (and keep the rest) while the outage lasts."""
+        for channel, event in list(self._unannounced.items()):
+            await self.store.append(event, idempotency_key=f"channel.created:{channel}")
+            del self._unannounced[channel]
+            log.info("announced %s on %s once the store took writes again", channel, META_CHANNELS)
 
     @staticmethod
     def new_event(channel: str, type_: EventType, client_id: str | None, **fields: Any) -> Event:
