@@ -6,6 +6,7 @@ also on a connection that carries several streams (an agent's)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,56 @@ async def test_send_now_puts_the_held_text_before_what_follows(
         order = [e.data for e in seen if e.type in ("append", "create")]
         assert order.index("a tool call") > order.index("me look.")
         assert answer.text == "Let me look. Found it."
+
+
+class OksInOneCommit:
+    """The appends of several streams, answered the way a loaded server answers them: no
+    ``ok`` until :meth:`answer_all` gives every one at once, as one commit does."""
+
+    name = "room:beats"
+
+    def __init__(self, rollup_s: float) -> None:
+        self.rollup_s = rollup_s
+        self.sent: list[tuple[float, int, str]] = []  # (loop time, msg_serial, data)
+        self._due: list[asyncio.Future[int | None]] = []
+
+    def send_append(self, msg_serial: int, data: str) -> asyncio.Future[int | None]:
+        loop = asyncio.get_running_loop()
+        self.sent.append((loop.time(), msg_serial, data))
+        self._due.append(loop.create_future())
+        return self._due[-1]
+
+    def answer_all(self) -> None:
+        for future in self._due:
+            future.set_result(None)
+        self._due.clear()
+
+
+async def test_streams_answered_in_one_commit_each_go_on_at_their_own_beat() -> None:
+    """Two streams whose ``ok``s come late and together: what each holds goes at its own
+    next window boundary (counted from its last append), not both at once as the ``ok``s
+    come. Sent at once, they would be committed together again, and again: streams in
+    lockstep, whose bursts hold up every other write (a person's message, an answer's
+    start) behind them."""
+    loop = asyncio.get_running_loop()
+    window = 0.1
+    channel = OksInOneCommit(window)
+    first = MessageStream(channel)  # type: ignore[arg-type]
+    second = MessageStream(channel)  # type: ignore[arg-type]
+    first.msg_serial, second.msg_serial = 1, 2
+    await first.append("a0 ")  # each goes at once: its stream's beat starts here
+    await asyncio.sleep(0.03)
+    await second.append("b0 ")
+    beats = {1: channel.sent[0][0], 2: channel.sent[1][0]}
+    await asyncio.sleep(0.3)  # both windows ended long ago, with the oks still due
+    await first.append("a1 ")
+    await second.append("b1 ")
+    assert len(channel.sent) == 2  # held
+    answered = loop.time()
+    channel.answer_all()
+    await asyncio.sleep(2.5 * window)
+    later = {serial: (at, data) for at, serial, data in channel.sent[2:]}
+    assert {serial: data for serial, (_, data) in later.items()} == {1: "a1 ", 2: "b1 "}
+    for serial, beat in beats.items():
+        next_beat = beat + math.ceil((answered - beat) / window) * window
+        assert later[serial][0] >= next_beat - window / 50, (serial, answered, later)

@@ -113,6 +113,7 @@ class MessageStream:
         self._held: list[str] = []  # fragments waiting for the unacknowledged append's ok
         self._held_chars = 0
         self._window: asyncio.TimerHandle | None = None  # the rollup window since the last append
+        self._sent_at = 0.0  # loop time of the last append: the stream's beat
         self._failure: BaseException | None = None
         self._attached_here = False
 
@@ -185,7 +186,9 @@ class MessageStream:
         each append is one event and one frame to each member; on a connection that
         carries many streams (an agent's) no reply waits behind a window; and when the
         server is loaded its ``ok`` comes later, more tokens share an append, and the load
-        eases instead of growing. At most ``MAX_IN_FLIGHT`` appends wait for their ``ok``.
+        eases instead of growing; what is held then goes at the stream's next window
+        boundary, so that streams answered in one commit do not all send again at once.
+        At most ``MAX_IN_FLIGHT`` appends wait for their ``ok``.
 
         Raises:
             Cancelled: The message was cancelled; stop producing and leave the block.
@@ -220,7 +223,9 @@ class MessageStream:
         if window_s > 0:
             if self._window is not None:
                 self._window.cancel()
-            self._window = asyncio.get_running_loop().call_later(window_s, self._window_end)
+            loop = asyncio.get_running_loop()
+            self._sent_at = loop.time()
+            self._window = loop.call_later(window_s, self._window_end)
 
     def _send_held(self) -> None:
         """Send what is held as one append (nothing once the stream was refused)."""
@@ -244,7 +249,22 @@ class MessageStream:
         if future.cancelled() or future.exception() is not None:
             self._collect()  # the failure shows at the next append
         if not self._waiting():
-            self._send_held()
+            self._send_on_beat()
+
+    def _send_on_beat(self) -> None:
+        """After an ``ok`` that came once the window had ended, what is held goes at the
+        stream's next window boundary (counted from its last append), not at once. A loaded
+        server answers the appends of many streams in one commit: sent as their ``ok``
+        came, they would go again in one turn and be committed together again, and the
+        streams would move in lockstep, in bursts that hold up every write behind them."""
+        window_s = self.channel.rollup_s
+        if self._held and window_s > 0:
+            loop = asyncio.get_running_loop()
+            wait = -(loop.time() - self._sent_at) % window_s
+            if wait > window_s / 50:
+                self._window = loop.call_later(wait, self._window_end)
+                return
+        self._send_held()
 
     def send_now(self) -> None:
         """Send the fragments held for the rollup window now, without waiting for
