@@ -101,6 +101,26 @@ def test_stop_shows_who_stopped_the_answer_everywhere(people: People) -> None:
     assert text.startswith(LABEL + "Chapter 1") and "Chapter 59" not in text
 
 
+def test_a_growing_answer_keeps_the_controls_in_use(people: People) -> None:
+    """Every append shows the answer again; the Stop button under the pointer and an open
+    reaction picker stay the same elements (a click on a replaced button is lost)."""
+    alice = people.join("Alice", "steady")
+    answer = start_long_answer(alice)
+    stop = answer.get_by_role("button", name="Stop").element_handle()
+    answer.get_by_role("button", name="React", exact=True).click()
+    thumbs = answer.get_by_role("button", name="React with 👍")
+    expect(thumbs).to_be_visible()
+    expect(answer.locator(".body")).to_contain_text("Chapter 3")  # many appends later
+    assert stop.evaluate("button => button.isConnected")
+    expect(thumbs).to_be_visible()
+    react = answer.get_by_role("button", name="React", exact=True)
+    expect(react).to_have_attribute("aria-expanded", "true")
+    stop.click()
+    expect(answer).to_have_attribute("data-status", "cancelled", timeout=10000)
+    thumbs.click()
+    expect(answer.locator(".reaction")).to_have_text("👍 1")
+
+
 def test_polls_update_live_and_count_the_agents_vote(people: People) -> None:
     alice = people.join("Alice", "poll")
     bob = people.join("Bob", "poll")

@@ -40,3 +40,28 @@ export function keepFocus(container, render) {
     }
   }
 }
+
+/** Controls kept whole or replaced whole, never patched inside: a listener belongs to what
+ * its control shows. */
+const WHOLE = new Set(["A", "BUTTON", "FORM", "INPUT", "SELECT", "TEXTAREA"]);
+
+/**
+ * Make the children of `old` match those of `fresh`, keeping every node that is already
+ * equal. A streaming answer is shown again at every append: the Stop button under the
+ * pointer, an open picker and a text selection must survive that.
+ */
+export function patchChildren(old, fresh) {
+  const wanted = [...fresh.childNodes];
+  wanted.forEach((node, index) => {
+    const have = old.childNodes[index];
+    if (!have) old.append(node);
+    else if (have.isEqualNode(node)) return;
+    else if (have.nodeType === Node.TEXT_NODE && node.nodeType === Node.TEXT_NODE) have.nodeValue = node.nodeValue;
+    else if (have.nodeType === Node.ELEMENT_NODE && have.nodeName === node.nodeName && !WHOLE.has(have.nodeName)) {
+      for (const { name } of [...have.attributes]) if (!node.hasAttribute(name)) have.removeAttribute(name);
+      for (const { name, value } of node.attributes) if (have.getAttribute(name) !== value) have.setAttribute(name, value);
+      patchChildren(have, node);
+    } else have.replaceWith(node);
+  });
+  while (old.childNodes.length > wanted.length) old.lastChild.remove();
+}

@@ -2,7 +2,7 @@
 // actions, kept in serial order and updated in place; earlier pages on demand.
 
 import { startReply, snippet } from "./composer.js";
-import { el, keepFocus } from "./dom.js";
+import { el, keepFocus, patchChildren } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { $, app, attempt, displayName, isAgentId, toast } from "./state.js";
 
@@ -76,10 +76,11 @@ export function renderMessage(message) {
   if (existing) {
     // Keep an open editor and the focus where they are; update the item in place.
     if (existing.querySelector(".editor")) return;
+    keepOpen(existing, node);
     keepFocus(existing, () => {
       existing.className = node.className;
       Object.assign(existing.dataset, node.dataset);
-      existing.replaceChildren(...node.childNodes);
+      patchChildren(existing, node);
     });
     setBusy(existing, message);
     return;
@@ -91,6 +92,14 @@ export function renderMessage(message) {
   }
   setBusy(node, message);
   app.elements.set(message.msg_serial, node);
+}
+
+/** A reaction picker the person opened stays open when its message is shown again. */
+function keepOpen(existing, node) {
+  const picker = node.querySelector(".picker");
+  if (!picker || !existing.querySelector(".picker:not([hidden])")) return;
+  picker.hidden = false;
+  node.querySelector(".actions [aria-expanded]")?.setAttribute("aria-expanded", "true");
 }
 
 /** A streaming answer is aria-busy, so screen readers read it once, when it is done. */
@@ -228,10 +237,13 @@ function buildReactions(message) {
 function buildActions(message, mine) {
   const actions = el("div", { class: "actions" });
   if (message.deleted) return actions;
-  actions.append(el("button", { type: "button", text: "Reply", onclick: () => startReply(message) }));
+  // A control outlives its render when nothing it shows changed: it acts on the message as
+  // it is now, and finds its picker beside it.
+  const latest = () => app.store.get(message.msg_serial) ?? message;
+  actions.append(el("button", { type: "button", text: "Reply", onclick: () => startReply(latest()) }));
   const picker = el("span", { class: "picker", hidden: true });
   for (const emoji of REACTIONS) {
-    picker.append(el("button", { type: "button", text: emoji, "aria-label": `React with ${emoji}`, onclick: () => react(message, emoji, (message.reactions?.[emoji] || []).includes(app.client.clientId)) }));
+    picker.append(el("button", { type: "button", text: emoji, "aria-label": `React with ${emoji}`, onclick: () => react(message, emoji, (latest().reactions?.[emoji] || []).includes(app.client.clientId)) }));
   }
   actions.append(
     el("button", {
@@ -239,9 +251,11 @@ function buildActions(message, mine) {
       text: "React",
       "aria-expanded": "false",
       onclick: (event) => {
-        picker.hidden = !picker.hidden;
-        event.currentTarget.setAttribute("aria-expanded", String(!picker.hidden));
-        if (!picker.hidden) picker.querySelector("button").focus();
+        const button = event.currentTarget;
+        const shown = button.parentElement.querySelector(".picker");
+        shown.hidden = !shown.hidden;
+        button.setAttribute("aria-expanded", String(!shown.hidden));
+        if (!shown.hidden) shown.querySelector("button").focus();
       },
     }),
     picker,
@@ -253,7 +267,7 @@ function buildActions(message, mine) {
     }
   });
   if (mine && message.status !== "streaming" && typeof message.data === "string") {
-    actions.append(el("button", { type: "button", text: "Edit", onclick: () => startEdit(message) }));
+    actions.append(el("button", { type: "button", text: "Edit", onclick: () => startEdit(latest()) }));
     const del = el("button", {
       type: "button",
       text: "Delete",
