@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from roomcast.agents.config import AgentConfig
+from roomcast.agents.room import message_at
 from roomcast.agents.rooms import AgentRooms
 from roomcast.client import Client, Event, connect
 from roomcast.protocol.messages import SignalEvent
@@ -319,6 +320,7 @@ async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_
         on_event=lambda _, event: seen.append(event),
         on_regenerate=lambda *_: None,
         spawn=spawn,
+        read=lambda name, serial: message_at(client.channels.get(name), serial),
     )
     async with connect(server.url, client_id="helper", key=KEY) as client:
         rooms.client = client  # as start() sets it, before it lists the rooms

@@ -19,6 +19,8 @@ from fake_llm import (
     openai_text,
 )
 
+from polling import eventually
+from roomcast.agents import runtime as runtime_module
 from roomcast.agents.config import AgentConfig
 from roomcast.agents.runtime import AgentRuntime
 from roomcast.client import Message, connect
@@ -218,3 +220,47 @@ async def test_auto_asks_the_judge_then_answers_or_stays_silent(
         f"agent helper stays silent on {channel} #{second} "
         "(the auto judge: they are chatting among themselves)",
     ]
+
+
+async def test_the_context_is_kept_from_the_rooms_events_not_read_at_each_mention(
+    server: ServerProcess, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent keeps each room's latest messages from the events it receives: a mention
+    reads no history, and the context still has every change (an edit, a delete) and the
+    agent's own streamed answer, whole."""
+    history_reads: list[str] = []
+    read_history = runtime_module.latest_messages
+
+    async def counted(reads: Any, limit: int) -> list[Message]:
+        history_reads.append(reads.name)
+        return await read_history(reads, limit)
+
+    monkeypatch.setattr(runtime_module, "latest_messages", counted)
+    replies = [
+        Reply(events=openai_text(["Tacos ", "at ", "noon."]), pause_s=0.02),
+        Reply(events=openai_text(["Noodles ", "then."]), pause_s=0.02),
+    ]
+    async with FakeLLMServer(replies) as fake, running(server, agent(fake, channel)) as runtime:
+        async with (
+            connect(server.url, client_id="alice") as alice,
+            connect(server.url, client_id="bob") as bob,
+        ):
+            said = bob.channels.get(channel)
+            wish = await said.publish("I want tacos")
+            oops = await said.publish("my password is hunter2")
+            [worker] = runtime.workers
+            await eventually(
+                lambda: channel in worker.rooms and worker.rooms[channel].recent.serial is not None,
+                what="the agent in the room, its latest messages kept",
+            )
+            await alice.channels.get(channel).publish("@helper pick a place")
+            await settled(server.url, channel)
+            await said.update(wish, data="I want noodles")
+            await said.delete(oops)
+            await alice.channels.get(channel).publish("@helper and now?")
+            await settled(server.url, channel, count=2)
+    first, second = (str(request.body["messages"]) for request in fake.requests)
+    assert "I want tacos" in first and "hunter2" in first
+    assert "I want noodles" in second and "Tacos at noon." in second
+    assert "I want tacos" not in second and "hunter2" not in second
+    assert history_reads == []

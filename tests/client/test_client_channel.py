@@ -153,6 +153,9 @@ async def test_attach_with_rewind_and_from_serial(server: ServerProcess, channel
             attached = await channel.attach(rewind=3)
             assert attached.serial == 10
             assert [m.data for m in attached.messages or []] == [7, 8, 9]
+            # Kept without them: they would go stale there, and hold memory.
+            assert channel.attached is not None and channel.attached.serial == 10
+            assert not channel.attached.messages and not (await channel.attach()).messages
             await writer.publish("live")
             assert (await anext(subscription)).data == "live"
 

@@ -170,3 +170,16 @@ async def test_streams_answered_in_one_commit_each_go_on_at_their_own_beat() -> 
     for serial, beat in beats.items():
         next_beat = beat + math.ceil((answered - beat) / window) * window
         assert later[serial][0] >= next_beat - window / 50, (serial, answered, later)
+
+
+async def test_the_stored_text_is_known_once_every_append_has_its_ok() -> None:
+    """``stored_text()``: what the server stores, once no append sent waits for its reply
+    (an agent keeps its own answer's text from it instead of reading it back)."""
+    channel = OksInOneCommit(0.0)
+    stream = MessageStream(channel)  # type: ignore[arg-type]
+    stream.msg_serial, stream.text = 1, "Hello "
+    await stream.append("there")
+    assert channel.sent and stream.stored_text() is None  # its ok is still due
+    channel.answer_all()
+    await asyncio.sleep(0)
+    assert stream.stored_text() == "Hello there"

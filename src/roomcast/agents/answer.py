@@ -24,7 +24,7 @@ from roomcast.agents.providers.base import (
     ToolRound,
     Usage,
 )
-from roomcast.client import Channel
+from roomcast.client import Channel, MessageStream
 from roomcast.protocol import messages as m
 
 from .tools import Tool, ToolError, apply_patch, call_tool, change_state
@@ -38,9 +38,15 @@ class AnswerMessage:
     """The answer message, started only once there is something to say: an empty or
     ``[skip]`` answer stays silent, a failure before any text still shows."""
 
-    def __init__(self, channel: Channel, extras: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        extras: dict[str, Any],
+        on_start: Callable[[MessageStream], None] = lambda stream: None,
+    ) -> None:
         self.channel = channel
         self.stream = channel.stream(name="text", extras=extras)
+        self._on_start = on_start
         self._held = ""
         self._open = False
         self._separate = False
@@ -88,6 +94,7 @@ class AnswerMessage:
     async def _start(self, text: str = "") -> None:
         self._open = True
         await self.stream.start(text)
+        self._on_start(self.stream)
 
     async def finish(self, extras: dict[str, Any]) -> None:
         """End the answer ``complete`` (``cancelled`` if someone cancelled it); a silent

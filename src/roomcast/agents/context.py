@@ -20,6 +20,7 @@ from .triggers import SKIP, message_text, reply_to
 CHARS_PER_TOKEN = 4  # a rough estimate, good enough for a budget
 CONTEXT_TOKENS = 6000  # how much history an answer reads at most
 SUMMARY_CHARS = 3000
+REPLY_DEPTH = 5  # how far up a trigger's reply chain the context goes
 
 
 def estimate_tokens(text: str) -> int:
@@ -123,7 +124,9 @@ def build_request(
     )
 
 
-def reply_chain(trigger: Message, lookup: dict[int, Message], depth: int = 5) -> list[Message]:
+def reply_chain(
+    trigger: Message, lookup: dict[int, Message], depth: int = REPLY_DEPTH
+) -> list[Message]:
     """The messages the trigger replies to, nearest first (as far as ``lookup`` has them)."""
     chain: list[Message] = []
     current = trigger
@@ -148,6 +151,7 @@ def shared_values(entries: dict[str, object], skip: frozenset[str]) -> dict[str,
 
 __all__ = [
     "CONTEXT_TOKENS",
+    "REPLY_DEPTH",
     "as_turn",
     "build_request",
     "estimate_tokens",

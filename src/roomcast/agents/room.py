@@ -9,9 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roomcast.client import Channel, LiveMap, Message, MessageStream
+from roomcast.protocol.errors import RoomcastError
 from roomcast.protocol.objects import AGENTS_KEY
 
-from .triggers import RateWindow, agent_info
+from .context import REPLY_DEPTH, reply_chain
+from .recent import RecentMessages
+from .triggers import RateWindow, agent_info, reply_to
 
 
 @dataclass(slots=True)
@@ -19,6 +22,7 @@ class Room:
     """One room of one agent."""
 
     channel: Channel
+    recent: RecentMessages  # its latest messages, for the answers' context
     queue: asyncio.Lock = field(default_factory=asyncio.Lock)
     agent_answers: RateWindow = field(default_factory=lambda: RateWindow(60))
     running: dict[int, MessageStream | None] = field(default_factory=dict)  # trigger → answer
@@ -62,6 +66,25 @@ async def message_at(channel: Channel, msg_serial: int) -> Message | None:
     return None
 
 
+async def full_reply_chain(
+    trigger: Message, lookup: dict[int, Message], channel: Channel
+) -> list[Message]:
+    """The messages ``trigger`` replies to, nearest first, as :func:`reply_chain` finds
+    them in ``lookup``, and read from ``channel`` where ``lookup`` has none."""
+    while True:
+        chain = reply_chain(trigger, lookup)
+        target = reply_to(chain[-1] if chain else trigger)
+        if len(chain) >= REPLY_DEPTH or target is None or target in lookup:
+            return chain
+        try:
+            found = await message_at(channel, target)
+        except RoomcastError:
+            found = None
+        if found is None:
+            return chain
+        lookup[target] = found
+
+
 async def answered_by(channel: Channel, name: str, trigger: Message) -> bool:
     """Whether an answer of agent ``name`` to ``trigger`` is already in ``channel``."""
     async for page in channel.history(limit=200, direction="forwards", start=trigger.msg_serial):
@@ -77,4 +100,4 @@ async def answered_by(channel: Channel, name: str, trigger: Message) -> bool:
     return False
 
 
-__all__ = ["Room", "answered_by", "latest_messages", "message_at"]
+__all__ = ["Room", "answered_by", "full_reply_chain", "latest_messages", "message_at"]

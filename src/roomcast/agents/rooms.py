@@ -29,17 +29,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from roomcast.agents.config import AgentConfig
-from roomcast.client import Client, Event
+from roomcast.client import Client, Discontinuity, Event, Message
 from roomcast.client.rest import list_channels
 from roomcast.protocol.answering import REGENERATE, REGENERATE_KEY
 from roomcast.protocol.errors import RoomcastError
 from roomcast.protocol.messages import EVENT_TYPES, SignalEvent
 from roomcast.protocol.patterns import pattern_matches
 
+from .recent import KEPT_MESSAGES, RecentMessages
 from .room import Room
 from .triggers import RateWindow
 
@@ -57,6 +58,7 @@ MAX_SWEEP_S = 30.0  # idle rooms are looked for at least this often
 WATCHED_TYPES = EVENT_TYPES - {"append"}
 
 EventHandler = Callable[[Room, Event], None]
+ReadMessage = Callable[[str, int], Awaitable[Message | None]]  # channel, msg_serial
 RegenerateHandler = Callable[[Room, int, str], None]
 Spawn = Callable[..., "asyncio.Task[Any]"]
 
@@ -71,6 +73,7 @@ class AgentRooms:
         on_event: EventHandler,
         on_regenerate: RegenerateHandler,
         spawn: Spawn,
+        read: ReadMessage,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -81,6 +84,7 @@ class AgentRooms:
         self._on_event = on_event
         self._on_regenerate = on_regenerate
         self._spawn = spawn
+        self._read = read
         self._seen: dict[str, int] = {}  # the last serial of each room detached while idle
         self.starting = True  # until the rooms listed at start are attached
 
@@ -180,12 +184,21 @@ class AgentRooms:
             return None
         channel = self.client.channels.get(name)
         room = self.rooms[name] = Room(
-            channel, agent_answers=RateWindow(self.config.max_agent_answers_per_min)
+            channel,
+            RecentMessages(lambda serial: self._read(name, serial)),
+            agent_answers=RateWindow(self.config.max_agent_answers_per_min),
         )
         try:
             # Subscribed before the attach goes out, so the replay after from_serial reaches it.
-            subscription = channel.subscribe(lambda event: self._event(room, event))
-            await channel.attach(from_serial=from_serial, types=WATCHED_TYPES)
+            room.recent.expect()
+            subscription = channel.subscribe(
+                lambda event: self._event(room, event),
+                on_discontinuity=lambda gap: self._gap(room, gap),
+            )
+            attached = await channel.attach(
+                from_serial=from_serial, types=WATCHED_TYPES, rewind=KEPT_MESSAGES
+            )
+            room.recent.prime(attached)
             await subscription
             room.unlisten = channel.objects.subscribe(lambda _: self._membership_changed(room))
             await self._follow_membership(room)
@@ -195,12 +208,21 @@ class AgentRooms:
                 del self.rooms[name]
             return None
         finally:
+            if room.recent.expecting:  # the attach did not come through
+                room.recent.reset()
             room.ready.set()
         return room
 
     def _event(self, room: Room, event: Event) -> None:
+        room.recent.apply(event)
         room.touch()
         self._on_event(room, event)
+
+    def _gap(self, room: Room, gap: Discontinuity) -> None:
+        """Events were lost (the log's epoch changed, retention): what the room's latest
+        messages were is unknown, so answers read them from history again."""
+        log.warning("agent %s: %s; its answers there read history again", self.name, gap)
+        room.recent.reset()
 
     async def _sweep(self) -> None:
         """Detach the rooms that went idle, every quarter of the idle time (at most 30 s)."""

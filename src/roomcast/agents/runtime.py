@@ -47,10 +47,11 @@ from .answer import (
     with_tool_results,
 )
 from .budget import DailySpend
-from .context import build_request, objects_summary, reply_chain, shared_values
+from .context import build_request, objects_summary, shared_values
 from .judge import room_needs_agent
 from .mcp import McpToolbox
-from .room import Room, answered_by, latest_messages, message_at
+from .recent import KEPT_MESSAGES
+from .room import Room, answered_by, full_reply_chain, latest_messages, message_at
 from .rooms import AgentRooms
 from .tools import (
     RESERVED_KEYS,
@@ -108,7 +109,11 @@ class AgentWorker:
         # once the reads of one connection would follow one another.
         self.coordination: list[Client] = []
         self.watching = AgentRooms(
-            config, on_event=self._on_event, on_regenerate=self._regenerate_in, spawn=self._spawn
+            config,
+            on_event=self._on_event,
+            on_regenerate=self._regenerate_in,
+            spawn=self._spawn,
+            read=lambda name, serial: message_at(self._reads_of(name), serial),
         )
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -165,9 +170,12 @@ class AgentWorker:
     def _reads(self, room: Room) -> Channel:
         """``room``'s channel on the coordination connection: for claims and reads, which
         should not wait behind the streams' acknowledgements."""
+        return self._reads_of(room.channel.name) if self.coordination else room.channel
+
+    def _reads_of(self, name: str) -> Channel:
         if not self.coordination:
-            return room.channel
-        name = room.channel.name
+            assert self.client is not None, "the agent is not connected"
+            return self.client.channels.get(name)
         client = self.coordination[zlib.crc32(name.encode()) % len(self.coordination)]
         return client.channels.get(name)
 
@@ -193,7 +201,9 @@ class AgentWorker:
 
     async def _consider_finished(self, room: Room, event: Event) -> None:
         assert isinstance(event.msg_serial, int)
-        message = await message_at(self._reads(room), event.msg_serial)
+        message = await room.recent.finished(event.msg_serial)
+        if message is None:
+            message = await message_at(self._reads(room), event.msg_serial)
         if message is not None:
             self._consider(room, message, event.timestamp)
 
@@ -247,11 +257,13 @@ class AgentWorker:
     async def _trigger(
         self, room: Room, trigger: Message, decision: Decision, again: str | None = None
     ) -> None:
-        # The context is read while the claim is made: one round trip less before the
-        # first token.
-        history: asyncio.Future[list[Message]] = asyncio.ensure_future(
-            latest_messages(self._reads(room), 200)
-        )
+        # A room's latest messages are kept from its events; when they are not, the
+        # context is read while the claim is made: one round trip less before the first
+        # token.
+        if room.recent.serial is not None or room.recent.expecting:
+            await self._claimed_trigger(room, trigger, decision, None, again)
+            return
+        history = asyncio.ensure_future(latest_messages(self._reads(room), KEPT_MESSAGES))
         try:
             await self._claimed_trigger(room, trigger, decision, history, again)
         finally:
@@ -394,8 +406,8 @@ class AgentWorker:
             )
             return True
         self.watching.show(room, "thinking")
-        request = await self._request(channel, self._reads(room), trigger, history)
-        answer = AnswerMessage(channel, extras)
+        request = await self._request(room, trigger, history)
+        answer = AnswerMessage(channel, extras, on_start=room.recent.own)
         room.running[trigger.msg_serial] = answer.stream
         spent: list[Usage] = []  # each round's usage, also when a later round fails
         try:
@@ -451,15 +463,19 @@ class AgentWorker:
 
     async def _request(
         self,
-        channel: Channel,
-        reads: Channel,
+        room: Room,
         trigger: Message,
         prefetched: asyncio.Future[list[Message]] | None = None,
     ) -> ProviderRequest:
-        history = await (prefetched if prefetched is not None else latest_messages(reads, 200))
+        channel, reads = room.channel, self._reads(room)
+        history = await prefetched if prefetched is not None else None
+        if history is None:
+            history = await room.recent.latest(trigger.msg_serial)
+        if history is None:
+            history = await latest_messages(reads, KEPT_MESSAGES)
         lookup = {message.msg_serial: message for message in history}
         lookup.setdefault(trigger.msg_serial, trigger)
-        chain = reply_chain(trigger, lookup)
+        chain = await full_reply_chain(trigger, lookup, reads)
         summary = ""
         state: dict[str, Any] | None = None
         with contextlib.suppress(Exception):

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from msgspec import UNSET
+from msgspec import UNSET, structs
 
 from roomcast.protocol import messages as m
 from roomcast.protocol.errors import BadRequest
@@ -69,7 +69,8 @@ class Channel:
             attach).
         epoch: The epoch of the channel's log, as of the latest ``attached``.
         types: The event types it receives (``None``: all); set by :meth:`attach`.
-        attached: The latest ``attached`` reply (``messages`` holds a ``rewind``).
+        attached: The latest ``attached`` reply, without the messages of a ``rewind``
+            (:meth:`attach` returns those).
         presence: Who is here: :class:`~roomcast.client.Presence`.
         objects: The channel's live objects, kept current:
             :class:`~roomcast.client.LiveObjects` (``await channel.objects.root()``).
@@ -516,7 +517,9 @@ class Channel:
                 # A fresh snapshot (first attach, or a gap): continue after its serial.
                 self.serial = reply.serial
             self.epoch = reply.epoch
-            self.attached = reply
+            # The rewind's messages go to attach()'s caller; kept here, they would go stale
+            # and hold memory for as long as the channel is attached.
+            self.attached = structs.replace(reply, messages=UNSET)
             self._rewind = None
             self.state = "attached"
             self.presence.on_attached(reply.presence)

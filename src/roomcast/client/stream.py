@@ -266,6 +266,12 @@ class MessageStream:
                 return
         self._send_held()
 
+    def stored_text(self) -> str | None:
+        """The message's text as the server stores it: known once every append sent has
+        its reply (None while one has not)."""
+        self._collect()
+        return None if self._in_flight else self.text
+
     def send_now(self) -> None:
         """Send the fragments held for the rollup window now, without waiting for
         anything: before something that must follow them live, such as a message that
