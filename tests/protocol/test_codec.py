@@ -57,6 +57,21 @@ def test_invalid_requests_become_400_errors_that_keep_their_ref(frame: bytes) ->
     assert decoded.error.code == 40000
 
 
+@pytest.mark.parametrize("codec", [json_codec, MsgpackCodec()])
+@pytest.mark.parametrize("name", ["room lunch", "", "room::a", "x" * 201, "room:a\n"])
+def test_a_bad_channel_name_is_explained_in_words_not_as_a_regex(
+    codec: JsonCodec | MsgpackCodec, name: str
+) -> None:
+    request = {"action": "attach", "channel": name, "ref": 7}
+    frame = msgspec.json.encode(request) if codec is json_codec else msgspec.msgpack.encode(request)
+    [decoded] = codec.decode(frame)
+    assert isinstance(decoded, RequestError) and decoded.error.code == 40000
+    assert decoded.error.message == (
+        "Expected a name of 1 to 200 letters, digits, `_`, `.` or `-`, in segments joined "
+        "by `:` - at `$.channel`"
+    )
+
+
 def test_one_bad_request_in_a_batch_leaves_the_others() -> None:
     decoded = json_codec.decode(
         b'[{"action":"ping","ref":1},{"action":"x","ref":2},{"action":"ping"}]'

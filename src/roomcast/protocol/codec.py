@@ -9,6 +9,7 @@ nested beyond ``MAX_DEPTH`` long before that).
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -95,11 +96,16 @@ class Codec:
         raise NotImplementedError
 
 
+# The one pattern in the requests is a channel name's (a client_id's too): said in words.
+_NAME_PATTERN = re.compile(r"`str` matching regex '.*' - at")
+_NAME_RULE = "1 to 200 letters, digits, `_`, `.` or `-`, in segments joined by `:`"
+
+
 def _describe(exc: msgspec.ValidationError) -> str:
     text = str(exc)
     if "at `$.action`" in text:
         return "unknown or missing `action`: " + text
-    return text
+    return _NAME_PATTERN.sub(f"a name of {_NAME_RULE} - at", text)
 
 
 class JsonCodec(Codec):
