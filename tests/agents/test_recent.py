@@ -3,10 +3,12 @@ every kind of change, they are what a history read returns (docs/agents.md "Cont
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from inproc_node import running_node
 from polling import eventually
@@ -14,7 +16,8 @@ from roomcast.agents.context import CONTEXT_TOKENS, select
 from roomcast.agents.recent import KEPT_MESSAGES, KEPT_TOKENS, RecentMessages
 from roomcast.agents.room import latest_messages, message_at
 from roomcast.agents.rooms import WATCHED_TYPES
-from roomcast.client import Channel, Client, Message, connect
+from roomcast.client import Channel, Client, Message, MessageStream, connect
+from roomcast.protocol.messages import Attached, Event
 from roomcast.server.in_process import InProcessDialer
 
 URL = "http://in-process.invalid"  # never reached: the dial stays in this process
@@ -175,3 +178,129 @@ async def test_a_gap_in_the_events_drops_what_is_kept() -> None:
         await alice.channels.get(name).publish("later")
         assert await reader.recent.latest(10) is None
         assert reader.recent.kept == 0
+
+
+# ------------------------------------------------------------------ unit: exact states
+
+
+def kept_message(serial: int, text: str, status: str = "complete") -> Message:
+    return Message(
+        msg_serial=serial,
+        id=None,
+        client_id="bob",
+        name="text",
+        data=text,
+        extras={},
+        timestamp=serial,
+        updated_at=serial,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def snapshot(serial: int, *messages: Message) -> Attached:
+    return Attached(
+        channel="room:unit",
+        epoch="e",
+        serial=serial,
+        resumed=False,
+        messages=list(messages),
+        presence=[],
+    )
+
+
+def ended(serial: int, msg_serial: int) -> Event:
+    return Event(
+        channel="room:unit",
+        serial=serial,
+        type="update",
+        msg_serial=msg_serial,
+        client_id="bob",
+        timestamp=serial,
+        status="complete",
+    )
+
+
+def text_of(tokens: int) -> str:
+    """A text that costs ``tokens`` in a context (estimate_tokens + 2 per message)."""
+    return "w" * (4 * (tokens - 3))
+
+
+class GatedReads:
+    """Reads that wait until the test lets them through."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        self.texts = texts
+        self.open = asyncio.Event()
+
+    async def __call__(self, serial: int) -> Message | None:
+        await self.open.wait()
+        return kept_message(serial, self.texts[serial])
+
+
+async def test_a_read_that_ends_while_waiting_can_leave_too_little_before_the_trigger() -> None:
+    """The check that enough is kept before the trigger is made again once the texts are
+    in: a text read meanwhile can push older messages out (here the only long one)."""
+    reads = GatedReads({3: text_of(2003)})
+    recent = RecentMessages(reads)
+    recent.expect()
+    recent.prime(
+        snapshot(
+            5,
+            kept_message(1, text_of(1000)),  # dropped at once: a history read would have it
+            kept_message(2, text_of(6003)),  # a context's worth before the trigger...
+            kept_message(3, "", status="streaming"),
+            kept_message(4, "@helper hi"),  # the trigger
+            kept_message(5, text_of(10995)),
+        )
+    )
+    assert recent.kept == 4
+    recent.apply(ended(6, 3))  # ...until the stream's 2,003 tokens are in
+    waiting = asyncio.ensure_future(recent.latest(4))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    reads.open.set()
+    assert await waiting is None  # read history: message 2 is gone now
+    assert recent.kept == 3
+
+
+async def test_only_the_texts_before_the_trigger_are_waited_for() -> None:
+    reads = GatedReads({3: "a later answer"})
+    recent = RecentMessages(reads)
+    recent.expect()
+    recent.prime(
+        snapshot(
+            3,
+            kept_message(1, "hi"),
+            kept_message(2, "@helper hi"),
+            kept_message(3, "", "streaming"),
+        )
+    )
+    recent.apply(ended(4, 3))
+    kept = await asyncio.wait_for(recent.latest(2), 5)
+    assert kept is not None and [m.data for m in kept[:2]] == ["hi", "@helper hi"]
+
+
+async def test_a_gap_right_at_the_attach_keeps_its_snapshot_and_others_drop_it() -> None:
+    reads = GatedReads({})
+    recent = RecentMessages(reads)
+    recent.expect()
+    recent.gap(7)  # before the attach's reply is in: the reply is what counts
+    recent.prime(snapshot(7, kept_message(7, "hi")))
+    recent.gap(7)  # after it, at its very serial: nothing was applied that is missing
+    assert await recent.latest(8) == [kept_message(7, "hi")]
+    recent.apply(
+        Event(channel="room:unit", serial=8, type="create", client_id="bob", timestamp=8, data="x")
+    )
+    recent.gap(9)
+    assert await recent.latest(10) is None
+
+
+async def test_nothing_of_an_answer_is_held_while_nothing_is_kept() -> None:
+    recent = RecentMessages(GatedReads({}))
+    recent.expect()
+    recent.prime(snapshot(1, kept_message(1, "hi")))
+    recent.gap(5)  # events were lost: nothing kept from now on
+    stream = MessageStream(SimpleNamespace(name="room:unit"))  # type: ignore[arg-type]
+    stream.msg_serial = 6
+    recent.own(stream)
+    assert recent._own == {}  # a room that stays attached would pile them up

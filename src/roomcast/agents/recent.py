@@ -58,6 +58,7 @@ class RecentMessages:
         self._primed = asyncio.Event()  # set but while an attach is on its way
         self._primed.set()
         self._cut = False  # whether a message that a history read returns was dropped
+        self._snapshot: int | None = None  # the serial of the attach it started from
         self.serial: int | None = None  # every event up to it is applied; None: none kept
 
     @property
@@ -67,7 +68,7 @@ class RecentMessages:
 
     def own(self, stream: MessageStream) -> None:
         """``stream`` is the agent's answer: its text is known here, not read back."""
-        if stream.msg_serial is not None:
+        if stream.msg_serial is not None and (self.serial is not None or self.expecting):
             self._own[stream.msg_serial] = stream
 
     @property
@@ -89,10 +90,19 @@ class RecentMessages:
             return
         for message in attached.messages:
             self._put(message)
-        self.serial = attached.serial
+        self.serial = self._snapshot = attached.serial
         self._trim()
         for event in early:
             self.apply(event)
+
+    def gap(self, serial: int) -> None:
+        """The events before the snapshot at ``serial`` could not all be replayed. Nothing
+        is lost when what is kept starts from that very snapshot (an attach whose replay
+        failed); otherwise keep nothing."""
+        if self.expecting:
+            self._early = []  # events before the snapshot: the attach's reply is what counts
+        elif self.serial is None or self.serial != serial or self._snapshot != serial:
+            self.reset()
 
     def reset(self) -> None:
         """Keep nothing (a gap in the events): answers read history instead."""
@@ -100,6 +110,7 @@ class RecentMessages:
             task.cancel()
         self._messages, self._costs, self._texts, self._own = {}, {}, {}, {}
         self._tokens, self._early, self._cut, self.serial = 0, None, False, None
+        self._snapshot = None
         self._primed.set()
 
     def apply(self, event: Event) -> None:
@@ -122,6 +133,7 @@ class RecentMessages:
         after = apply_event(before, event)
         if event.type == "delete" or (event.type == "update" and event.data is not UNSET):
             self._forget_text(serial)  # its text is the event's
+            self._own.pop(serial, None)
         elif before.status not in FINAL_STATUSES and after.status in FINAL_STATUSES:
             stream = self._own.pop(serial, None)
             text = stream.stored_text() if stream is not None else None
@@ -136,18 +148,24 @@ class RecentMessages:
         message ``before``. None when none are kept, a text cannot be read, or too few
         before it are kept (a room moved on since): read history instead."""
         await self._primed.wait()
-        if self.serial is None:
-            return None
-        if self._cut and self._tokens_before(before) < CONTEXT_TOKENS:
-            return None
-        for serial, task in list(self._texts.items()):
-            if task.done():  # its read failed: try once more
-                self._texts[serial] = asyncio.ensure_future(self._read_text(serial))
-        if self._texts:
-            await asyncio.wait(list(self._texts.values()))  # not cancelled with the caller
-        if self._texts or self.serial is None:
-            return None
-        return list(self._messages.values())
+        retried: set[int] = set()
+        while self.serial is not None:
+            if self._cut and self._tokens_before(before) < CONTEXT_TOKENS:
+                return None
+            # Only the texts before ``before`` are in its context.
+            needed = {serial: task for serial, task in self._texts.items() if serial < before}
+            if not needed:
+                return list(self._messages.values())
+            for serial, task in needed.items():
+                if task.done():  # its read failed: try once more, then read history
+                    if serial in retried:
+                        return None
+                    retried.add(serial)
+                    needed[serial] = self._texts[serial] = asyncio.ensure_future(
+                        self._read_text(serial)
+                    )
+            await asyncio.wait(needed.values())  # not cancelled with the caller
+        return None
 
     async def finished(self, serial: int) -> Message | None:
         """Message ``serial`` with its whole text, once the stream that ended it is read;

@@ -219,10 +219,10 @@ class AgentRooms:
         self._on_event(room, event)
 
     def _gap(self, room: Room, gap: Discontinuity) -> None:
-        """Events were lost (the log's epoch changed, retention): what the room's latest
-        messages were is unknown, so answers read them from history again."""
-        log.warning("agent %s: %s; its answers there read history again", self.name, gap)
-        room.recent.reset()
+        """Events were lost (the log's epoch changed, retention): unless the room's latest
+        messages came with this very snapshot, answers read them from history again."""
+        log.warning("agent %s: %s", self.name, gap)
+        room.recent.gap(gap.serial)
 
     async def _sweep(self) -> None:
         """Detach the rooms that went idle, every quarter of the idle time (at most 30 s)."""

@@ -59,7 +59,11 @@ export function patchChildren(old, fresh) {
     else if (have.nodeType === Node.TEXT_NODE && node.nodeType === Node.TEXT_NODE) have.nodeValue = node.nodeValue;
     else if (have.nodeType === Node.ELEMENT_NODE && have.nodeName === node.nodeName && !WHOLE.has(have.nodeName)) {
       for (const { name } of [...have.attributes]) if (!node.hasAttribute(name)) have.removeAttribute(name);
-      for (const { name, value } of node.attributes) if (have.getAttribute(name) !== value) have.setAttribute(name, value);
+      for (const { name, value } of node.attributes) {
+        if (have.getAttribute(name) === value) continue;
+        if (name === "style") have.style.cssText = node.style.cssText; // the CSP refuses style attributes
+        else have.setAttribute(name, value);
+      }
       patchChildren(have, node);
     } else have.replaceWith(node);
   });
