@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from polling import eventually
 from roomcast.agents.config import AgentConfig
 from roomcast.agents.room import message_at
 from roomcast.agents.rooms import AgentRooms
-from roomcast.client import Client, Event, connect
+from roomcast.client import Backoff, Client, Event, connect
 from roomcast.protocol.messages import SignalEvent
 from roomcast.testing import AgentsProcess, ServerProcess, WireClient
 
@@ -295,6 +296,23 @@ def shown_status(data: Any) -> str:
     return str(data["status"]) + (" (queued)" if data.get("queued") else "")
 
 
+class Tasks:
+    """What an :class:`AgentRooms` spawns, kept to be awaited."""
+
+    def __init__(self) -> None:
+        self.running: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any, **_: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.running.add(task)
+        return task
+
+
+def helper_in(prefix: str) -> AgentConfig:
+    """The scripted agent ``helper`` in every room under ``prefix``."""
+    return AgentConfig(name="helper", provider="scripted", model="scripted", rooms=(f"{prefix}:*",))
+
+
 async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_message(
     server: ServerProcess, prefix: str
 ) -> None:
@@ -305,21 +323,13 @@ async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_
     async with connect(server.url, client_id="hana") as hana:
         await hana.channels.get(channel).publish("@helper are you up yet?")
     seen: list[Event] = []
-    tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(coro: Any, **_: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        return task
-
-    config = AgentConfig(
-        name="helper", provider="scripted", model="scripted", rooms=(f"{prefix}:*",)
-    )
+    tasks = Tasks()
+    config = helper_in(prefix)
     rooms = AgentRooms(
         config,
         on_event=lambda _, event: seen.append(event),
         on_regenerate=lambda *_: None,
-        spawn=spawn,
+        spawn=tasks.spawn,
         read=lambda name, serial: message_at(client.channels.get(name), serial),
     )
     async with connect(server.url, client_id="helper", key=KEY) as client:
@@ -332,5 +342,50 @@ async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_
                 data={"channel": channel, "serial": 1},
             )
         )
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks.running)
         assert [(e.serial, e.data) for e in seen] == [(1, "@helper are you up yet?")]
+
+
+async def test_after_a_gap_the_room_is_attached_again_to_keep_its_latest_messages(
+    server: ServerProcess, prefix: str
+) -> None:
+    """The server restarts with an empty store (a new epoch): the agent's events have a gap,
+    so it drops the room's latest messages and attaches the room again with a ``rewind``,
+    and keeps them from there as history has them."""
+    channel = f"{prefix}:restarted"
+    tasks = Tasks()
+    config = helper_in(prefix)
+    quick = Backoff(initial=0.05, maximum=0.5)
+    async with (
+        connect(server.url, client_id="helper", key=KEY, backoff=quick) as client,
+        connect(server.url, client_id="hana", backoff=quick) as hana,
+    ):
+        rooms = AgentRooms(
+            config,
+            on_event=lambda *_: None,
+            on_regenerate=lambda *_: None,
+            spawn=tasks.spawn,
+            read=lambda name, serial: message_at(client.channels.get(name), serial),
+        )
+        rooms.client = client
+        room = await rooms.watch(channel, None)
+        assert room is not None
+        said = hana.channels.get(channel)
+        await said.publish("before the restart")
+        await eventually(lambda: room.recent.serial == 1, what="the first message kept")
+
+        epoch = room.channel.epoch
+        server.stop()
+        server.start()  # the same port, an empty memory store: a new epoch
+        await eventually(lambda: room.channel.epoch not in (None, epoch), what="the new epoch")
+        await said.publish("after it")
+        await said.publish("@helper still there?")
+        await eventually(lambda: room.recent.serial == 2, what="kept again", within=15)
+        kept = await room.recent.latest(3)
+        assert kept is not None
+        [page] = [page async for page in said.history(limit=10)]
+        assert [(m.msg_serial, m.data) for m in kept] == [
+            (m.msg_serial, m.data) for m in page.messages
+        ]
+        assert [m.data for m in kept] == ["after it", "@helper still there?"]
+    await asyncio.gather(*tasks.running)

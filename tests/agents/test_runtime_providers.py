@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fake_llm import (
     FakeLLMServer,
@@ -27,6 +28,7 @@ from roomcast.client import Message, connect
 from roomcast.testing import ServerProcess
 
 KEY = "workers:" + "p" * 32
+ALICE = {"X-Roomcast-Client-Id": "alice"}
 ENVIRON = {"FAKE_KEY": "sk-test"}
 
 
@@ -264,3 +266,49 @@ async def test_the_context_is_kept_from_the_rooms_events_not_read_at_each_mentio
     assert "I want noodles" in second and "Tacos at noon." in second
     assert "I want tacos" not in second and "hunter2" not in second
     assert history_reads == []
+
+
+async def test_a_message_asked_again_is_taken_from_what_is_kept(
+    server: ServerProcess, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``agent.regenerate`` (here from the AI SDK's regenerate) names a message the agent
+    keeps: it answers it again without reading it from history."""
+    reads: list[int] = []
+    read_message = runtime_module.message_at
+
+    async def counted(reads_from: Any, msg_serial: int) -> Message | None:
+        reads.append(msg_serial)
+        return await read_message(reads_from, msg_serial)
+
+    monkeypatch.setattr(runtime_module, "message_at", counted)
+    replies = [
+        Reply(events=openai_text(["Tacos."]), pause_s=0.01),
+        Reply(events=openai_text(["Noodles."]), pause_s=0.01),
+    ]
+    chat = channel.removeprefix("room:")
+    async with FakeLLMServer(replies) as fake, running(server, agent(fake, channel)) as runtime:
+        async with connect(server.url, client_id="alice") as alice:
+            await alice.channels.get(channel).publish("hello")  # the agent attaches the room
+            [worker] = runtime.workers
+            await eventually(
+                lambda: channel in worker.rooms and worker.rooms[channel].recent.serial is not None,
+                what="the agent in the room, its latest messages kept",
+            )
+            asked = await alice.channels.get(channel).publish("@helper pick a place")
+            await settled(server.url, channel)
+            async with httpx.AsyncClient(base_url=server.url, headers=ALICE) as http:
+                messages = (await http.get(f"/v1/ai-sdk/chat/{chat}/messages")).json()["messages"]
+                again = {
+                    "id": chat,
+                    "messages": messages[:2],
+                    "trigger": "regenerate-message",
+                    "messageId": messages[2]["id"],
+                }
+                async with http.stream("POST", "/v1/ai-sdk/chat", json=again) as response:
+                    assert response.status_code == 200
+                    lines = [line async for line in response.aiter_lines()]
+            assert any('"Noodles."' in line for line in lines)
+            [_, second] = await settled(server.url, channel, count=2)
+    assert second.data == "Noodles." and second.extras["regenerate"]
+    assert "pick a place" in str(fake.requests[1].body["messages"])
+    assert asked not in reads

@@ -13,8 +13,9 @@ the rooms it is attached to, so it keeps them instead (docs/agents.md "Context")
   when the ``update`` that ends it comes (off the path of the next answer);
 - only the newest messages are kept: at most :data:`KEPT_MESSAGES`, and no more than
   twice what a context reads;
-- a gap in the events (a ``Discontinuity``) drops them: the room's answers read history
-  again, as before, until it is attached anew.
+- a gap in the events (a ``Discontinuity``) drops them, and the room is attached once
+  more with a ``rewind`` to keep them again from that snapshot; until it is in, answers
+  wait for it, and read history if it does not come.
 """
 
 from __future__ import annotations

@@ -220,9 +220,28 @@ class AgentRooms:
 
     def _gap(self, room: Room, gap: Discontinuity) -> None:
         """Events were lost (the log's epoch changed, retention): unless the room's latest
-        messages came with this very snapshot, answers read them from history again."""
+        messages came with this very snapshot, they are asked for again."""
         log.warning("agent %s: %s", self.name, gap)
         room.recent.gap(gap.serial)
+        if room.recent.serial is None and not room.recent.expecting and room.ready.is_set():
+            self._spawn(self._keep_again(room))
+
+    async def _keep_again(self, room: Room) -> None:
+        """Attach ``room`` once more from where it is, with a ``rewind``, to keep its latest
+        messages from that snapshot on; answers wait for it rather than read history."""
+        if self.rooms.get(room.channel.name) is not room or self.stopping:
+            return
+        room.recent.expect()
+        try:
+            attached = await room.channel.attach(
+                from_serial=room.channel.serial, rewind=KEPT_MESSAGES
+            )
+            room.recent.prime(attached)
+        except RoomcastError as exc:
+            log.warning("agent %s cannot keep %s's messages: %s", self.name, room.channel.name, exc)
+        finally:
+            if room.recent.expecting:  # the attach did not come through: read history
+                room.recent.reset()
 
     async def _sweep(self) -> None:
         """Detach the rooms that went idle, every quarter of the idle time (at most 30 s)."""

@@ -243,7 +243,9 @@ class AgentWorker:
     async def _regenerate(self, room: Room, msg_serial: int, again: str) -> None:
         """Answer ``msg_serial`` once more (the person asked this agent by name): every
         rule but the policy holds, and the answers carry ``extras.regenerate``."""
-        trigger = await message_at(self._reads(room), msg_serial)
+        trigger = await room.recent.finished(msg_serial)  # kept whole: no read
+        if trigger is None or trigger.status == "streaming":
+            trigger = await message_at(self._reads(room), msg_serial)
         if trigger is None:
             return
         decision = self._decision(trigger, "always")
