@@ -20,7 +20,7 @@ from polling import eventually
 from roomcast.agents.config import AgentConfig
 from roomcast.agents.room import message_at
 from roomcast.agents.rooms import AgentRooms
-from roomcast.client import Backoff, Client, Event, connect
+from roomcast.client import Backoff, Client, Discontinuity, Event, connect
 from roomcast.protocol.messages import SignalEvent
 from roomcast.testing import AgentsProcess, ServerProcess, WireClient
 
@@ -389,3 +389,28 @@ async def test_after_a_gap_the_room_is_attached_again_to_keep_its_latest_message
         ]
         assert [m.data for m in kept] == ["after it", "@helper still there?"]
     await asyncio.gather(*tasks.running)
+
+
+async def test_a_room_being_kept_again_when_the_client_closes_ends_quietly(
+    server: ServerProcess, prefix: str
+) -> None:
+    """The attach that keeps a room's messages again after a gap meets the agent's client
+    closing (the agent stops): the room keeps nothing, and nothing fails."""
+    tasks = Tasks()
+    async with connect(server.url, client_id="helper", key=KEY) as client:
+        rooms = AgentRooms(
+            helper_in(prefix),
+            on_event=lambda *_: None,
+            on_regenerate=lambda *_: None,
+            spawn=tasks.spawn,
+            read=lambda name, serial: message_at(client.channels.get(name), serial),
+        )
+        rooms.client = client
+        room = await rooms.watch(f"{prefix}:closing", None)
+        assert room is not None and room.recent.serial is not None
+        gap = Discontinuity(room.channel.name, "events were removed", room.channel.epoch, 7)
+        rooms._gap(room, gap)  # not at the snapshot of its attach (serial 0)
+    [keeping] = tasks.running
+    await asyncio.wait([keeping])
+    assert keeping.exception() is None
+    assert room.recent.serial is None and not room.recent.expecting

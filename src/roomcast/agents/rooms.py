@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from roomcast.agents.config import AgentConfig
-from roomcast.client import Client, Discontinuity, Event, Message
+from roomcast.client import Client, ClientClosed, Discontinuity, Event, Message
 from roomcast.client.rest import list_channels
 from roomcast.protocol.answering import REGENERATE, REGENERATE_KEY
 from roomcast.protocol.errors import RoomcastError
@@ -239,6 +239,8 @@ class AgentRooms:
             room.recent.prime(attached)
         except RoomcastError as exc:
             log.warning("agent %s cannot keep %s's messages: %s", self.name, room.channel.name, exc)
+        except ClientClosed:
+            pass  # the agent is stopping
         finally:
             if room.recent.expecting:  # the attach did not come through: read history
                 room.recent.reset()
