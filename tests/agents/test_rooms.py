@@ -18,7 +18,7 @@ import pytest
 
 from polling import eventually
 from roomcast.agents.config import AgentConfig
-from roomcast.agents.room import message_at
+from roomcast.agents.room import Room, message_at
 from roomcast.agents.rooms import AgentRooms
 from roomcast.client import Backoff, Client, Discontinuity, Event, connect
 from roomcast.protocol.messages import SignalEvent
@@ -394,8 +394,8 @@ async def test_after_a_gap_the_room_is_attached_again_to_keep_its_latest_message
 async def test_a_room_being_kept_again_when_the_client_closes_ends_quietly(
     server: ServerProcess, prefix: str
 ) -> None:
-    """The attach that keeps a room's messages again after a gap meets the agent's client
-    closing (the agent stops): the room keeps nothing, and nothing fails."""
+    """The attach that keeps a room's messages again after a gap finds the agent's client
+    closed (the agent stops): the room keeps nothing, and nothing fails."""
     tasks = Tasks()
     async with connect(server.url, client_id="helper", key=KEY) as client:
         rooms = AgentRooms(
@@ -408,9 +408,43 @@ async def test_a_room_being_kept_again_when_the_client_closes_ends_quietly(
         rooms.client = client
         room = await rooms.watch(f"{prefix}:closing", None)
         assert room is not None and room.recent.serial is not None
-        gap = Discontinuity(room.channel.name, "events were removed", room.channel.epoch, 7)
-        rooms._gap(room, gap)  # not at the snapshot of its attach (serial 0)
+    gap = Discontinuity(room.channel.name, "events were removed", room.channel.epoch, 7)
+    rooms._gap(room, gap)  # not at the snapshot of its attach (serial 0)
     [keeping] = tasks.running
-    await asyncio.wait([keeping])
+    await asyncio.wait_for(asyncio.wait([keeping]), 10)
     assert keeping.exception() is None
     assert room.recent.serial is None and not room.recent.expecting
+
+
+class GapWhileJoining(AgentRooms):
+    """Events are lost right after a room's first attach, while the agent enters it."""
+
+    async def _follow_membership(self, room: Room) -> None:
+        if not room.ready.is_set():
+            self._gap(room, Discontinuity(room.channel.name, "events were removed", None, 7))
+        await super()._follow_membership(room)
+
+
+async def test_a_gap_right_after_the_first_attach_keeps_the_room_again(
+    server: ServerProcess, prefix: str
+) -> None:
+    tasks = Tasks()
+    channel = f"{prefix}:joining"
+    async with (
+        connect(server.url, client_id="helper", key=KEY) as client,
+        connect(server.url, client_id="hana") as hana,
+    ):
+        await hana.channels.get(channel).publish("hello")
+        rooms = GapWhileJoining(
+            helper_in(prefix),
+            on_event=lambda *_: None,
+            on_regenerate=lambda *_: None,
+            spawn=tasks.spawn,
+            read=lambda name, serial: message_at(client.channels.get(name), serial),
+        )
+        rooms.client = client
+        room = await rooms.watch(channel, None)
+        assert room is not None
+        await asyncio.wait_for(asyncio.gather(*tasks.running), 10)
+        kept = await room.recent.latest(2)
+        assert kept is not None and [m.data for m in kept] == ["hello"]

@@ -32,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from msgspec import UNSET
+
 from roomcast.agents.config import AgentConfig
 from roomcast.client import Client, ClientClosed, Discontinuity, Event, Message
 from roomcast.client.rest import list_channels
@@ -211,6 +213,8 @@ class AgentRooms:
             if room.recent.expecting:  # the attach did not come through
                 room.recent.reset()
             room.ready.set()
+        if room.recent.serial is None and attached.messages is not UNSET:
+            self._spawn(self._keep_again(room))  # a gap came after the attach, before now
         return room
 
     def _event(self, room: Room, event: Event) -> None:
@@ -223,6 +227,7 @@ class AgentRooms:
         messages came with this very snapshot, they are asked for again."""
         log.warning("agent %s: %s", self.name, gap)
         room.recent.gap(gap.serial)
+        # Not during the room's first attach: watch() does it once that attach is done.
         if room.recent.serial is None and not room.recent.expecting and room.ready.is_set():
             self._spawn(self._keep_again(room))
 
@@ -233,9 +238,9 @@ class AgentRooms:
             return
         room.recent.expect()
         try:
-            attached = await room.channel.attach(
-                from_serial=room.channel.serial, rewind=KEPT_MESSAGES
-            )
+            # From the channel's own serial and epoch: a log that started over once more is
+            # still told apart.
+            attached = await room.channel.attach(rewind=KEPT_MESSAGES)
             room.recent.prime(attached)
         except RoomcastError as exc:
             log.warning("agent %s cannot keep %s's messages: %s", self.name, room.channel.name, exc)
