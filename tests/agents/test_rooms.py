@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,9 +308,24 @@ class Tasks:
         return task
 
 
-def helper_in(prefix: str) -> AgentConfig:
-    """The scripted agent ``helper`` in every room under ``prefix``."""
-    return AgentConfig(name="helper", provider="scripted", model="scripted", rooms=(f"{prefix}:*",))
+def rooms_of_helper(
+    client: Client,
+    prefix: str,
+    tasks: Tasks,
+    kind: type[AgentRooms] = AgentRooms,
+    on_event: Callable[[Room, Event], None] = lambda *_: None,
+) -> AgentRooms:
+    """The rooms of the scripted agent ``helper`` (every room under ``prefix``) on
+    ``client``, as ``start()`` sets them up before it lists the rooms."""
+    rooms = kind(
+        AgentConfig(name="helper", provider="scripted", model="scripted", rooms=(f"{prefix}:*",)),
+        on_event=on_event,
+        on_regenerate=lambda *_: None,
+        spawn=tasks.spawn,
+        read=lambda name, serial: message_at(client.channels.get(name), serial),
+    )
+    rooms.client = client
+    return rooms
 
 
 async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_message(
@@ -324,16 +339,8 @@ async def test_a_room_woken_while_the_agent_starts_is_read_from_before_its_last_
         await hana.channels.get(channel).publish("@helper are you up yet?")
     seen: list[Event] = []
     tasks = Tasks()
-    config = helper_in(prefix)
-    rooms = AgentRooms(
-        config,
-        on_event=lambda _, event: seen.append(event),
-        on_regenerate=lambda *_: None,
-        spawn=tasks.spawn,
-        read=lambda name, serial: message_at(client.channels.get(name), serial),
-    )
     async with connect(server.url, client_id="helper", key=KEY) as client:
-        rooms.client = client  # as start() sets it, before it lists the rooms
+        rooms = rooms_of_helper(client, prefix, tasks, on_event=lambda _, e: seen.append(e))
         rooms._on_meta_signal(
             SignalEvent(
                 channel="meta:channels",
@@ -354,20 +361,12 @@ async def test_after_a_gap_the_room_is_attached_again_to_keep_its_latest_message
     and keeps them from there as history has them."""
     channel = f"{prefix}:restarted"
     tasks = Tasks()
-    config = helper_in(prefix)
     quick = Backoff(initial=0.05, maximum=0.5)
     async with (
         connect(server.url, client_id="helper", key=KEY, backoff=quick) as client,
         connect(server.url, client_id="hana", backoff=quick) as hana,
     ):
-        rooms = AgentRooms(
-            config,
-            on_event=lambda *_: None,
-            on_regenerate=lambda *_: None,
-            spawn=tasks.spawn,
-            read=lambda name, serial: message_at(client.channels.get(name), serial),
-        )
-        rooms.client = client
+        rooms = rooms_of_helper(client, prefix, tasks)
         room = await rooms.watch(channel, None)
         assert room is not None
         said = hana.channels.get(channel)
@@ -398,14 +397,7 @@ async def test_a_room_being_kept_again_when_the_client_closes_ends_quietly(
     closed (the agent stops): the room keeps nothing, and nothing fails."""
     tasks = Tasks()
     async with connect(server.url, client_id="helper", key=KEY) as client:
-        rooms = AgentRooms(
-            helper_in(prefix),
-            on_event=lambda *_: None,
-            on_regenerate=lambda *_: None,
-            spawn=tasks.spawn,
-            read=lambda name, serial: message_at(client.channels.get(name), serial),
-        )
-        rooms.client = client
+        rooms = rooms_of_helper(client, prefix, tasks)
         room = await rooms.watch(f"{prefix}:closing", None)
         assert room is not None and room.recent.serial is not None
     gap = Discontinuity(room.channel.name, "events were removed", room.channel.epoch, 7)
@@ -435,14 +427,7 @@ async def test_a_gap_right_after_the_first_attach_keeps_the_room_again(
         connect(server.url, client_id="hana") as hana,
     ):
         await hana.channels.get(channel).publish("hello")
-        rooms = GapWhileJoining(
-            helper_in(prefix),
-            on_event=lambda *_: None,
-            on_regenerate=lambda *_: None,
-            spawn=tasks.spawn,
-            read=lambda name, serial: message_at(client.channels.get(name), serial),
-        )
-        rooms.client = client
+        rooms = rooms_of_helper(client, prefix, tasks, GapWhileJoining)
         room = await rooms.watch(channel, None)
         assert room is not None
         await asyncio.wait_for(asyncio.gather(*tasks.running), 10)
