@@ -67,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fragment-ms", type=float, default=20.0, help="between two words")
     add_load_arguments(parser)
     parser.add_argument("--profile", help="py-spy record the roomcast server to this file")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="after the sweep, this many more sizes per target, each halfway between the "
+        "largest it met and the smallest it missed above that",
+    )
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
@@ -364,23 +371,53 @@ def failed_goals(record: Msg, target: str) -> list[str]:
     return failed
 
 
+def refined_size(met: int, missed: int | None, step: int = 10) -> int | None:
+    """The size halfway between the largest met and the smallest missed above it, rounded
+    to ``step`` rooms; None once they are no more than ``step`` apart (or nothing missed)."""
+    if missed is None or missed - met <= step:
+        return None
+    return max(met + step, round((met + missed) / 2 / step) * step)
+
+
+def refinements(
+    targets: list[str], best: dict[str, int], missed: dict[str, set[int]], left: dict[str, int]
+) -> list[tuple[int, str]]:
+    """The next size of each target that has refinements ``left`` and a gap to close."""
+    sizes = []
+    for target in targets:
+        above = min((size for size in missed[target] if size > best[target]), default=None)
+        size = refined_size(best[target], above)
+        if left[target] and size is not None:
+            left[target] -= 1
+            sizes.append((size, target))
+    return sizes
+
+
 def run(args: argparse.Namespace) -> None:
     if not PEERS_PYTHON.exists():
         raise SystemExit("bench: the load generator needs the peers' environment: make peers-env")
     limit = fd_limit()
     targets = [t for t in args.targets.split(",") if t]
     best: dict[str, int] = dict.fromkeys(targets, 0)
-    for rooms in (int(r) for r in args.rooms.split(",")):
-        for target in targets:
-            reason = does_not_fit(target, rooms, args, limit)
-            if reason:
-                note(f"{target}: {rooms} rooms of {args.members} does not fit: {reason}")
-                emit({"bench": "rooms", "target": target, "rooms": rooms, "skipped": reason})
-                continue
-            record = measure(target, rooms, args)
-            emit(record)
-            if record["goals_met"]:
-                best[target] = max(best[target], rooms)
+    missed: dict[str, set[int]] = {target: set() for target in targets}  # sizes missed
+    sweep = [
+        (rooms, target) for rooms in (int(r) for r in args.rooms.split(",")) for target in targets
+    ]
+    refine = dict.fromkeys(targets, args.refine)
+    while sweep or (sweep := refinements(targets, best, missed, refine)):
+        rooms, target = sweep.pop(0)
+        reason = does_not_fit(target, rooms, args, limit)
+        if reason:
+            note(f"{target}: {rooms} rooms of {args.members} does not fit: {reason}")
+            emit({"bench": "rooms", "target": target, "rooms": rooms, "skipped": reason})
+            missed[target].add(rooms)
+            continue
+        record = measure(target, rooms, args)
+        emit(record)
+        if record["goals_met"]:
+            best[target] = max(best[target], rooms)
+        else:
+            missed[target].add(rooms)
     summary: Msg = {"bench": "rooms-summary", "members": args.members, "fd_limit": limit}
     summary |= {f"{t}_largest_rooms_meeting_goals": r for t, r in best.items()}
     if best.get("roomcast") and best.get("socketio"):
