@@ -69,11 +69,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="py-spy record the roomcast server to this file")
     parser.add_argument(
         "--refine",
-        type=int,
+        type=refinement_count,
         default=0,
         help="after the sweep, this many more sizes per target, each halfway between the "
         "largest it met and the smallest it missed above that",
     )
+
+
+def refinement_count(text: str) -> int:
+    """``--refine``: a whole number of sizes, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of sizes (0 or more)")
+    return int(text)
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:

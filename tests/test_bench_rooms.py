@@ -3,7 +3,10 @@ and the smallest missed, halved each time (docs/benchmarks.md "rooms")."""
 
 from __future__ import annotations
 
-from bench.rooms import refined_size, refinements
+import argparse
+
+import pytest
+from bench.rooms import add_arguments, refined_size, refinements
 
 
 def test_a_refined_size_is_halfway_rounded_to_ten_rooms() -> None:
@@ -29,3 +32,13 @@ def test_each_target_refines_its_own_gap_until_its_refinements_are_spent() -> No
     assert refinements(["roomcast", "socketio"], best, missed, left) == [(290, "roomcast")]
     assert refinements(["roomcast", "socketio"], best, missed, left) == []
     assert left == {"roomcast": 0, "socketio": 0}
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5"])
+def test_refine_takes_only_a_count(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--refine", "3"]).refine == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--refine", value])
+    assert "is not a count of sizes (0 or more)" in capsys.readouterr().err
