@@ -291,6 +291,28 @@ async def test_a_channel_whose_log_restarted_closes_its_subscribers_with_1012() 
         assert transport.closed is not None and transport.closed[0] == CLOSE_SERVICE_RESTART
 
 
+async def test_after_a_store_reset_a_restarted_log_ends_its_subscribers_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A channel's new epoch is how a node often learns first that the store lost its data.
+    Its subscribers end after the node has put back what it holds, so that one that comes
+    back at once is not ended again by the node's next look at the store."""
+    async with running_node() as node:
+        early = RecordingTransport()
+        await attach(node, subscriber(node, early))
+        monkeypatch.setattr(node.store, "_lifetime", "after-a-flush")
+        node.fanout.on_epoch(CHANNEL, "new-epoch")
+        assert node.fanout.occupancy(CHANNEL) == 0  # nothing of the new log reaches it
+        await settle()
+        assert early.closed is not None and early.closed[0] == CLOSE_SERVICE_RESTART
+
+        back = RecordingTransport()
+        await attach(node, subscriber(node, back))
+        await node.presence_keeper.tick()
+        await settle()
+        assert back.closed is None
+
+
 class Broken(RecordingTransport):
     async def send(self, frame: bytes) -> None:
         raise ConnectionResetError("gone")

@@ -195,6 +195,10 @@ async def test_after_redis_is_flushed_resumes_get_discontinuity_and_messages_flo
         client = private_redis.client()
         client.flushall()
         client.close()
+        # Node b notices on its next tick: it puts back what it holds and has its subscribers
+        # attach again (1012). A client that came back to it before would be told to attach
+        # once more; wait for it, so that `again` below comes back once.
+        await until(lambda: "the store's data was reset" in b.output(), within=10, every=0.05)
 
         # A resume with the old epoch: the log it names is gone.
         again = await WireClient.connect(
@@ -213,9 +217,10 @@ async def test_after_redis_is_flushed_resumes_get_discontinuity_and_messages_flo
         assert (ok["action"], ok["serial"]) == ("ok", 1)
         [event] = await again.events(channel, 1, timeout=15)
         assert (event["serial"], event["data"]) == (1, "new0")
-        # Node a learns of the new log from that event. Its subscriber holds serials of the
-        # old log, so node a closes it (1012) to attach again; it resumes, gets
-        # `discontinuity`, and then the new log's events.
+        # Node a learns of the reset from that event (the channel's new log), or from its own
+        # tick, whichever comes first. Either way it puts back what it holds, then closes its
+        # subscriber, which holds serials of the old log, once (1012) to attach again; it
+        # resumes, gets `discontinuity`, and then the new log's events.
         await asyncio.wait_for(stayer.closed.wait(), 15)
         assert stayer.close_code == 1012
         back_again = await WireClient.connect(

@@ -121,6 +121,8 @@ class FanOut:
         self._channels: dict[str, set[Subscriber]] = {}
         self._dirty: list[Subscriber] = []
         self.snapshots = SharedSnapshots()
+        # Set by the node: puts back what a store reset lost, if the store was reset.
+        self.check_store: Callable[[], Awaitable[None]] | None = None
         store.bus.bind(self)
 
     # ------------------------------------------------------------------ subscribers
@@ -241,10 +243,28 @@ class FanOut:
 
     def on_epoch(self, channel: str, epoch: str) -> None:
         """The store's log of ``channel`` started over under ``epoch`` (a shared store lost
-        its data). Subscribers here hold serials of the old log: they end (a WebSocket with
-        1012) to attach again from their serial and epoch, which gives them
-        ``discontinuity``, then the new log's events."""
-        self._reset(channel, f"the log of {channel} was reset: attach again")
+        its data). Subscribers here hold serials of the old log: they get nothing of the new
+        one and end (a WebSocket with 1012) to attach again from their serial and epoch,
+        which gives them ``discontinuity``, then the new log's events.
+
+        They end once :attr:`check_store` has looked whether the whole store was reset and
+        put back what this node holds there (their resume sessions, which they then find).
+        Ended at once, a client that came back before the node's next look would be ended
+        a second time by it."""
+        self.snapshots.forget(channel)
+        stale = self._channels.get(channel)
+        if stale:
+            self._channels[channel] = set()
+            self.spawn(self._end_stale(channel, tuple(stale)))
+
+    async def _end_stale(self, channel: str, stale: Sequence[Subscriber]) -> None:
+        if self.check_store is not None:
+            try:
+                await self.check_store()
+            except Exception as exc:
+                log.warning("could not look whether the store was reset: %s", exc)
+        for subscriber in stale:
+            subscriber.reset(f"the log of {channel} was reset: attach again")
 
     def reattach_all(self, reason: str) -> None:
         """Have every subscriber here attach again (the store lost its data)."""

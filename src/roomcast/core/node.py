@@ -90,6 +90,7 @@ class Node(Sequencer):
         self.rollup = AppendRollup(store, settings)  # streams: appends merged per window
         self.sweeper = StreamSweeper(store, settings, self.node_id, self.rollup)
         self.presence_keeper = PresenceKeeper(self)
+        self.fanout.check_store = self.presence_keeper.check_store
         self.hints = ActivityHints(
             self._publish_signal, self.latest_serial, self.spawn, settings.activity_hint_s
         )

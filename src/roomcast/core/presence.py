@@ -113,6 +113,7 @@ class PresenceKeeper:
         # Members held here with no connection: (client_id, connection_id) → {channel: data}
         self._held: dict[tuple[str, str], dict[str, Any]] = {}
         self._lifetime: str | None = None  # the store's data lifetime, as last seen
+        self._checking = asyncio.Lock()  # held while the lifetime is read and acted on
 
     @property
     def node_id(self) -> str:
@@ -333,11 +334,7 @@ class PresenceKeeper:
         """Once per node tick, after its heartbeat: put back what a store reset lost, redo
         failed leaves, and write sessions that are due. Raises :class:`Unavailable` if the
         store is still unreachable."""
-        lifetime = await self.store.lifetime()
-        if self._lifetime is not None and lifetime != self._lifetime:
-            self._lifetime = lifetime
-            await self._restore()
-        self._lifetime = lifetime
+        await self.check_store()
         for _ in range(len(self._retry)):
             if not await self._leave_one(*self._retry.popleft()):
                 break  # the store is unreachable again: the next tick goes on
@@ -346,6 +343,18 @@ class PresenceKeeper:
             key = conn.resume_key
             if key in self._dirty or self._saved_at.get(key, due) <= due:
                 self._schedule(conn)
+
+    async def check_store(self) -> None:
+        """Put back what a store reset lost, if the store's data lifetime changed since the
+        last look: on each tick, and when a channel's log is found started over (see
+        :meth:`FanOut.on_epoch`). One look at a time, so a reset is put back once. Raises
+        :class:`Unavailable` if the store is unreachable."""
+        async with self._checking:
+            lifetime = await self.store.lifetime()
+            if self._lifetime is not None and lifetime != self._lifetime:
+                self._lifetime = lifetime
+                await self._restore()
+            self._lifetime = lifetime
 
     async def start(self) -> None:
         self._lifetime = await self.store.lifetime()
