@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import websockets.asyncio.server
+from websockets.asyncio.server import ServerConnection
 
 from roomcast import testing
 
@@ -39,3 +43,26 @@ def test_free_port_never_gives_the_same_port_twice(monkeypatch: pytest.MonkeyPat
     offered = OfferedPorts(iter([taken, 1, 1, taken, 2]))  # 1, 2: never offered for real
     monkeypatch.setattr(testing.socket, "socket", offered)
     assert [testing.free_port(), testing.free_port()] == [1, 2]
+
+
+async def test_a_wire_client_whose_connection_ended_says_so_at_once() -> None:
+    """Waiting on an ended connection fails at once with its close code, after what came
+    before the end; not when the wait's timeout runs out."""
+
+    async def serve(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"action": "connected"}))
+        events = [{"action": "event", "serial": 1}, {"action": "event", "serial": 2}]
+        await ws.send(json.dumps(events))
+        await ws.close(1012, "attach again")
+
+    async with websockets.asyncio.server.serve(serve, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = await testing.WireClient.connect(f"ws://127.0.0.1:{port}")
+        async with asyncio.timeout(5):
+            first = await client.next()
+            assert first["serial"] == 1
+            await client.closed.wait()
+            assert await client.quiet(0) == [{"action": "event", "serial": 2}]
+            for _ in range(2):
+                with pytest.raises(ConnectionError, match="close code 1012"):
+                    await client.next(lambda m: m["action"] == "ok", timeout=60)

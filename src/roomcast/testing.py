@@ -431,8 +431,15 @@ def _cluster_ports(count: int) -> list[int]:
     return ports
 
 
+_ENDED: Msg = {}  # put in a WireClient's inbox, after everything, once its connection ends
+
+
 class WireClient:
-    """A raw protocol client (docs/protocol.md): JSON frames over a WebSocket, batches flattened."""
+    """A raw protocol client (docs/protocol.md): JSON frames over a WebSocket, batches flattened.
+
+    Waiting for a message on a connection that has ended raises :class:`ConnectionError` at
+    once (with the close code), once the messages that came before the end are read.
+    """
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
@@ -461,6 +468,7 @@ class WireClient:
             pass
         finally:
             self.closed.set()
+            self._inbox.put_nowait(_ENDED)
 
     @property
     def close_code(self) -> int | None:
@@ -494,6 +502,12 @@ class WireClient:
                 message = await asyncio.wait_for(self._inbox.get(), remaining)
             except TimeoutError:
                 continue
+            if message is _ENDED:
+                self._inbox.put_nowait(_ENDED)  # a later wait ends at once too
+                raise ConnectionError(
+                    f"the connection ended (close code {self.close_code}) with no matching "
+                    f"message; held: {self._held[-5:]}"
+                )
             if match is None or match(message):
                 return message
             self._held.append(message)
@@ -511,6 +525,8 @@ class WireClient:
         out, self._held = self._held, []
         while not self._inbox.empty():
             out.append(self._inbox.get_nowait())
+        if out and out[-1] is _ENDED:
+            self._inbox.put_nowait(out.pop())
         return out
 
     def drop(self) -> None:
