@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from polling import eventually
 from redis_cluster import drop_cluster_prefix, masters_of, redis_cluster
 from roomcast.testing import Msg, RedisClusterProcesses, ServerProcess, WireClient
 
@@ -185,6 +186,9 @@ async def test_a_master_restarted_without_its_data_gets_the_nodes_members_back(
     await asyncio.wait_for(alice.closed.wait(), 30)
     assert alice.close_code == 1012
     assert "the store's data was reset" in a.output()
+    # Node b notices on its own tick, then has its subscribers attach again: wait for it, so
+    # that the watcher below is not told to attach once more.
+    await eventually(lambda: "the store's data was reset" in b.output(), what="node b's look")
     again = await WireClient.connect(
         b.ws_url, client_id="alice", resume=alice.connected["resume_key"]
     )
